@@ -1,0 +1,163 @@
+//! The contract between Ferry's core and the things that mint credentials.
+//!
+//! The core authorizes a request and hands a [`Grant`] to the [`CredentialProvider`]
+//! configured for the target; the provider answers with a [`Credential`] or a
+//! [`ProviderError`]. This crate has no SDK dependency: a cloud provider crate depends
+//! on it and on its own SDK, and the core depends on it and on no SDK.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// A string that must never be logged: `Debug` and `Display` print `"..."`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it somewhere.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"...\")")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("...")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+/// What the core has authorized: this identity may have credentials for this target.
+///
+/// A `Grant` can only be built by the core after verification, mapping and policy;
+/// providers receive it by reference and never see the subject token.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The target id from the config.
+    pub target_id: String,
+    /// The id of the issuer that vouched for the workload.
+    pub issuer_id: String,
+    /// The canonical subject the mapping produced.
+    pub subject: String,
+    /// Mapped groups.
+    pub groups: Vec<String>,
+    /// Mapped attributes (strings).
+    pub attributes: BTreeMap<String, String>,
+    /// Scopes granted (a subset of the target's allowed scopes).
+    pub scopes: Vec<String>,
+    /// The longest lifetime the credential may have.
+    pub max_ttl: Duration,
+    /// The request id, so that upstream calls can be correlated in the audit trail.
+    pub request_id: String,
+}
+
+/// A credential a provider minted.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The primary bearer string (`access_token` on the wire).
+    pub access_token: Secret,
+    /// RFC 8693 `issued_token_type`.
+    pub issued_token_type: String,
+    /// RFC 6749 `token_type` (`Bearer`, or `N_A` for non-bearer material).
+    pub token_type: String,
+    /// When the credential stops working, in Unix seconds.
+    pub expires_at: i64,
+    /// The provider's full credential object (for AWS: `access_key_id`, …), values secret.
+    pub fields: BTreeMap<String, Secret>,
+    /// The upstream request id, when there was an upstream call.
+    pub upstream_request_id: Option<String>,
+}
+
+/// Signs JWTs as Ferry, for keyless exchanges with a cloud that trusts Ferry's issuer.
+pub trait AssertionSigner: Send + Sync {
+    /// Signs a JWT with Ferry's active key: `iss` is Ferry's public URL, `iat`/`exp`/`jti`
+    /// are set by the signer, `sub` and `aud` by the caller, `extra` is merged in.
+    fn sign_assertion(
+        &self,
+        subject: &str,
+        audience: &str,
+        ttl: Duration,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<SignedAssertion, ProviderError>;
+}
+
+/// A JWT Ferry signed, with the facts about it a provider needs.
+#[derive(Debug, Clone)]
+pub struct SignedAssertion {
+    /// The compact JWS.
+    pub token: Secret,
+    /// Its `jti`.
+    pub jti: String,
+    /// Its `iat`, Unix seconds.
+    pub issued_at: i64,
+    /// Its `exp`, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Why a provider could not mint a credential. Classified here, mapped to HTTP once in
+/// the core.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The upstream refused this identity or target (`AccessDenied`, `invalid_grant`, …).
+    #[error("upstream denied the request: {code}")]
+    Denied {
+        /// The cloud's error code, never its full body.
+        code: String,
+    },
+    /// The upstream throttled us or is down; try again later.
+    #[error("upstream unavailable: {reason}")]
+    Unavailable {
+        /// What happened, with no secret in it.
+        reason: String,
+        /// A hint for `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// The provider's configuration cannot work (found at request time).
+    #[error("provider misconfigured: {0}")]
+    Misconfigured(String),
+    /// Anything else: a bug or an unexpected answer.
+    #[error("provider failed: {0}")]
+    Internal(String),
+}
+
+/// One backend that turns a [`Grant`] into a [`Credential`]: Ferry's own JWTs, AWS STS,
+/// GCP, Azure. One instance serves one target.
+#[async_trait]
+pub trait CredentialProvider: Send + Sync {
+    /// The target kind this provider serves (`jwt`, `aws`, …), for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Mints a credential for an authorized grant.
+    async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_and_display_redact() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(\"...\")");
+        assert_eq!(format!("{s}"), "...");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

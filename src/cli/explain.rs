@@ -1,0 +1,103 @@
+//! `ferry explain --config F --target T (--token F | --claims F)`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use ferry::exchange::TargetSelector;
+use ferry::exchange::explain::{ExplainInput, explain};
+use ferry::verify::UnverifiedToken;
+
+/// Arguments.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["token", "claims"])))]
+pub struct Args {
+    /// The config file.
+    #[arg(long, short, default_value_os_t = super::default_config())]
+    config: PathBuf,
+    /// Target id.
+    #[arg(long)]
+    target: String,
+    /// A file holding the token (its signature is checked; keys may be fetched).
+    #[arg(long)]
+    token: Option<PathBuf>,
+    /// A JSON file of claims (everything but the signature is checked).
+    #[arg(long)]
+    claims: Option<PathBuf>,
+    /// Requested scopes (space-separated, as in the `scope` parameter).
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// The client address policies see.
+    #[arg(long, default_value = "127.0.0.1")]
+    source_ip: IpAddr,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints each stage; exits 0 when the exchange would be allowed, 1 otherwise.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (runtime, _warnings) = match super::load_runtime(&args.config, false) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let input = match (&args.token, &args.claims) {
+        (Some(path), _) => {
+            let raw = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            ExplainInput::Token(
+                UnverifiedToken::new(&raw)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            )
+        }
+        (None, Some(path)) => {
+            let raw =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let claims: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&raw)
+                    .with_context(|| format!("{}: not a JSON object of claims", path.display()))?;
+            ExplainInput::Claims(claims)
+        }
+        (None, None) => anyhow::bail!("give --token or --claims"),
+    };
+    let scopes: Vec<String> = args
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let now = super::system_clock().now();
+    let rt = super::tokio_runtime()?;
+    let report = rt.block_on(explain(
+        &runtime,
+        input,
+        &TargetSelector::Audience(args.target.clone()),
+        &scopes,
+        args.source_ip,
+        now,
+    ));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        if !report.signature_checked {
+            println!("NOTE: signature not checked (explaining a claims file)");
+        }
+        for s in &report.stages {
+            println!("{:<8} {:<7} {}", s.stage, s.outcome, s.detail);
+            if !s.data.is_null() && s.outcome == "pass" {
+                println!("{:<16} {}", "", s.data);
+            }
+        }
+        println!(
+            "=> {} (config revision {})",
+            if report.allowed { "ALLOW" } else { "DENY" },
+            report.revision
+        );
+    }
+    Ok(if report.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,119 @@
+//! Subcommands, one file each.
+
+mod check;
+mod dev;
+mod explain;
+mod keys;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry::clock::{SharedClock, SystemClock};
+use ferry::config::Config;
+use ferry::runtime::{BuildOptions, Runtime};
+
+/// Ferry: exchange workload OIDC tokens for short-lived credentials.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "FERRY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How logs are written (level from `RUST_LOG`, default `info`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(serve::Args),
+    /// Validate a config (CEL, Cedar, files) and lint risky rules; exit 1 on errors.
+    Check(check::Args),
+    /// Show each stage's outcome for a token or claims file, issuing nothing.
+    Explain(explain::Args),
+    /// Manage Ferry's signing keys.
+    #[command(subcommand)]
+    Keys(keys::Command),
+    /// Development helpers (never for production).
+    #[command(subcommand)]
+    Dev(dev::Command),
+}
+
+/// Sets up `tracing` to stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Keys(c) => keys::run(c),
+        Command::Dev(c) => dev::run(c),
+    }
+}
+
+/// The system clock, shared.
+pub fn system_clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+/// Loads and compiles a config, printing every problem as `file: entry: problem`.
+pub fn load_runtime(
+    path: &Path,
+    require_keys: bool,
+) -> Result<(Runtime, Vec<ferry::config::Problem>), ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let options = BuildOptions {
+        clock: system_clock(),
+        require_keys,
+    };
+    Runtime::build(config, &options).map_err(|errs| {
+        eprintln!("{errs}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `--config`, defaulting to `config/dev.toml`.
+pub fn default_config() -> PathBuf {
+    PathBuf::from("config/dev.toml")
+}
+
+/// A multi-threaded tokio runtime for commands that need one.
+pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,97 @@
+//! `ferry serve --config F`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ferry::exchange::{Services, SingleFlight};
+use ferry::http::{AppState, app};
+use ferry::store::memory::MemoryStore;
+
+/// Arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, short, default_value_os_t = super::default_config())]
+    config: PathBuf,
+    /// Listen here instead of `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// Runs the broker until SIGINT/SIGTERM.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (mut runtime, warnings) = match super::load_runtime(&args.config, true) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if runtime.issuer.keys().ephemeral {
+        tracing::warn!(
+            kid = %runtime.issuer.keys().active.kid,
+            "EPHEMERAL SIGNING KEY: tokens Ferry issues become unverifiable when this process exits; never use in production"
+        );
+    }
+    let listen: SocketAddr = match args.listen {
+        Some(l) => l,
+        None => runtime
+            .config
+            .server
+            .listen
+            .parse()
+            .context("server.listen")?,
+    };
+    let rt = super::tokio_runtime()?;
+    rt.block_on(async move {
+        runtime.warm_up().await;
+        runtime.start_refreshers();
+        let store = Arc::new(MemoryStore::new(runtime.config.store.max_entries));
+        let revision = runtime.revision.clone();
+        let state = AppState::new(
+            runtime,
+            Services {
+                store,
+                clock: super::system_clock(),
+                flights: SingleFlight::default(),
+            },
+        );
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, %revision, "ferry serving");
+        axum::serve(
+            listener,
+            app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+        tracing::info!("ferry stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

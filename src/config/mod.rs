@@ -1,0 +1,412 @@
+//! Typed configuration: data only (no clients), parsed from TOML and validated with
+//! errors that name the file, the entry and the problem.
+
+mod duration;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use duration::ConfigDuration;
+
+/// One thing wrong with a config: `file: entry: problem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (as given on the command line, or the policy/JWKS file).
+    pub file: String,
+    /// The entry (`issuers[github].mapping.subject`, `line 4`, …).
+    pub entry: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.entry, self.problem)
+    }
+}
+
+/// Every problem found in a config, one per line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// Records a problem.
+    pub fn push(
+        &mut self,
+        file: impl Into<String>,
+        entry: impl Into<String>,
+        problem: impl Into<String>,
+    ) {
+        self.0.push(Problem {
+            file: file.into(),
+            entry: entry.into(),
+            problem: problem.into(),
+        });
+    }
+
+    /// True when nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(value)` when empty, else `Err(self)`.
+    pub fn into_result<T>(self, value: T) -> Result<T, Self> {
+        if self.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[store]`.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[signing]`: Ferry's own keys.
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// `[jwks]`: how issuer keys are cached.
+    #[serde(default)]
+    pub jwks: JwksConfig,
+    /// `[[issuers]]`.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// `[[targets]]`.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    /// `[policy]`.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Where it was read from (not in the file).
+    #[serde(skip)]
+    pub source: ConfigSource,
+}
+
+/// The file a config came from, for resolving relative paths and naming problems.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The path as given.
+    pub path: PathBuf,
+    /// The raw bytes (for the revision hash).
+    pub bytes: Vec<u8>,
+}
+
+impl ConfigSource {
+    /// The path for messages.
+    pub fn display(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Resolves a path from the config relative to the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        match self.path.parent() {
+            Some(dir) => dir.join(p),
+            None => p.to_path_buf(),
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Socket address to listen on.
+    pub listen: String,
+    /// Ferry's public URL: the `iss` of everything it signs.
+    pub public_url: String,
+    /// Largest accepted request body, bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Whole-request timeout.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: ConfigDuration,
+}
+
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_request_timeout() -> ConfigDuration {
+    ConfigDuration::secs(30)
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (the embedded default).
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Most cached credentials kept in memory.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "memory".into()
+}
+fn default_max_entries() -> u64 {
+    100_000
+}
+
+/// `[signing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Algorithm of Ferry's keys.
+    #[serde(default = "default_signing_alg")]
+    pub algorithm: String,
+    /// Directory of keys made by `ferry keys generate|rotate`.
+    pub keys_dir: Option<PathBuf>,
+    /// Use a fresh in-memory key (development only; tokens die with the process).
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: default_signing_alg(),
+            keys_dir: None,
+            ephemeral: false,
+        }
+    }
+}
+
+fn default_signing_alg() -> String {
+    "RS256".into()
+}
+
+/// `[jwks]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// Refresh interval when the issuer sends no Cache-Control.
+    #[serde(default = "d_1h")]
+    pub refresh_default: ConfigDuration,
+    /// Lower bound on the refresh interval.
+    #[serde(default = "d_5m")]
+    pub refresh_min: ConfigDuration,
+    /// Upper bound on the refresh interval.
+    #[serde(default = "d_24h")]
+    pub refresh_max: ConfigDuration,
+    /// At most one unknown-`kid` refresh per issuer per this interval.
+    #[serde(default = "d_30s")]
+    pub unknown_kid_min_interval: ConfigDuration,
+    /// How long keys keep serving while refreshes fail.
+    #[serde(default = "d_24h")]
+    pub max_stale: ConfigDuration,
+    /// Wait before retrying a failed scheduled refresh.
+    #[serde(default = "d_30s")]
+    pub retry_interval: ConfigDuration,
+    /// Timeout of one discovery or JWKS fetch.
+    #[serde(default = "d_5s")]
+    pub fetch_timeout: ConfigDuration,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            refresh_default: d_1h(),
+            refresh_min: d_5m(),
+            refresh_max: d_24h(),
+            unknown_kid_min_interval: d_30s(),
+            max_stale: d_24h(),
+            retry_interval: d_30s(),
+            fetch_timeout: d_5s(),
+        }
+    }
+}
+
+fn d_5s() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+fn d_30s() -> ConfigDuration {
+    ConfigDuration::secs(30)
+}
+fn d_60s() -> ConfigDuration {
+    ConfigDuration::secs(60)
+}
+fn d_5m() -> ConfigDuration {
+    ConfigDuration::secs(300)
+}
+fn d_1h() -> ConfigDuration {
+    ConfigDuration::secs(3600)
+}
+fn d_24h() -> ConfigDuration {
+    ConfigDuration::secs(86_400)
+}
+
+/// `[[issuers]]`: one trusted token issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Short id used in policies, logs and errors.
+    pub id: String,
+    /// The exact `iss`.
+    pub issuer: String,
+    /// JWKS URL (skips discovery).
+    pub jwks_uri: Option<String>,
+    /// Static JWKS file (air-gapped), relative to the config file.
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted `aud` values (any of).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allowed algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`/`iat`.
+    #[serde(default = "d_60s")]
+    pub leeway: ConfigDuration,
+    /// Reject tokens whose `iat` is older than this.
+    pub max_age: Option<ConfigDuration>,
+    /// CEL over `assertion`; false means the token is not acceptable.
+    pub condition: Option<String>,
+    /// How claims become an identity.
+    pub mapping: MappingConfig,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+
+/// `[issuers.mapping]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    /// CEL giving the canonical subject.
+    pub subject: String,
+    /// CEL giving a list of group names.
+    pub groups: Option<String>,
+    /// Attribute name → CEL.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// `[[targets]]`: what a workload can ask for. Kind-specific keys stay in `extra` and
+/// are checked by the kind.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TargetConfig {
+    /// Target id (the `audience` parameter of an exchange).
+    pub id: String,
+    /// `jwt` (more kinds come with cloud providers).
+    pub kind: String,
+    /// For `jwt`: the `aud` of the minted token.
+    pub audience: Option<String>,
+    /// A resource URI that also selects this target (`resource` parameter).
+    pub resource: Option<String>,
+    /// Lifetime of what is issued.
+    pub ttl: Option<ConfigDuration>,
+    /// Scopes a request may ask for.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A cached credential is served only with at least this much lifetime left.
+    pub min_remaining: Option<ConfigDuration>,
+    /// Everything else (checked per kind).
+    #[serde(flatten)]
+    pub extra: toml::Table,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Cedar files (globs allowed), relative to the config file.
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates `path`: every problem at once.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| {
+            let mut errs = ConfigErrors::default();
+            errs.push(&file, "file", format!("cannot read: {e}"));
+            errs
+        })?;
+        Self::parse(path, bytes)
+    }
+
+    /// Parses and validates config text that came from `path`.
+    pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self, ConfigErrors> {
+        let file = path.display().to_string();
+        let mut errs = ConfigErrors::default();
+        let text = match String::from_utf8(bytes.clone()) {
+            Ok(t) => t,
+            Err(_) => {
+                errs.push(&file, "file", "is not UTF-8");
+                return Err(errs);
+            }
+        };
+        let mut config: Config = match toml::from_str(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                let entry = e
+                    .span()
+                    .map(|span| {
+                        let line = text
+                            .get(..span.start)
+                            .map(|before| before.matches('\n').count() + 1)
+                            .unwrap_or(1);
+                        format!("line {line}")
+                    })
+                    .unwrap_or_else(|| "toml".into());
+                errs.push(&file, entry, e.message().trim().to_owned());
+                return Err(errs);
+            }
+        };
+        config.source = ConfigSource {
+            path: path.to_path_buf(),
+            bytes,
+        };
+        validate::validate(&config, &mut errs);
+        errs.into_result(config)
+    }
+
+    /// The longest lifetime any target issues (how long retired keys stay published).
+    pub fn max_token_lifetime(&self) -> std::time::Duration {
+        self.targets
+            .iter()
+            .filter_map(|t| t.ttl.map(|d| d.0))
+            .max()
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+}
+
+pub use validate::{SIGNING_ALGORITHMS, is_scope_token, target_ttl};

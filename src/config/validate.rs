@@ -1,0 +1,394 @@
+//! Semantic checks that serde cannot express. Compiling CEL and Cedar happens when the
+//! runtime is built; this covers shapes, ranges, URLs and uniqueness.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use url::Url;
+
+use super::{Config, ConfigErrors, TargetConfig};
+use crate::verify::fetch::require_secure;
+use crate::verify::{SUPPORTED_ALGORITHMS, parse_algorithm};
+
+/// Algorithms Ferry can sign with.
+pub const SIGNING_ALGORITHMS: &[&str] = &["RS256", "PS256", "ES256", "ES384", "EdDSA"];
+
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+const MIN_TTL: Duration = Duration::from_secs(10);
+const MAX_JWT_TTL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
+
+/// The lifetime a target issues (its `ttl`, or the kind's default).
+pub fn target_ttl(target: &TargetConfig) -> Duration {
+    target.ttl.map(|d| d.0).unwrap_or(DEFAULT_JWT_TTL)
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
+    let file = config.source.display();
+    let file = file.as_str();
+
+    if config.server.listen.parse::<SocketAddr>().is_err() {
+        errs.push(
+            file,
+            "server.listen",
+            format!(
+                "`{}` is not an address like 127.0.0.1:8080",
+                config.server.listen
+            ),
+        );
+    }
+    match Url::parse(&config.server.public_url) {
+        Err(e) => errs.push(file, "server.public_url", format!("not a URL: {e}")),
+        Ok(url) => {
+            if require_secure(&url).is_err() {
+                errs.push(
+                    file,
+                    "server.public_url",
+                    "must be https (http only on a loopback host)",
+                );
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                errs.push(
+                    file,
+                    "server.public_url",
+                    "must not have a query or fragment (OIDC Discovery §3)",
+                );
+            }
+        }
+    }
+    if config.server.max_body_bytes < 1024 || config.server.max_body_bytes > 1024 * 1024 {
+        errs.push(
+            file,
+            "server.max_body_bytes",
+            "must be between 1024 and 1048576",
+        );
+    }
+
+    match config.store.backend.as_str() {
+        "memory" => {}
+        "redis" => errs.push(
+            file,
+            "store.backend",
+            "`redis` is not available in this version of Ferry; use `memory`",
+        ),
+        other => errs.push(
+            file,
+            "store.backend",
+            format!("unknown backend `{other}` (expected `memory`)"),
+        ),
+    }
+    if config.store.max_entries == 0 {
+        errs.push(file, "store.max_entries", "must be at least 1");
+    }
+
+    if !SIGNING_ALGORITHMS.contains(&config.signing.algorithm.as_str()) {
+        errs.push(
+            file,
+            "signing.algorithm",
+            format!(
+                "`{}` is not supported for signing (one of {})",
+                config.signing.algorithm,
+                SIGNING_ALGORITHMS.join(", ")
+            ),
+        );
+    }
+    match (&config.signing.keys_dir, config.signing.ephemeral) {
+        (None, false) => errs.push(
+            file,
+            "signing",
+            "set `keys_dir` (see `ferry keys generate`) or `ephemeral = true` for development",
+        ),
+        (Some(_), true) => errs.push(
+            file,
+            "signing",
+            "`keys_dir` and `ephemeral = true` exclude each other",
+        ),
+        _ => {}
+    }
+
+    let j = &config.jwks;
+    if j.refresh_min.0 > j.refresh_max.0 {
+        errs.push(file, "jwks.refresh_min", "is larger than `refresh_max`");
+    }
+    if j.fetch_timeout.0.is_zero() || j.fetch_timeout.0 > Duration::from_secs(60) {
+        errs.push(file, "jwks.fetch_timeout", "must be between 1s and 60s");
+    }
+
+    validate_issuers(config, file, errs);
+    validate_targets(config, file, errs);
+
+    if config.policy.files.is_empty() {
+        errs.push(
+            file,
+            "policy.files",
+            "no policy files: every exchange would be denied",
+        );
+    }
+}
+
+fn validate_issuers(config: &Config, file: &str, errs: &mut ConfigErrors) {
+    if config.issuers.is_empty() {
+        errs.push(
+            file,
+            "issuers",
+            "no issuers are trusted: add at least one [[issuers]]",
+        );
+    }
+    let mut ids = HashSet::new();
+    let mut urls = HashSet::new();
+    for (n, issuer) in config.issuers.iter().enumerate() {
+        let entry = if issuer.id.is_empty() {
+            format!("issuers[{n}]")
+        } else {
+            format!("issuers[{}]", issuer.id)
+        };
+        if !is_id(&issuer.id) {
+            errs.push(
+                file,
+                format!("{entry}.id"),
+                "must be 1-64 characters of letters, digits, `-`, `_`, `.`",
+            );
+        }
+        if !ids.insert(issuer.id.as_str()) {
+            errs.push(file, format!("{entry}.id"), "is used by another issuer");
+        }
+        if !urls.insert(issuer.issuer.as_str()) {
+            errs.push(
+                file,
+                format!("{entry}.issuer"),
+                "is trusted twice; one issuer URL maps to one entry",
+            );
+        }
+        match Url::parse(&issuer.issuer) {
+            Err(e) => errs.push(file, format!("{entry}.issuer"), format!("not a URL: {e}")),
+            Ok(url) => {
+                if issuer.jwks_file.is_none()
+                    && issuer.jwks_uri.is_none()
+                    && require_secure(&url).is_err()
+                {
+                    errs.push(
+                        file,
+                        format!("{entry}.issuer"),
+                        "discovery needs https (http only on a loopback host)",
+                    );
+                }
+            }
+        }
+        if issuer.jwks_uri.is_some() && issuer.jwks_file.is_some() {
+            errs.push(
+                file,
+                entry.clone(),
+                "`jwks_uri` and `jwks_file` exclude each other",
+            );
+        }
+        if let Some(uri) = &issuer.jwks_uri {
+            match Url::parse(uri) {
+                Err(e) => errs.push(file, format!("{entry}.jwks_uri"), format!("not a URL: {e}")),
+                Ok(url) if require_secure(&url).is_err() => {
+                    errs.push(
+                        file,
+                        format!("{entry}.jwks_uri"),
+                        "must be https (http only on a loopback host)",
+                    );
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some(f) = &issuer.jwks_file
+            && !config.source.resolve(f).is_file()
+        {
+            errs.push(
+                file,
+                format!("{entry}.jwks_file"),
+                format!("`{}` does not exist", f.display()),
+            );
+        }
+        if issuer.audiences.is_empty() {
+            errs.push(
+                file,
+                format!("{entry}.audiences"),
+                "must list at least one accepted `aud`",
+            );
+        }
+        if issuer.audiences.iter().any(String::is_empty) {
+            errs.push(
+                file,
+                format!("{entry}.audiences"),
+                "contains an empty audience",
+            );
+        }
+        if issuer.algorithms.is_empty() {
+            errs.push(
+                file,
+                format!("{entry}.algorithms"),
+                "must list at least one algorithm",
+            );
+        }
+        for alg in &issuer.algorithms {
+            if parse_algorithm(alg).is_none() {
+                let why = if alg.eq_ignore_ascii_case("none")
+                    || alg.to_ascii_uppercase().starts_with("HS")
+                {
+                    "unsigned and symmetric algorithms are never accepted".to_owned()
+                } else {
+                    format!("supported: {}", SUPPORTED_ALGORITHMS.join(", "))
+                };
+                errs.push(
+                    file,
+                    format!("{entry}.algorithms"),
+                    format!("`{alg}` is not accepted: {why}"),
+                );
+            }
+        }
+        if issuer.leeway.0 > MAX_LEEWAY {
+            errs.push(file, format!("{entry}.leeway"), "must be at most 5m");
+        }
+        if let Some(max_age) = issuer.max_age
+            && max_age.0.is_zero()
+        {
+            errs.push(file, format!("{entry}.max_age"), "must be more than 0s");
+        }
+        let attrs = &issuer.mapping.attributes;
+        if attrs.len() > crate::mapping::MAX_ATTRIBUTES {
+            errs.push(
+                file,
+                format!("{entry}.mapping.attributes"),
+                format!("has more than {} entries", crate::mapping::MAX_ATTRIBUTES),
+            );
+        }
+        for name in attrs.keys() {
+            if !is_identifier(name) {
+                errs.push(file, format!("{entry}.mapping.attributes.{name}"), "attribute names must be identifiers (letters, digits, `_`), so policies can name them");
+            }
+        }
+    }
+}
+
+fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
+    let mut ids = HashSet::new();
+    let mut resources = HashSet::new();
+    for (n, target) in config.targets.iter().enumerate() {
+        let entry = if target.id.is_empty() {
+            format!("targets[{n}]")
+        } else {
+            format!("targets[{}]", target.id)
+        };
+        if !is_id(&target.id) {
+            errs.push(
+                file,
+                format!("{entry}.id"),
+                "must be 1-64 characters of letters, digits, `-`, `_`, `.`",
+            );
+        }
+        if !ids.insert(target.id.as_str()) {
+            errs.push(file, format!("{entry}.id"), "is used by another target");
+        }
+        for r in target
+            .resource
+            .iter()
+            .chain(target.audience.iter().filter(|_| target.kind == "jwt"))
+        {
+            if !resources.insert(r.as_str()) {
+                errs.push(
+                    file,
+                    format!("{entry}.resource"),
+                    format!("`{r}` already selects another target"),
+                );
+            }
+        }
+        for scope in &target.scopes {
+            if !is_scope_token(scope) {
+                errs.push(
+                    file,
+                    format!("{entry}.scopes"),
+                    format!("`{scope}` is not a valid scope token (RFC 6749 §3.3)"),
+                );
+            }
+        }
+        let ttl = target_ttl(target);
+        if let Some(min) = target.min_remaining
+            && min.0 >= ttl
+        {
+            errs.push(
+                file,
+                format!("{entry}.min_remaining"),
+                "must be shorter than the ttl",
+            );
+        }
+        match target.kind.as_str() {
+            "jwt" => {
+                match &target.audience {
+                    None => errs.push(
+                        file,
+                        format!("{entry}.audience"),
+                        "is required for kind `jwt`",
+                    ),
+                    Some(a) if a.is_empty() => {
+                        errs.push(file, format!("{entry}.audience"), "must not be empty")
+                    }
+                    Some(_) => {}
+                }
+                if ttl < MIN_TTL || ttl > MAX_JWT_TTL {
+                    errs.push(file, format!("{entry}.ttl"), "must be between 10s and 24h");
+                }
+                for key in target.extra.keys() {
+                    errs.push(file, format!("{entry}.{key}"), "unknown key for kind `jwt`");
+                }
+            }
+            "aws" | "gcp" | "azure" => errs.push(
+                file,
+                format!("{entry}.kind"),
+                format!(
+                    "kind `{}` is not available in this version of Ferry",
+                    target.kind
+                ),
+            ),
+            other => errs.push(
+                file,
+                format!("{entry}.kind"),
+                format!("unknown kind `{other}` (expected `jwt`)"),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_tokens() {
+        assert!(is_scope_token("read:repo"));
+        assert!(!is_scope_token("has space"));
+        assert!(!is_scope_token("quote\""));
+        assert!(!is_scope_token(""));
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("repository_owner"));
+        assert!(!is_identifier("1abc"));
+        assert!(!is_identifier("a-b"));
+    }
+}

@@ -1,0 +1,256 @@
+//! RFC 8693 §2.1: the token exchange request, parsed from form parameters.
+
+use std::net::IpAddr;
+
+use crate::verify::{UnverifiedToken, VerifyError};
+
+/// `grant_type` of a token exchange (RFC 8693 §2.1).
+pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// Subject token types Ferry accepts (RFC 8693 §3); all must be JWTs.
+pub const SUBJECT_TOKEN_TYPES: &[&str] = &[
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:access_token",
+];
+
+/// How the request names its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSelector {
+    /// `audience` = a target id.
+    Audience(String),
+    /// `resource` = a target's resource URI.
+    Resource(String),
+}
+
+/// A parsed, well-formed exchange request. The token inside is still unverified.
+#[derive(Debug)]
+pub struct ExchangeRequest {
+    /// The presented token.
+    pub subject_token: UnverifiedToken,
+    /// The requested target.
+    pub target: TargetSelector,
+    /// Requested scopes (deduplicated, in request order).
+    pub scopes: Vec<String>,
+    /// `requested_token_type`, if given.
+    pub requested_token_type: Option<String>,
+    /// The client's address.
+    pub client_ip: IpAddr,
+}
+
+/// Why the request itself is malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// RFC 6749 `invalid_request`.
+    #[error("{0}")]
+    Invalid(String),
+    /// RFC 6749 `unsupported_grant_type`.
+    #[error(
+        "grant_type `{0}` is not supported; use `urn:ietf:params:oauth:grant-type:token-exchange`"
+    )]
+    UnsupportedGrantType(String),
+}
+
+impl From<VerifyError> for RequestError {
+    fn from(e: VerifyError) -> Self {
+        Self::Invalid(format!("subject_token: {e}"))
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> RequestError {
+    RequestError::Invalid(msg.into())
+}
+
+/// Parses form parameters. Unknown parameters are ignored (RFC 6749 §3.2); repeated
+/// ones are an error (RFC 6749 §3.2: "MUST NOT be included more than once").
+pub fn parse(
+    pairs: &[(String, String)],
+    client_ip: IpAddr,
+) -> Result<ExchangeRequest, RequestError> {
+    const KNOWN: &[&str] = &[
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "audience",
+        "resource",
+        "scope",
+        "requested_token_type",
+        "actor_token",
+        "actor_token_type",
+        "client_id",
+    ];
+    for name in KNOWN {
+        if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
+            return Err(invalid(format!(
+                "parameter `{name}` is repeated; Ferry exchanges for exactly one target"
+            )));
+        }
+    }
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+
+    match get("grant_type") {
+        None => return Err(invalid("missing parameter `grant_type`")),
+        Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
+        Some(other) => {
+            return Err(RequestError::UnsupportedGrantType(
+                crate::verify::jwks::truncate(other, 100).to_owned(),
+            ));
+        }
+    }
+    if get("actor_token").is_some() || get("actor_token_type").is_some() {
+        return Err(invalid(
+            "delegation (`actor_token`) is not supported; Ferry performs impersonation only",
+        ));
+    }
+    let token = get("subject_token").ok_or_else(|| invalid("missing parameter `subject_token`"))?;
+    match get("subject_token_type") {
+        None => return Err(invalid("missing parameter `subject_token_type`")),
+        Some(t) if SUBJECT_TOKEN_TYPES.contains(&t) => {}
+        Some(t) => {
+            return Err(invalid(format!(
+                "subject_token_type `{}` is not supported (use …:token-type:jwt, :id_token or :access_token)",
+                crate::verify::jwks::truncate(t, 100)
+            )));
+        }
+    }
+    let target = match (get("audience"), get("resource")) {
+        (Some(a), _) => TargetSelector::Audience(a.to_owned()),
+        (None, Some(r)) => TargetSelector::Resource(r.to_owned()),
+        (None, None) => {
+            return Err(invalid(
+                "missing parameter `audience` (a target id) or `resource` (a target's resource URI)",
+            ));
+        }
+    };
+    let mut scopes: Vec<String> = Vec::new();
+    if let Some(scope) = get("scope") {
+        for s in scope.split(' ').filter(|s| !s.is_empty()) {
+            if !crate::config::is_scope_token(s) {
+                return Err(invalid(
+                    "`scope` contains an invalid scope token (RFC 6749 §3.3)",
+                ));
+            }
+            if !scopes.iter().any(|x| x == s) {
+                scopes.push(s.to_owned());
+            }
+        }
+    }
+    let subject_token = UnverifiedToken::new(token)?;
+    Ok(ExchangeRequest {
+        subject_token,
+        target,
+        scopes,
+        requested_token_type: get("requested_token_type").map(str::to_owned),
+        client_ip,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn a_complete_request_parses() -> Result<(), RequestError> {
+        let r = parse(
+            &form(&[
+                ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+                ("subject_token", "a.b.c\n"),
+                ("subject_token_type", JWT),
+                ("audience", "api"),
+                ("scope", "read read write"),
+                ("unknown", "ignored"),
+            ]),
+            LOCAL,
+        )?;
+        assert_eq!(r.target, TargetSelector::Audience("api".into()));
+        assert_eq!(r.scopes, vec!["read".to_owned(), "write".to_owned()]);
+        Ok(())
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "missing parameter `grant_type`"),
+            (&[("grant_type", "password")], "grant_type `password`"),
+            (
+                &[("grant_type", GRANT_TYPE_TOKEN_EXCHANGE)],
+                "`subject_token`",
+            ),
+            (
+                &[
+                    ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+                    ("subject_token", "a.b.c"),
+                ],
+                "`subject_token_type`",
+            ),
+            (
+                &[
+                    ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+                    ("subject_token", "a.b.c"),
+                    ("subject_token_type", "urn:x"),
+                ],
+                "not supported",
+            ),
+            (
+                &[
+                    ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+                    ("subject_token", "a.b.c"),
+                    ("subject_token_type", JWT),
+                ],
+                "`audience`",
+            ),
+            (
+                &[
+                    ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+                    ("subject_token", "a.b.c"),
+                    ("subject_token_type", JWT),
+                    ("audience", "a"),
+                    ("audience", "b"),
+                ],
+                "repeated",
+            ),
+            (
+                &[
+                    ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+                    ("subject_token", "a.b.c"),
+                    ("subject_token_type", JWT),
+                    ("audience", "a"),
+                    ("actor_token", "x"),
+                ],
+                "delegation",
+            ),
+            (
+                &[
+                    ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE),
+                    ("subject_token", "a.b.c"),
+                    ("subject_token_type", JWT),
+                    ("audience", "a"),
+                    ("scope", "a\"b"),
+                ],
+                "scope",
+            ),
+        ];
+        for (pairs, want) in cases {
+            match parse(&form(pairs), LOCAL) {
+                Ok(_) => unreachable!("{pairs:?} must fail"),
+                Err(e) => assert!(e.to_string().contains(want), "{pairs:?}: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The one place errors become HTTP: RFC 6749 §5.2 JSON, `Cache-Control: no-store`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ferry_provider_api::ProviderError;
+
+use crate::exchange::{ExchangeError, RequestError};
+
+/// An error on the wire.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// RFC 6749 error code.
+    pub code: &'static str,
+    /// Human description (never a token or secret; empty for 5xx bugs).
+    pub description: String,
+    /// `Retry-After`, for 429/503.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// A 400 `invalid_request`.
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// Any status and code.
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A 500 whose body says nothing; the cause goes to the log only.
+    pub fn server_error(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "server error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "")
+    }
+
+    /// A 503 `temporarily_unavailable`.
+    pub fn unavailable(description: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                description,
+            )
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Invalid(_) => Self::invalid_request(e.to_string()),
+            RequestError::UnsupportedGrantType(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(e: ExchangeError) -> Self {
+        match &e {
+            ExchangeError::Verify(v) if v.is_unavailable() => {
+                Self::unavailable(e.to_string(), Duration::from_secs(5))
+            }
+            // RFC 8693 §2.2.2: an invalid or unacceptable subject token is invalid_request.
+            ExchangeError::Verify(_)
+            | ExchangeError::Mapping(_)
+            | ExchangeError::TokenType { .. } => Self::invalid_request(e.to_string()),
+            ExchangeError::UnknownTarget(_) | ExchangeError::Denied { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_target", e.to_string())
+            }
+            // RFC 6749 §5.2.
+            ExchangeError::Scope { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string())
+            }
+            ExchangeError::Provider(p) => match p {
+                ProviderError::Denied { code } => Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_target",
+                    format!("the target's cloud refused the exchange: {code}"),
+                ),
+                ProviderError::Unavailable { retry_after, .. } => Self::unavailable(
+                    "the target's cloud is unavailable; retry later",
+                    retry_after.unwrap_or(Duration::from_secs(5)),
+                ),
+                ProviderError::Misconfigured(_) | ProviderError::Internal(_) => {
+                    Self::server_error(p)
+                }
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = if self.status.is_server_error() && self.description.is_empty() {
+            serde_json::json!({ "error": self.code })
+        } else {
+            serde_json::json!({ "error": self.code, "error_description": self.description })
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(after) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
+        {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}

@@ -1,0 +1,186 @@
+//! Ferry as an OIDC issuer: its keys, discovery document, JWKS, and the JWTs it mints
+//! (for `kind = "jwt"` targets, and as keyless assertions for cloud providers).
+
+pub mod keys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::{Map, Value, json};
+
+use crate::clock::SharedClock;
+use ferry_provider_api::{
+    AssertionSigner, Credential, CredentialProvider, Grant, ProviderError, Secret, SignedAssertion,
+};
+pub use keys::{KeyDir, KeyRing};
+
+/// The namespaced claim that carries the mapped identity in tokens Ferry mints.
+pub const IDENTITY_CLAIM: &str = "ferry";
+/// RFC 8693 §3 token type URI of a JWT.
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// Ferry's issuer: public URL, keys, and precomputed documents.
+#[derive(Debug)]
+pub struct FerryIssuer {
+    public_url: String,
+    keys: KeyRing,
+    clock: SharedClock,
+    discovery: Vec<u8>,
+    jwks: Vec<u8>,
+}
+
+impl FerryIssuer {
+    /// An issuer at `public_url` signing with `keys`.
+    pub fn new(public_url: &str, keys: KeyRing, clock: SharedClock) -> Self {
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        let alg = keys::alg_name(keys.active.alg);
+        // OpenID Connect Discovery 1.0 §3 (required members) plus RFC 8414 token endpoint.
+        let discovery = json!({
+            "issuer": public_url,
+            "jwks_uri": format!("{public_url}/.well-known/jwks.json"),
+            "token_endpoint": format!("{public_url}/oauth2/token"),
+            "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [alg],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "scopes_supported": ["openid"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", IDENTITY_CLAIM],
+        });
+        let discovery = serde_json::to_vec(&discovery).unwrap_or_default();
+        let jwks = serde_json::to_vec(&keys.jwks_json()).unwrap_or_default();
+        Self {
+            public_url,
+            keys,
+            clock,
+            discovery,
+            jwks,
+        }
+    }
+
+    /// The `iss` of what Ferry signs.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// `/.well-known/openid-configuration`, serialized once.
+    pub fn discovery_document(&self) -> &[u8] {
+        &self.discovery
+    }
+
+    /// `/.well-known/jwks.json`, serialized once.
+    pub fn jwks_document(&self) -> &[u8] {
+        &self.jwks
+    }
+
+    /// The key ring.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Signs `claims` with the active key, filling `iss`, `iat`, `nbf`, `exp`, `jti`.
+    pub fn mint(
+        &self,
+        ttl: Duration,
+        mut claims: Map<String, Value>,
+    ) -> Result<SignedAssertion, ProviderError> {
+        let now = self.clock.now();
+        let exp = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+        let jti = uuid::Uuid::new_v4().to_string();
+        claims.insert("iss".into(), Value::String(self.public_url.clone()));
+        claims.insert("iat".into(), now.into());
+        claims.insert("nbf".into(), now.into());
+        claims.insert("exp".into(), exp.into());
+        claims.insert("jti".into(), Value::String(jti.clone()));
+        let key = &self.keys.active;
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("JWT".into());
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map_err(|e| ProviderError::Internal(format!("signing failed: {e}")))?;
+        Ok(SignedAssertion {
+            token: Secret::new(token),
+            jti,
+            issued_at: now,
+            expires_at: exp,
+        })
+    }
+
+    /// The signing algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.keys.active.alg
+    }
+}
+
+impl AssertionSigner for FerryIssuer {
+    fn sign_assertion(
+        &self,
+        subject: &str,
+        audience: &str,
+        ttl: Duration,
+        mut extra: Map<String, Value>,
+    ) -> Result<SignedAssertion, ProviderError> {
+        extra.insert("sub".into(), Value::String(subject.to_owned()));
+        extra.insert("aud".into(), Value::String(audience.to_owned()));
+        self.mint(ttl, extra)
+    }
+}
+
+/// The provider for `kind = "jwt"`: a token Ferry signs for the target's audience.
+#[derive(Debug)]
+pub struct JwtProvider {
+    issuer: Arc<FerryIssuer>,
+    audience: String,
+    ttl: Duration,
+}
+
+impl JwtProvider {
+    /// A provider minting tokens for `audience` that live `ttl`.
+    pub fn new(issuer: Arc<FerryIssuer>, audience: String, ttl: Duration) -> Self {
+        Self {
+            issuer,
+            audience,
+            ttl,
+        }
+    }
+}
+
+#[async_trait]
+impl CredentialProvider for JwtProvider {
+    fn kind(&self) -> &'static str {
+        "jwt"
+    }
+
+    async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError> {
+        let mut claims = Map::new();
+        claims.insert(
+            IDENTITY_CLAIM.into(),
+            json!({
+                "issuer": grant.issuer_id,
+                "groups": grant.groups,
+                "attributes": grant.attributes,
+                "target": grant.target_id,
+            }),
+        );
+        if !grant.scopes.is_empty() {
+            // RFC 8693 §4.2: space-separated scopes.
+            claims.insert("scope".into(), Value::String(grant.scopes.join(" ")));
+        }
+        let ttl = self.ttl.min(grant.max_ttl);
+        let signed = self
+            .issuer
+            .sign_assertion(&grant.subject, &self.audience, ttl, claims)?;
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("access_token".to_owned(), signed.token.clone());
+        Ok(Credential {
+            access_token: signed.token,
+            issued_token_type: TOKEN_TYPE_JWT.into(),
+            token_type: "Bearer".into(),
+            expires_at: signed.expires_at,
+            fields,
+            upstream_request_id: None,
+        })
+    }
+}

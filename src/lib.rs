@@ -1,0 +1,33 @@
+//! Ferry: a multi-cloud identity federation broker.
+//!
+//! A workload presents an OIDC token; Ferry verifies it ([`verify`]), maps its claims
+//! into an [`mapping::Identity`] ([`mapping`]), authorizes the request ([`policy`]) and
+//! answers an RFC 8693 token exchange ([`exchange`]) with a credential from a
+//! [`ferry_provider_api::CredentialProvider`].
+
+pub mod clock;
+pub mod config;
+pub mod exchange;
+pub mod http;
+pub mod issuer;
+pub mod mapping;
+pub mod policy;
+pub mod runtime;
+pub mod store;
+pub mod verify;
+
+pub use ferry_provider_api as provider_api;
+
+/// First 16 hex characters of SHA-256: how logs and errors refer to a token or secret.
+pub fn fingerprint(value: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(value);
+    let mut out = hex::encode(digest);
+    out.truncate(16);
+    out
+}
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Safe to call twice.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

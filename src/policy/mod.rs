@@ -1,0 +1,556 @@
+//! Cedar authorization. The schema is derived from the config, every policy is
+//! validated against it at load, and [`PolicyEngine::authorize`] returns a
+//! [`Decision`] (never a `Result`) whose default is deny.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+
+use crate::config::{ConfigErrors, Problem};
+use crate::mapping::Identity;
+
+/// How one attribute appears in the derived schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributePresence {
+    /// Every issuer's mapping produces it: policies may use it directly.
+    Always,
+    /// Only some issuers produce it: policies must test `has` first.
+    Sometimes,
+}
+
+/// A policy file, read.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    /// Its path, for messages.
+    pub file: String,
+    /// Its text.
+    pub text: String,
+}
+
+/// What authorization decided and why. The default is deny.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    /// True only when a permit applied, no forbid applied and nothing failed.
+    pub allowed: bool,
+    /// The policies that determined the decision.
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors (any error denies).
+    pub errors: Vec<String>,
+}
+
+/// The facts a decision is made on.
+#[derive(Debug, Clone)]
+pub struct AuthzInput<'a> {
+    /// Who.
+    pub identity: &'a Identity,
+    /// Which target.
+    pub target_id: &'a str,
+    /// Its kind.
+    pub target_kind: &'a str,
+    /// The client's address.
+    pub source_ip: IpAddr,
+    /// Scopes requested.
+    pub scopes: &'a [String],
+    /// Request time, Unix seconds.
+    pub timestamp: i64,
+}
+
+/// Compiled policies and the schema they were validated against.
+pub struct PolicyEngine {
+    schema: Schema,
+    policies: PolicySet,
+    authorizer: Authorizer,
+    action: EntityUid,
+    identity_type: EntityTypeName,
+    group_type: EntityTypeName,
+    target_type: EntityTypeName,
+    files: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("policies", &self.files.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Cedar schema Ferry derives from the config's mapping attributes.
+pub fn derive_schema(attributes: &BTreeMap<String, AttributePresence>) -> String {
+    let mut record = String::new();
+    for (name, presence) in attributes {
+        let opt = match presence {
+            AttributePresence::Always => "",
+            AttributePresence::Sometimes => "?",
+        };
+        record.push_str(&format!("\n      \"{name}\"{opt}: String,"));
+    }
+    format!(
+        r#"namespace Ferry {{
+  entity Group;
+  entity Identity in [Group] = {{
+    "issuer": String,
+    "subject": String,
+    "attributes": {{{record}
+    }},
+  }};
+  entity Target = {{
+    "id": String,
+    "kind": String,
+  }};
+  action "exchange" appliesTo {{
+    principal: [Identity],
+    resource: [Target],
+    context: {{
+      "source_ip": ipaddr,
+      "scopes": Set<String>,
+      "timestamp": Long,
+    }},
+  }};
+}}
+"#
+    )
+}
+
+impl PolicyEngine {
+    /// Parses, renames and validates every policy; returns the engine and lint warnings.
+    pub fn load(
+        sources: &[PolicySource],
+        attributes: &BTreeMap<String, AttributePresence>,
+        config_file: &str,
+    ) -> Result<(Self, Vec<Problem>), ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+        let mut warnings = Vec::new();
+        let schema_text = derive_schema(attributes);
+        let schema = match Schema::from_cedarschema_str(&schema_text) {
+            Ok((schema, _)) => schema,
+            Err(e) => {
+                errs.push(
+                    config_file,
+                    "policy schema",
+                    format!("derived schema is invalid: {e}"),
+                );
+                return Err(errs);
+            }
+        };
+
+        let mut policies = PolicySet::new();
+        let mut files = BTreeMap::new();
+        for source in sources {
+            let parsed = match PolicySet::from_str(&source.text) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(&source.file, "syntax", one_line(&e.to_string()));
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                errs.push(
+                    &source.file,
+                    "templates",
+                    "policy templates are not supported; write static policies",
+                );
+            }
+            let name = std::path::Path::new(&source.file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| source.file.clone());
+            let mut ordered: Vec<&Policy> = parsed.policies().collect();
+            // Cedar numbers policies policy0, policy1, … in file order.
+            ordered.sort_by_key(|p| policy_index(p.id()));
+            for (n, policy) in ordered.into_iter().enumerate() {
+                let id = policy
+                    .annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{name}#{n}"));
+                if files.contains_key(&id) {
+                    errs.push(
+                        &source.file,
+                        format!("policy `{id}`"),
+                        "id is used by another policy",
+                    );
+                    continue;
+                }
+                if let Some(w) = lint(policy) {
+                    warnings.push(Problem {
+                        file: source.file.clone(),
+                        entry: format!("policy `{id}`"),
+                        problem: w,
+                    });
+                }
+                if let Err(e) = policies.add(policy.new_id(PolicyId::new(&id))) {
+                    errs.push(
+                        &source.file,
+                        format!("policy `{id}`"),
+                        one_line(&e.to_string()),
+                    );
+                    continue;
+                }
+                files.insert(id, source.file.clone());
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        for e in validation.validation_errors() {
+            let id = e.policy_id().to_string();
+            let file = files
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| config_file.to_owned());
+            let mut problem = one_line(&e.to_string());
+            if let Some(help) = miette_help(e) {
+                problem.push_str(&format!(" ({help})"));
+            }
+            errs.push(file, format!("policy `{id}`"), problem);
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+
+        let parse = |s: &str| EntityTypeName::from_str(s).ok();
+        let (Some(identity_type), Some(group_type), Some(target_type), Some(action)) = (
+            parse("Ferry::Identity"),
+            parse("Ferry::Group"),
+            parse("Ferry::Target"),
+            EntityUid::from_str(r#"Ferry::Action::"exchange""#).ok(),
+        ) else {
+            errs.push(
+                config_file,
+                "policy schema",
+                "internal: Ferry's entity names do not parse",
+            );
+            return Err(errs);
+        };
+        Ok((
+            Self {
+                schema,
+                policies,
+                authorizer: Authorizer::new(),
+                action,
+                identity_type,
+                group_type,
+                target_type,
+                files,
+            },
+            warnings,
+        ))
+    }
+
+    /// How many policies are loaded.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// True when no policy is loaded (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Decides whether `input.identity` may exchange for the target. Fails closed: any
+    /// error while building the request or evaluating a policy is a deny.
+    #[tracing::instrument(skip_all, fields(target = input.target_id))]
+    pub fn authorize(&self, input: &AuthzInput<'_>) -> Decision {
+        match self.try_authorize(input) {
+            Ok(d) => d,
+            Err(e) => Decision {
+                allowed: false,
+                policy_ids: Vec::new(),
+                errors: vec![e],
+            },
+        }
+    }
+
+    fn try_authorize(&self, input: &AuthzInput<'_>) -> Result<Decision, String> {
+        let identity = input.identity;
+        let principal = EntityUid::from_type_name_and_id(
+            self.identity_type.clone(),
+            EntityId::new(&identity.subject),
+        );
+        let resource = EntityUid::from_type_name_and_id(
+            self.target_type.clone(),
+            EntityId::new(input.target_id),
+        );
+        let parents: HashSet<EntityUid> = identity
+            .groups
+            .iter()
+            .map(|g| EntityUid::from_type_name_and_id(self.group_type.clone(), EntityId::new(g)))
+            .collect();
+        let attributes = RestrictedExpression::new_record(
+            identity
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+        )
+        .map_err(|e| format!("attributes: {e}"))?;
+        let principal_entity = Entity::new(
+            principal.clone(),
+            HashMap::from([
+                (
+                    "issuer".to_owned(),
+                    RestrictedExpression::new_string(identity.issuer_id.clone()),
+                ),
+                (
+                    "subject".to_owned(),
+                    RestrictedExpression::new_string(identity.subject.clone()),
+                ),
+                ("attributes".to_owned(), attributes),
+            ]),
+            parents.clone(),
+        )
+        .map_err(|e| format!("identity entity: {e}"))?;
+        let target_entity = Entity::new(
+            resource.clone(),
+            HashMap::from([
+                (
+                    "id".to_owned(),
+                    RestrictedExpression::new_string(input.target_id.to_owned()),
+                ),
+                (
+                    "kind".to_owned(),
+                    RestrictedExpression::new_string(input.target_kind.to_owned()),
+                ),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| format!("target entity: {e}"))?;
+        let groups = parents
+            .into_iter()
+            .map(|uid| Entity::new_no_attrs(uid, HashSet::new()));
+        let entities = Entities::from_entities(
+            [principal_entity, target_entity].into_iter().chain(groups),
+            Some(&self.schema),
+        )
+        .map_err(|e| format!("entities: {e}"))?;
+        let context = Context::from_pairs([
+            (
+                "source_ip".to_owned(),
+                RestrictedExpression::new_ip(input.source_ip.to_string()),
+            ),
+            (
+                "scopes".to_owned(),
+                RestrictedExpression::new_set(
+                    input
+                        .scopes
+                        .iter()
+                        .map(|s| RestrictedExpression::new_string(s.clone())),
+                ),
+            ),
+            (
+                "timestamp".to_owned(),
+                RestrictedExpression::new_long(input.timestamp),
+            ),
+        ])
+        .map_err(|e| format!("context: {e}"))?;
+        let request = Request::new(
+            principal,
+            self.action.clone(),
+            resource,
+            context,
+            Some(&self.schema),
+        )
+        .map_err(|e| format!("request: {e}"))?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| one_line(&e.to_string()))
+            .collect();
+        let policy_ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        // Fail closed: a policy that could not be evaluated (a forbid among them) denies.
+        let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+        Ok(Decision {
+            allowed,
+            policy_ids,
+            errors,
+        })
+    }
+}
+
+fn policy_index(id: &PolicyId) -> usize {
+    id.to_string()
+        .strip_prefix("policy")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// Flags a permit that names no principal and has no condition: it admits everyone.
+fn lint(policy: &Policy) -> Option<String> {
+    let json = policy.to_json().ok()?;
+    let permit = json.get("effect").and_then(|e| e.as_str()) == Some("permit");
+    let any_principal = json
+        .get("principal")
+        .and_then(|p| p.get("op"))
+        .and_then(|o| o.as_str())
+        == Some("All");
+    let no_conditions = json
+        .get("conditions")
+        .and_then(|c| c.as_array())
+        .is_none_or(Vec::is_empty);
+    (permit && any_principal && no_conditions).then(|| {
+        "permits every identity with no condition; constrain the principal or add a `when`"
+            .to_owned()
+    })
+}
+
+fn miette_help(e: &cedar_policy::ValidationError) -> Option<String> {
+    use miette::Diagnostic as _;
+    e.help().map(|h| one_line(&h.to_string()))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs() -> BTreeMap<String, AttributePresence> {
+        BTreeMap::from([
+            ("repository".to_owned(), AttributePresence::Always),
+            ("namespace".to_owned(), AttributePresence::Sometimes),
+        ])
+    }
+
+    fn engine(text: &str) -> Result<PolicyEngine, ConfigErrors> {
+        PolicyEngine::load(
+            &[PolicySource {
+                file: "p.cedar".into(),
+                text: text.into(),
+            }],
+            &attrs(),
+            "ferry.toml",
+        )
+        .map(|(e, _)| e)
+    }
+
+    fn identity(repo: &str, groups: &[&str]) -> Identity {
+        Identity {
+            issuer_id: "github".into(),
+            subject: format!("github:{repo}"),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            attributes: BTreeMap::from([("repository".to_owned(), repo.to_owned())]),
+        }
+    }
+
+    fn input<'a>(identity: &'a Identity, scopes: &'a [String]) -> AuthzInput<'a> {
+        AuthzInput {
+            identity,
+            target_id: "api",
+            target_kind: "jwt",
+            source_ip: IpAddr::from([127, 0, 0, 1]),
+            scopes,
+            timestamp: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn permit_with_group_and_attribute() -> Result<(), ConfigErrors> {
+        let e = engine(
+            r#"@id("deployers")
+            permit(principal in Ferry::Group::"deploy", action == Ferry::Action::"exchange",
+                   resource == Ferry::Target::"api")
+            when { principal.attributes.repository == "acme/infra" };"#,
+        )?;
+        let ok = identity("acme/infra", &["deploy"]);
+        let d = e.authorize(&input(&ok, &[]));
+        assert!(d.allowed);
+        assert_eq!(d.policy_ids, vec!["deployers".to_owned()]);
+        let wrong_repo = identity("acme/web", &["deploy"]);
+        assert!(!e.authorize(&input(&wrong_repo, &[])).allowed);
+        let no_group = identity("acme/infra", &[]);
+        let d = e.authorize(&input(&no_group, &[]));
+        assert!(!d.allowed);
+        assert!(d.policy_ids.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn forbid_wins_and_is_named() -> Result<(), ConfigErrors> {
+        let e = engine(
+            r#"permit(principal, action, resource) when { principal.issuer == "github" };
+               forbid(principal, action, resource) when { context.scopes.contains("admin") };"#,
+        )?;
+        let who = identity("acme/infra", &[]);
+        let admin = vec!["admin".to_owned()];
+        let d = e.authorize(&input(&who, &admin));
+        assert!(!d.allowed);
+        assert_eq!(d.policy_ids, vec!["p.cedar#1".to_owned()]);
+        assert!(e.authorize(&input(&who, &[])).allowed);
+        Ok(())
+    }
+
+    #[test]
+    fn an_attribute_no_mapping_produces_is_a_config_error() {
+        let e = engine(
+            r#"permit(principal, action, resource) when { principal.attributes.branch == "main" };"#,
+        );
+        let Err(errs) = e else {
+            unreachable!("validation must fail")
+        };
+        let shown = errs.to_string();
+        assert!(
+            shown.starts_with("p.cedar: policy `p.cedar#0`: "),
+            "{shown}"
+        );
+        assert!(shown.contains("branch"), "{shown}");
+    }
+
+    #[test]
+    fn optional_attributes_need_has() {
+        assert!(engine(r#"permit(principal, action, resource) when { principal.attributes.namespace == "x" };"#).is_err());
+        assert!(engine(r#"permit(principal, action, resource) when { principal.attributes has namespace && principal.attributes.namespace == "x" };"#).is_ok());
+    }
+
+    #[test]
+    fn evaluation_errors_deny() -> Result<(), ConfigErrors> {
+        // Overflow is a runtime error in Cedar; a permit that errors must not allow, and a
+        // forbid that errors must deny.
+        let e = engine(
+            r#"permit(principal, action, resource);
+               forbid(principal, action, resource) when { context.timestamp * 9223372036854775807 > 0 };"#,
+        )?;
+        let who = identity("acme/infra", &[]);
+        let d = e.authorize(&input(&who, &[]));
+        assert!(!d.allowed);
+        assert!(!d.errors.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let Err(errs) = engine("permit(principal, action, resource") else {
+            unreachable!("must fail")
+        };
+        assert!(errs.to_string().starts_with("p.cedar: syntax: "));
+    }
+
+    #[test]
+    fn permit_all_is_linted() -> Result<(), ConfigErrors> {
+        let (_, warnings) = PolicyEngine::load(
+            &[PolicySource {
+                file: "p.cedar".into(),
+                text: "permit(principal, action, resource);".into(),
+            }],
+            &attrs(),
+            "ferry.toml",
+        )?;
+        assert_eq!(warnings.len(), 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,448 @@
+//! A config compiled for serving: issuers with their key caches, CEL programs, the
+//! Cedar policy set, targets with their providers, and Ferry's own keys. Built once per
+//! config revision; requests read it and never mutate it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_provider_api::CredentialProvider;
+use url::Url;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigErrors, Problem, target_ttl};
+use crate::issuer::{FerryIssuer, JwtProvider, KeyDir, KeyRing};
+use crate::mapping::{IssuerMapping, Mapper, Rule};
+use crate::policy::{AttributePresence, PolicyEngine, PolicySource};
+use crate::verify::jwks::{JwksCache, JwksPolicy, JwksSource, spawn_refresher};
+use crate::verify::{TrustedIssuer, Verifier, fetch, parse_algorithm};
+
+/// A target, ready to serve.
+pub struct Target {
+    /// Its id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Scopes a request may ask for.
+    pub scopes: Vec<String>,
+    /// Lifetime of what it issues.
+    pub ttl: Duration,
+    /// A cached credential is served only with at least this much left.
+    pub min_remaining: Duration,
+    /// The provider that mints.
+    pub provider: Arc<dyn CredentialProvider>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options that are not in the config file.
+#[derive(Clone)]
+pub struct BuildOptions {
+    /// The clock every stage uses.
+    pub clock: SharedClock,
+    /// When false (for `ferry check`), a missing `keys_dir` is a warning and an
+    /// ephemeral key stands in.
+    pub require_keys: bool,
+}
+
+/// The compiled config.
+pub struct Runtime {
+    /// Hash of the config and every file it pulls in (first 16 hex chars).
+    pub revision: String,
+    /// The config it was built from.
+    pub config: Config,
+    /// Issuers and their keys.
+    pub verifier: Verifier,
+    /// Mapping rules.
+    pub mapper: Mapper,
+    /// Policies.
+    pub policy: PolicyEngine,
+    /// Targets by id.
+    pub targets: HashMap<String, Arc<Target>>,
+    /// Target ids by resource URI.
+    pub resources: HashMap<String, String>,
+    /// Ferry's own issuer.
+    pub issuer: Arc<FerryIssuer>,
+    refreshers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for handle in &self.refreshers {
+            handle.abort();
+        }
+    }
+}
+
+impl Runtime {
+    /// Compiles `config`; returns every error at once, and lint warnings on success.
+    pub fn build(
+        config: Config,
+        options: &BuildOptions,
+    ) -> Result<(Self, Vec<Problem>), ConfigErrors> {
+        let file = config.source.display();
+        let mut errs = ConfigErrors::default();
+        let mut warnings = Vec::new();
+        let mut revision_input: Vec<u8> = config.source.bytes.clone();
+
+        let http = fetch::http_client(config.jwks.fetch_timeout.0).map_err(|e| {
+            let mut errs = ConfigErrors::default();
+            errs.push(&file, "jwks", format!("cannot build the HTTP client: {e}"));
+            errs
+        })?;
+        let jwks_policy = JwksPolicy {
+            refresh_default: config.jwks.refresh_default.0,
+            refresh_min: config.jwks.refresh_min.0,
+            refresh_max: config.jwks.refresh_max.0,
+            unknown_kid_min_interval: config.jwks.unknown_kid_min_interval.0,
+            max_stale: config.jwks.max_stale.0,
+            retry_interval: config.jwks.retry_interval.0,
+        };
+
+        // Issuers and mappings.
+        let mut trusted = Vec::new();
+        let mut mappings = Vec::new();
+        let mut attribute_count: BTreeMap<String, usize> = BTreeMap::new();
+        for issuer in &config.issuers {
+            let entry = format!("issuers[{}]", issuer.id);
+            let jwks = if let Some(path) = &issuer.jwks_file {
+                let resolved = config.source.resolve(path);
+                match std::fs::read(&resolved) {
+                    Ok(bytes) => {
+                        revision_input.extend_from_slice(&bytes);
+                        match JwksCache::from_static(
+                            issuer.id.clone(),
+                            &bytes,
+                            http.clone(),
+                            options.clock.clone(),
+                            jwks_policy.clone(),
+                        ) {
+                            Ok(cache) => Some(cache),
+                            Err(e) => {
+                                errs.push(
+                                    resolved.display().to_string(),
+                                    format!("{entry}.jwks_file"),
+                                    e.to_string(),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        errs.push(
+                            &file,
+                            format!("{entry}.jwks_file"),
+                            format!("cannot read `{}`: {e}", resolved.display()),
+                        );
+                        None
+                    }
+                }
+            } else {
+                let source = match &issuer.jwks_uri {
+                    Some(uri) => Url::parse(uri).ok().map(JwksSource::Uri),
+                    None => Some(JwksSource::Discovery {
+                        issuer: issuer.issuer.clone(),
+                    }),
+                };
+                source.map(|s| {
+                    JwksCache::remote(
+                        issuer.id.clone(),
+                        s,
+                        http.clone(),
+                        options.clock.clone(),
+                        jwks_policy.clone(),
+                    )
+                })
+            };
+            let compile = |key: String, src: &str, errs: &mut ConfigErrors| match Rule::compile(
+                key.clone(),
+                src,
+            ) {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    errs.push(
+                        &file,
+                        format!("{entry}.{key}"),
+                        format!("CEL syntax error: {e}"),
+                    );
+                    None
+                }
+            };
+            let condition = issuer
+                .condition
+                .as_deref()
+                .map(|c| compile("condition".into(), c, &mut errs));
+            let subject = compile("mapping.subject".into(), &issuer.mapping.subject, &mut errs);
+            let groups = issuer
+                .mapping
+                .groups
+                .as_deref()
+                .map(|g| compile("mapping.groups".into(), g, &mut errs));
+            let mut attributes = Vec::new();
+            for (name, src) in &issuer.mapping.attributes {
+                *attribute_count.entry(name.clone()).or_default() += 1;
+                if let Some(rule) = compile(format!("mapping.attributes.{name}"), src, &mut errs) {
+                    attributes.push((name.clone(), rule));
+                }
+            }
+            if issuer.condition.is_none() {
+                warnings.push(Problem {
+                    file: file.clone(),
+                    entry: entry.clone(),
+                    problem: "warning: no `condition`: every token this issuer signs for an accepted audience is mapped; restrict it (e.g. to your organisation)".into(),
+                });
+            }
+            if let (Some(jwks), Some(condition), Some(subject), Some(groups)) = (
+                jwks,
+                condition.map_or(Some(None), |c| c.map(Some)),
+                subject,
+                groups.map_or(Some(None), |g| g.map(Some)),
+            ) {
+                let algorithms = issuer
+                    .algorithms
+                    .iter()
+                    .filter_map(|a| parse_algorithm(a))
+                    .collect();
+                trusted.push(Arc::new(TrustedIssuer {
+                    id: Arc::from(issuer.id.as_str()),
+                    issuer: issuer.issuer.clone(),
+                    audiences: issuer.audiences.iter().cloned().collect(),
+                    algorithms,
+                    leeway: issuer.leeway.as_secs_i64(),
+                    max_age: issuer.max_age.map(|d| d.as_secs_i64()),
+                    jwks: Arc::new(jwks),
+                }));
+                mappings.push(IssuerMapping::new(
+                    issuer.id.clone(),
+                    condition,
+                    subject,
+                    groups,
+                    attributes,
+                ));
+            }
+        }
+
+        // Policies, validated against the schema derived from the mappings.
+        let issuer_count = config.issuers.len();
+        let attributes: BTreeMap<String, AttributePresence> = attribute_count
+            .into_iter()
+            .map(|(name, n)| {
+                let presence = if n == issuer_count {
+                    AttributePresence::Always
+                } else {
+                    AttributePresence::Sometimes
+                };
+                (name, presence)
+            })
+            .collect();
+        let mut sources = Vec::new();
+        for pattern in &config.policy.files {
+            let resolved = config.source.resolve(std::path::Path::new(pattern));
+            let resolved = resolved.to_string_lossy().into_owned();
+            let mut matched = Vec::new();
+            match glob::glob(&resolved) {
+                Ok(paths) => {
+                    for path in paths.flatten() {
+                        matched.push(path);
+                    }
+                }
+                Err(e) => errs.push(
+                    &file,
+                    "policy.files",
+                    format!("`{pattern}` is not a valid pattern: {e}"),
+                ),
+            }
+            matched.sort();
+            if matched.is_empty() {
+                errs.push(
+                    &file,
+                    "policy.files",
+                    format!("`{pattern}` matches no file"),
+                );
+            }
+            for path in matched {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        revision_input.extend_from_slice(path.to_string_lossy().as_bytes());
+                        revision_input.extend_from_slice(text.as_bytes());
+                        sources.push(PolicySource {
+                            file: path.display().to_string(),
+                            text,
+                        });
+                    }
+                    Err(e) => errs.push(
+                        path.display().to_string(),
+                        "file",
+                        format!("cannot read: {e}"),
+                    ),
+                }
+            }
+        }
+        let policy = match PolicyEngine::load(&sources, &attributes, &file) {
+            Ok((engine, lints)) => {
+                warnings.extend(lints.into_iter().map(|mut p| {
+                    p.problem = format!("warning: {}", p.problem);
+                    p
+                }));
+                Some(engine)
+            }
+            Err(e) => {
+                errs.0.extend(e.0);
+                None
+            }
+        };
+
+        // Ferry's keys.
+        let now = options.clock.now();
+        let alg = parse_algorithm(&config.signing.algorithm);
+        let retain = config.max_token_lifetime() + Duration::from_secs(300);
+        let keys: Option<KeyRing> = match (alg, &config.signing.keys_dir) {
+            (None, _) => None,
+            (Some(alg), None) => match KeyRing::ephemeral(alg, now) {
+                Ok(k) => {
+                    warnings.push(Problem { file: file.clone(), entry: "signing".into(), problem: "warning: ephemeral signing key: tokens Ferry issues die with the process; development only".into() });
+                    Some(k)
+                }
+                Err(e) => {
+                    errs.push(&file, "signing", e.to_string());
+                    None
+                }
+            },
+            (Some(alg), Some(dir)) => {
+                let dir = config.source.resolve(dir);
+                match KeyDir::new(&dir).load(now, retain) {
+                    Ok(ring) => {
+                        if ring.active.alg != alg {
+                            errs.push(&file, "signing.algorithm", format!("is {} but the active key in `{}` is {:?}; run `ferry keys rotate`", config.signing.algorithm, dir.display(), ring.active.alg));
+                        }
+                        Some(ring)
+                    }
+                    Err(e) if !options.require_keys => {
+                        warnings.push(Problem {
+                            file: file.clone(),
+                            entry: "signing.keys_dir".into(),
+                            problem: format!("warning: {e}"),
+                        });
+                        KeyRing::ephemeral(alg, now).ok()
+                    }
+                    Err(e) => {
+                        errs.push(&file, "signing.keys_dir", e.to_string());
+                        None
+                    }
+                }
+            }
+        };
+        let issuer = keys.map(|k| {
+            Arc::new(FerryIssuer::new(
+                &config.server.public_url,
+                k,
+                options.clock.clone(),
+            ))
+        });
+
+        // Targets.
+        let mut targets = HashMap::new();
+        let mut resources = HashMap::new();
+        if let Some(issuer) = &issuer {
+            for t in &config.targets {
+                let ttl = target_ttl(t);
+                let provider: Arc<dyn CredentialProvider> = match t.kind.as_str() {
+                    "jwt" => Arc::new(JwtProvider::new(
+                        Arc::clone(issuer),
+                        t.audience.clone().unwrap_or_default(),
+                        ttl,
+                    )),
+                    _ => continue, // rejected by validation
+                };
+                if let Some(r) = &t.resource {
+                    resources.insert(r.clone(), t.id.clone());
+                }
+                if t.kind == "jwt"
+                    && let Some(a) = &t.audience
+                {
+                    resources.insert(a.clone(), t.id.clone());
+                }
+                targets.insert(
+                    t.id.clone(),
+                    Arc::new(Target {
+                        id: t.id.clone(),
+                        kind: t.kind.clone(),
+                        scopes: t.scopes.clone(),
+                        ttl,
+                        min_remaining: t.min_remaining.map(|d| d.0).unwrap_or(ttl / 2),
+                        provider,
+                    }),
+                );
+            }
+        }
+
+        let (Some(policy), Some(issuer), true) = (policy, issuer, errs.is_empty()) else {
+            if errs.is_empty() {
+                errs.push(&file, "config", "could not be compiled");
+            }
+            return Err(errs);
+        };
+
+        let revision = crate::fingerprint(&revision_input);
+        let verifier = Verifier::new(trusted, options.clock.clone());
+        Ok((
+            Self {
+                revision,
+                config,
+                verifier,
+                mapper: Mapper::new(mappings),
+                policy,
+                targets,
+                resources,
+                issuer,
+                refreshers: Vec::new(),
+            },
+            warnings,
+        ))
+    }
+
+    /// Fetches every remote issuer's keys once, concurrently (start-up); failures are
+    /// logged and retried by the refreshers.
+    pub async fn warm_up(&self) {
+        let mut set = tokio::task::JoinSet::new();
+        for issuer in self.verifier.issuers().filter(|i| i.jwks.is_remote()) {
+            let jwks = Arc::clone(&issuer.jwks);
+            set.spawn(async move {
+                if let Err(e) = jwks.refresh().await {
+                    tracing::warn!(issuer = %jwks.issuer_id(), error = %e, "initial jwks fetch failed; will retry");
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Starts the scheduled JWKS refreshes; they stop when this runtime is dropped.
+    pub fn start_refreshers(&mut self) {
+        for issuer in self.verifier.issuers() {
+            if issuer.jwks.is_remote() {
+                self.refreshers
+                    .push(spawn_refresher(Arc::clone(&issuer.jwks)));
+            }
+        }
+    }
+
+    /// True when every issuer has usable keys.
+    pub fn issuers_ready(&self) -> bool {
+        self.verifier.issuers().all(|i| i.jwks.status().usable)
+    }
+}

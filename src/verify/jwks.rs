@@ -1,0 +1,609 @@
+//! Per-issuer JWKS cache: scheduled refresh, one shared rate-limited refresh on an
+//! unknown `kid`, stale keys served up to a bound while refreshes fail.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use url::Url;
+
+use super::fetch::{self, FetchError};
+use crate::clock::SharedClock;
+
+/// JWKS documents larger than this are refused.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Discovery documents larger than this are refused.
+pub const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
+
+/// How the cache refreshes (from `[jwks]` in the config).
+#[derive(Debug, Clone)]
+pub struct JwksPolicy {
+    /// Refresh interval when the server sends no usable Cache-Control.
+    pub refresh_default: Duration,
+    /// Lower bound on the refresh interval, whatever Cache-Control says.
+    pub refresh_min: Duration,
+    /// Upper bound on the refresh interval.
+    pub refresh_max: Duration,
+    /// At most one unknown-`kid` refresh per issuer per this interval.
+    pub unknown_kid_min_interval: Duration,
+    /// Keys keep serving this long after their last successful fetch while refreshes fail.
+    pub max_stale: Duration,
+    /// Wait before retrying a failed scheduled refresh.
+    pub retry_interval: Duration,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery {
+        /// The exact issuer identifier (the discovery document must repeat it).
+        issuer: String,
+    },
+    /// A configured JWKS URL.
+    Uri(Url),
+    /// A static JWKS file, loaded once (air-gapped).
+    Static,
+}
+
+/// The kind of public key, which decides which algorithms it can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// RSA: RS* and PS*.
+    Rsa,
+    /// EC P-256: ES256.
+    P256,
+    /// EC P-384: ES384.
+    P384,
+    /// Ed25519: EdDSA.
+    Ed25519,
+}
+
+/// One public key from an issuer's JWKS.
+pub struct VerifyingKey {
+    /// Its `kid`, if the JWKS gave one.
+    pub kid: Option<String>,
+    /// Its `alg`, if the JWKS pinned one.
+    pub alg: Option<Algorithm>,
+    /// Its key type.
+    pub kind: KeyKind,
+    /// The key, ready for verification.
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    /// Whether this key can verify a signature made with `alg`.
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        if self.alg.is_some_and(|pinned| pinned != alg) {
+            return false;
+        }
+        matches!(
+            (self.kind, alg),
+            (
+                KeyKind::Rsa,
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            ) | (KeyKind::P256, Algorithm::ES256)
+                | (KeyKind::P384, Algorithm::ES384)
+                | (KeyKind::Ed25519, Algorithm::EdDSA)
+        )
+    }
+}
+
+/// Why no key could be found for a token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyLookupError {
+    /// No key with this `kid` (after the allowed refresh).
+    #[error("no key with kid `{0}`")]
+    UnknownKid(String),
+    /// The token names no `kid` and no key fits its algorithm.
+    #[error("the token has no `kid` and no key fits its algorithm")]
+    NoKeyFits,
+    /// The token names no `kid` and several keys fit.
+    #[error("the token has no `kid` and {0} keys fit its algorithm; a `kid` is required")]
+    Ambiguous(usize),
+    /// The key with that `kid` cannot verify this algorithm.
+    #[error("key `{0}` cannot verify this algorithm")]
+    WrongKeyType(String),
+    /// The issuer's keys have never been fetched, or are older than the stale bound.
+    #[error("keys for this issuer are unavailable")]
+    Unavailable,
+}
+
+/// What operators see about an issuer's keys.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JwksStatus {
+    /// Key ids currently served (`null` for a key without `kid`).
+    pub key_ids: Vec<Option<String>>,
+    /// Unix seconds of the last successful fetch (`None` for static files or never).
+    pub last_success: Option<i64>,
+    /// The last refresh error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// JWKS fetches attempted so far.
+    pub fetches: u64,
+    /// Whether keys are usable now.
+    pub usable: bool,
+}
+
+struct KeySet {
+    keys: Vec<Arc<VerifyingKey>>,
+    /// `None` for static keys (never stale).
+    fetched_at: Option<i64>,
+    /// When a scheduled refresh is due.
+    fresh_until: i64,
+}
+
+#[derive(Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    jwks_uri: String,
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<serde_json::Value>,
+}
+
+/// Why a refresh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The HTTP part failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The discovery document is unusable.
+    #[error("discovery document: {0}")]
+    Discovery(String),
+    /// The JWKS document is unusable.
+    #[error("jwks: {0}")]
+    Jwks(String),
+}
+
+/// The key cache of one trusted issuer.
+pub struct JwksCache {
+    issuer_id: String,
+    source: JwksSource,
+    client: reqwest::Client,
+    clock: SharedClock,
+    policy: JwksPolicy,
+    keys: ArcSwap<KeySet>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    last_unknown_kid_refresh: AtomicI64,
+    fetches: AtomicU64,
+    last_success: AtomicI64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache")
+            .field("issuer_id", &self.issuer_id)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+const NEVER: i64 = i64::MIN;
+
+impl JwksCache {
+    /// A cache that fetches its keys over HTTP.
+    pub fn remote(
+        issuer_id: String,
+        source: JwksSource,
+        client: reqwest::Client,
+        clock: SharedClock,
+        policy: JwksPolicy,
+    ) -> Self {
+        Self {
+            issuer_id,
+            source,
+            client,
+            clock,
+            policy,
+            keys: ArcSwap::from_pointee(KeySet {
+                keys: Vec::new(),
+                fetched_at: None,
+                fresh_until: NEVER,
+            }),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            last_unknown_kid_refresh: AtomicI64::new(NEVER),
+            fetches: AtomicU64::new(0),
+            last_success: AtomicI64::new(NEVER),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// A cache over a static JWKS document (already read from a file).
+    pub fn from_static(
+        issuer_id: String,
+        document: &[u8],
+        client: reqwest::Client,
+        clock: SharedClock,
+        policy: JwksPolicy,
+    ) -> Result<Self, RefreshError> {
+        if document.len() > MAX_JWKS_BYTES {
+            return Err(RefreshError::Jwks(format!(
+                "document is larger than {MAX_JWKS_BYTES} bytes"
+            )));
+        }
+        let (keys, _skipped) = parse_jwks(document)?;
+        let cache = Self::remote(issuer_id, JwksSource::Static, client, clock, policy);
+        cache.keys.store(Arc::new(KeySet {
+            keys,
+            fetched_at: None,
+            fresh_until: i64::MAX,
+        }));
+        Ok(cache)
+    }
+
+    /// The issuer id this cache belongs to.
+    pub fn issuer_id(&self) -> &str {
+        &self.issuer_id
+    }
+
+    /// Whether keys come from the network (and so need refreshing).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self.source, JwksSource::Static)
+    }
+
+    /// How many fetches have been attempted.
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot for operators.
+    pub fn status(&self) -> JwksStatus {
+        let set = self.keys.load();
+        let last = self.last_success.load(Ordering::SeqCst);
+        JwksStatus {
+            key_ids: set.keys.iter().map(|k| k.kid.clone()).collect(),
+            last_success: (last != NEVER).then_some(last),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            fetches: self.fetch_count(),
+            usable: self.usable(&set),
+        }
+    }
+
+    fn usable(&self, set: &KeySet) -> bool {
+        if set.keys.is_empty() {
+            return false;
+        }
+        match set.fetched_at {
+            None => true,
+            Some(at) => {
+                let bound = i64::try_from(self.policy.max_stale.as_secs()).unwrap_or(i64::MAX);
+                self.clock.now() < at.saturating_add(bound)
+            }
+        }
+    }
+
+    /// Seconds until the next scheduled refresh is due (0 when due now).
+    pub fn refresh_due_in(&self) -> Duration {
+        let set = self.keys.load();
+        let now = self.clock.now();
+        let secs = set.fresh_until.saturating_sub(now).max(0);
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    }
+
+    /// Finds the key for a token's `kid` and `alg`, refreshing once (shared, rate-limited)
+    /// when the `kid` is unknown or no keys are usable.
+    pub async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyingKey>, KeyLookupError> {
+        match self.lookup(kid, alg) {
+            Err(KeyLookupError::UnknownKid(_) | KeyLookupError::Unavailable)
+                if self.is_remote() =>
+            {
+                self.refresh_for_unknown_kid().await;
+                self.lookup(kid, alg)
+            }
+            other => other,
+        }
+    }
+
+    fn lookup(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyingKey>, KeyLookupError> {
+        let set = self.keys.load();
+        if !self.usable(&set) {
+            return Err(KeyLookupError::Unavailable);
+        }
+        match kid {
+            Some(kid) => {
+                let mut found = false;
+                for key in set.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)) {
+                    found = true;
+                    if key.fits(alg) {
+                        return Ok(Arc::clone(key));
+                    }
+                }
+                if found {
+                    Err(KeyLookupError::WrongKeyType(kid.to_owned()))
+                } else {
+                    Err(KeyLookupError::UnknownKid(kid.to_owned()))
+                }
+            }
+            None => {
+                let mut fitting = set.keys.iter().filter(|k| k.fits(alg));
+                match (fitting.next(), fitting.count()) {
+                    (Some(key), 0) => Ok(Arc::clone(key)),
+                    (Some(_), more) => Err(KeyLookupError::Ambiguous(more + 1)),
+                    (None, _) => Err(KeyLookupError::NoKeyFits),
+                }
+            }
+        }
+    }
+
+    /// One refresh shared by every concurrent caller, at most once per
+    /// `unknown_kid_min_interval`.
+    async fn refresh_for_unknown_kid(&self) {
+        let window =
+            i64::try_from(self.policy.unknown_kid_min_interval.as_secs()).unwrap_or(i64::MAX);
+        if self.within_window(window) {
+            return;
+        }
+        let _guard = self.refresh_lock.lock().await;
+        // Whoever held the lock before us may have just refreshed: share its result.
+        if self.within_window(window) {
+            return;
+        }
+        self.last_unknown_kid_refresh
+            .store(self.clock.now(), Ordering::SeqCst);
+        if let Err(e) = self.fetch_and_store().await {
+            tracing::warn!(issuer = %self.issuer_id, error = %e, "jwks refresh on unknown kid failed");
+        }
+    }
+
+    fn within_window(&self, window: i64) -> bool {
+        let last = self.last_unknown_kid_refresh.load(Ordering::SeqCst);
+        last != NEVER && self.clock.now() < last.saturating_add(window)
+    }
+
+    /// A scheduled refresh (start-up warm-up and the background loop).
+    pub async fn refresh(&self) -> Result<usize, RefreshError> {
+        if !self.is_remote() {
+            return Ok(self.keys.load().keys.len());
+        }
+        let _guard = self.refresh_lock.lock().await;
+        self.fetch_and_store().await
+    }
+
+    async fn fetch_and_store(&self) -> Result<usize, RefreshError> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let result = self.fetch().await;
+        let now = self.clock.now();
+        match result {
+            Ok((keys, max_age)) => {
+                let interval = max_age
+                    .unwrap_or(self.policy.refresh_default)
+                    .clamp(self.policy.refresh_min, self.policy.refresh_max);
+                let count = keys.len();
+                self.keys.store(Arc::new(KeySet {
+                    keys,
+                    fetched_at: Some(now),
+                    fresh_until: now
+                        .saturating_add(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)),
+                }));
+                self.last_success.store(now, Ordering::SeqCst);
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+                tracing::debug!(issuer = %self.issuer_id, keys = count, "jwks refreshed");
+                Ok(count)
+            }
+            Err(e) => {
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                // Keep the old keys; schedule a retry.
+                let old = self.keys.load_full();
+                let retry = i64::try_from(self.policy.retry_interval.as_secs()).unwrap_or(60);
+                self.keys.store(Arc::new(KeySet {
+                    keys: old.keys.clone(),
+                    fetched_at: old.fetched_at,
+                    fresh_until: now.saturating_add(retry),
+                }));
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Vec<Arc<VerifyingKey>>, Option<Duration>), RefreshError> {
+        let jwks_url = match &self.source {
+            JwksSource::Static => return Err(RefreshError::Jwks("static keys".into())),
+            JwksSource::Uri(url) => url.clone(),
+            JwksSource::Discovery { issuer } => {
+                let url = discovery_url(issuer)
+                    .map_err(|e| RefreshError::Discovery(format!("bad issuer URL: {e}")))?;
+                let fetched = fetch::get_limited(&self.client, &url, MAX_DISCOVERY_BYTES).await?;
+                let doc: DiscoveryDocument = serde_json::from_slice(&fetched.body)
+                    .map_err(|e| RefreshError::Discovery(format!("not valid JSON: {e}")))?;
+                // OpenID Connect Discovery 1.0 §4.3: the issuer must match exactly.
+                if doc.issuer != *issuer {
+                    return Err(RefreshError::Discovery(format!(
+                        "issuer `{}` does not match the configured `{issuer}`",
+                        truncate(&doc.issuer, 200)
+                    )));
+                }
+                Url::parse(&doc.jwks_uri)
+                    .map_err(|e| RefreshError::Discovery(format!("bad jwks_uri: {e}")))?
+            }
+        };
+        let fetched = fetch::get_limited(&self.client, &jwks_url, MAX_JWKS_BYTES).await?;
+        let (keys, skipped) = parse_jwks(&fetched.body)?;
+        if skipped > 0 {
+            tracing::debug!(issuer = %self.issuer_id, skipped, "jwks keys skipped (unsupported or not for signatures)");
+        }
+        Ok((keys, fetched.max_age))
+    }
+}
+
+/// `{issuer}/.well-known/openid-configuration` (OIDC Discovery §4: strip one trailing `/`).
+pub fn discovery_url(issuer: &str) -> Result<Url, url::ParseError> {
+    let base = issuer.strip_suffix('/').unwrap_or(issuer);
+    Url::parse(&format!("{base}/.well-known/openid-configuration"))
+}
+
+/// Parses a JWKS document into usable verification keys; returns how many were skipped.
+pub fn parse_jwks(document: &[u8]) -> Result<(Vec<Arc<VerifyingKey>>, usize), RefreshError> {
+    let raw: RawJwks = serde_json::from_slice(document)
+        .map_err(|e| RefreshError::Jwks(format!("not a JWKS document: {e}")))?;
+    let mut keys = Vec::new();
+    let mut skipped = 0;
+    for value in raw.keys {
+        match serde_json::from_value::<Jwk>(value)
+            .ok()
+            .and_then(|jwk| to_verifying_key(&jwk))
+        {
+            Some(key) => keys.push(Arc::new(key)),
+            None => skipped += 1,
+        }
+    }
+    if keys.is_empty() {
+        return Err(RefreshError::Jwks("no usable signature keys".into()));
+    }
+    Ok((keys, skipped))
+}
+
+fn to_verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
+    if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+        return None;
+    }
+    let kind = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => KeyKind::P256,
+            EllipticCurve::P384 => KeyKind::P384,
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+            EllipticCurve::Ed25519 => KeyKind::Ed25519,
+            _ => return None,
+        },
+        // Symmetric keys are never trusted from a JWKS.
+        _ => return None,
+    };
+    let alg = match jwk.common.key_algorithm {
+        None => None,
+        Some(ka) => Some(key_algorithm(ka)?),
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyingKey {
+        kid: jwk.common.key_id.clone(),
+        alg,
+        kind,
+        key,
+    })
+}
+
+fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match ka {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary (for echoing untrusted values).
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+/// Runs scheduled refreshes for one issuer until dropped (the handle aborts the task).
+pub fn spawn_refresher(cache: Arc<JwksCache>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let wait = cache.refresh_due_in().max(Duration::from_secs(1));
+            tokio::time::sleep(wait).await;
+            if let Err(e) = cache.refresh().await {
+                tracing::warn!(issuer = %cache.issuer_id(), error = %e, "scheduled jwks refresh failed; serving cached keys");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_url_strips_one_slash() -> Result<(), url::ParseError> {
+        assert_eq!(
+            discovery_url("https://a.example/")?.as_str(),
+            "https://a.example/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            discovery_url("https://a.example/tenant")?.as_str(),
+            "https://a.example/tenant/.well-known/openid-configuration"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn symmetric_and_encryption_keys_are_skipped() {
+        let doc = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"},
+            {"kty":"EC","crv":"P-256","use":"enc","kid":"e",
+             "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty":"EC","crv":"P-256","kid":"s",
+             "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let parsed = parse_jwks(doc);
+        assert!(matches!(parsed, Ok((ref keys, 2)) if keys.len() == 1));
+        if let Ok((keys, _)) = parsed {
+            assert!(keys.iter().all(|k| k.kid.as_deref() == Some("s")));
+            assert!(
+                keys.iter()
+                    .all(|k| k.fits(Algorithm::ES256) && !k.fits(Algorithm::RS256))
+            );
+        }
+    }
+
+    #[test]
+    fn a_document_without_usable_keys_is_an_error() {
+        assert!(parse_jwks(br#"{"keys":[]}"#).is_err());
+        assert!(parse_jwks(b"not json").is_err());
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,495 @@
+//! Verifying subject tokens: the issuer is chosen by `iss`, the key by `kid`, the
+//! algorithm from the issuer's allow-list; then signature, then time and audience.
+//! Only a [`VerifiedToken`] leaves this module, and only this module can build one.
+
+pub mod fetch;
+pub mod jwks;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::clock::SharedClock;
+use ferry_provider_api::Secret;
+use jwks::{JwksCache, KeyLookupError, truncate};
+
+/// Subject tokens larger than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Algorithms Ferry can accept from an issuer (never `none`, never HS*).
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// Parses an algorithm name from the supported list.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    if !SUPPORTED_ALGORITHMS.contains(&name) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+/// A token as presented: trimmed, size-checked, not yet trusted for anything.
+pub struct UnverifiedToken(Secret);
+
+impl std::fmt::Debug for UnverifiedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UnverifiedToken({})", self.fingerprint())
+    }
+}
+
+impl UnverifiedToken {
+    /// Trims surrounding whitespace (token files end with a newline) and checks the size.
+    pub fn new(raw: &str) -> Result<Self, VerifyError> {
+        let trimmed = raw.trim();
+        if trimmed.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::TooLarge);
+        }
+        if trimmed.is_empty() {
+            return Err(VerifyError::Malformed("the token is empty"));
+        }
+        Ok(Self(Secret::new(trimmed)))
+    }
+
+    /// First 16 hex chars of SHA-256 of the token, for logs.
+    pub fn fingerprint(&self) -> String {
+        crate::fingerprint(self.0.expose().as_bytes())
+    }
+
+    /// Full SHA-256 of the token (hex), for the audit trail and token-result caching.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.0.expose().as_bytes()))
+    }
+}
+
+/// A token whose signature, issuer, audience and lifetime have been checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    issuer_id: Arc<str>,
+    claims: Arc<Map<String, Value>>,
+    expires_at: i64,
+    token_sha256: String,
+    signature_checked: bool,
+}
+
+impl VerifiedToken {
+    /// The id (from the config) of the issuer that signed it.
+    pub fn issuer_id(&self) -> &str {
+        &self.issuer_id
+    }
+
+    /// The verified claims.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+
+    /// The token's `sub`, if it has a string one.
+    pub fn sub(&self) -> Option<&str> {
+        self.claims.get("sub").and_then(Value::as_str)
+    }
+
+    /// The token's `jti`, if it has a string one.
+    pub fn jti(&self) -> Option<&str> {
+        self.claims.get("jti").and_then(Value::as_str)
+    }
+
+    /// The token's `exp`, Unix seconds.
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
+
+    /// SHA-256 (hex) of the presented token.
+    pub fn token_sha256(&self) -> &str {
+        &self.token_sha256
+    }
+
+    /// False only for `ferry explain --claims`, which checks claims without a signature.
+    pub fn signature_checked(&self) -> bool {
+        self.signature_checked
+    }
+}
+
+/// Why a token was refused. Every message is safe to send to the client: it names the
+/// failing check and never echoes the token.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Over [`MAX_TOKEN_BYTES`].
+    #[error("the token is larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    /// Not a well-formed JWS compact serialization.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The header's `alg` is not one Ferry ever accepts.
+    #[error("algorithm `{0}` is not accepted")]
+    UnsupportedAlgorithm(String),
+    /// The header has a `crit` parameter (RFC 7515 §4.1.11): Ferry understands no extension.
+    #[error("the token header has critical extensions Ferry does not understand")]
+    CriticalHeader,
+    /// No `iss` claim.
+    #[error("the token has no `iss` claim")]
+    MissingIssuer,
+    /// `iss` names no trusted issuer.
+    #[error("issuer `{0}` is not trusted")]
+    UntrustedIssuer(String),
+    /// The algorithm is valid but not on this issuer's allow-list.
+    #[error("algorithm `{alg}` is not allowed for issuer `{issuer}`")]
+    AlgorithmNotAllowed {
+        /// The algorithm.
+        alg: String,
+        /// The issuer id.
+        issuer: String,
+    },
+    /// No key could be found.
+    #[error("no signing key for this token at issuer `{issuer}`: {reason}")]
+    Key {
+        /// The issuer id.
+        issuer: String,
+        /// Why.
+        reason: KeyLookupError,
+    },
+    /// The issuer's keys could not be fetched at all (a 503, not the client's fault).
+    #[error("signing keys of issuer `{0}` are unavailable")]
+    KeysUnavailable(String),
+    /// The signature does not verify.
+    #[error("the token signature is invalid")]
+    BadSignature,
+    /// A registered claim has the wrong type.
+    #[error("claim `{0}` has the wrong type")]
+    ClaimType(&'static str),
+    /// A required claim is missing.
+    #[error("the token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    /// `exp` has passed (beyond leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond leeway).
+    #[error("token is not valid yet (`nbf` is in the future)")]
+    NotYetValid,
+    /// `iat` is in the future (beyond leeway).
+    #[error("token was issued in the future (`iat`)")]
+    IssuedInFuture,
+    /// `iat` is older than the issuer's `max_age`.
+    #[error(
+        "token is too old (`iat` is more than {max_age}s ago, the `max_age` of issuer `{issuer}`)"
+    )]
+    TooOld {
+        /// The issuer id.
+        issuer: String,
+        /// The configured bound in seconds.
+        max_age: i64,
+    },
+    /// No `aud` value is accepted by the issuer.
+    #[error("audience `{aud}` not accepted by issuer `{issuer}`")]
+    AudienceRejected {
+        /// The (first, truncated) audience in the token.
+        aud: String,
+        /// The issuer id.
+        issuer: String,
+    },
+}
+
+impl VerifyError {
+    /// True when the failure is Ferry's or the issuer's, not the token's (maps to 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::KeysUnavailable(_))
+    }
+}
+
+/// One trusted issuer: how its tokens are checked.
+#[derive(Debug)]
+pub struct TrustedIssuer {
+    /// The issuer id from the config.
+    pub id: Arc<str>,
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values (any of).
+    pub audiences: HashSet<String>,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowed on `exp`/`nbf`/`iat`, seconds.
+    pub leeway: i64,
+    /// Maximum age of `iat`, seconds.
+    pub max_age: Option<i64>,
+    /// Its keys.
+    pub jwks: Arc<JwksCache>,
+}
+
+/// All trusted issuers, found by exact `iss`.
+#[derive(Debug)]
+pub struct Verifier {
+    by_iss: HashMap<String, Arc<TrustedIssuer>>,
+    clock: SharedClock,
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+impl Verifier {
+    /// A verifier over these issuers.
+    pub fn new(issuers: Vec<Arc<TrustedIssuer>>, clock: SharedClock) -> Self {
+        let by_iss = issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect();
+        Self { by_iss, clock }
+    }
+
+    /// Every trusted issuer.
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
+        self.by_iss.values()
+    }
+
+    /// Verifies a presented token completely.
+    #[tracing::instrument(skip_all, fields(token = %token.fingerprint()))]
+    pub async fn verify(&self, token: &UnverifiedToken) -> Result<VerifiedToken, VerifyError> {
+        let raw = token.0.expose();
+        let parts = split_jws(raw)?;
+        let header: RawHeader = decode_json_part(parts.header)
+            .map_err(|()| VerifyError::Malformed("the header is not base64url-encoded JSON"))?;
+        let claims: Map<String, Value> = decode_json_part(parts.payload).map_err(|()| {
+            VerifyError::Malformed("the claims are not a base64url-encoded JSON object")
+        })?;
+        if header.crit.is_some() {
+            return Err(VerifyError::CriticalHeader);
+        }
+        let alg_name = header
+            .alg
+            .ok_or(VerifyError::Malformed("the header has no `alg`"))?;
+        let alg = parse_algorithm(&alg_name)
+            .ok_or_else(|| VerifyError::UnsupportedAlgorithm(truncate(&alg_name, 32).to_owned()))?;
+        // The issuer is chosen by `iss` before anything is trusted; nothing else from the
+        // unverified claims is used until the signature checks out.
+        let issuer = self.issuer_for(&claims)?;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(VerifyError::AlgorithmNotAllowed {
+                alg: alg_name,
+                issuer: issuer.id.to_string(),
+            });
+        }
+        let key = issuer
+            .jwks
+            .key_for(header.kid.as_deref(), alg)
+            .await
+            .map_err(|reason| match reason {
+                KeyLookupError::Unavailable => VerifyError::KeysUnavailable(issuer.id.to_string()),
+                reason => VerifyError::Key {
+                    issuer: issuer.id.to_string(),
+                    reason,
+                },
+            })?;
+        let signed = raw
+            .get(..parts.header.len() + 1 + parts.payload.len())
+            .ok_or(VerifyError::Malformed("truncated"))?;
+        let ok = jsonwebtoken::crypto::verify(parts.signature, signed.as_bytes(), &key.key, alg)
+            .map_err(|_| VerifyError::BadSignature)?;
+        if !ok {
+            return Err(VerifyError::BadSignature);
+        }
+        self.check_claims(&issuer, claims, token.sha256(), true)
+    }
+
+    /// Checks everything but the signature: for `ferry explain --claims` only. The result
+    /// says `signature_checked() == false`.
+    pub fn check_claims_without_signature(
+        &self,
+        claims: Map<String, Value>,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let issuer = self.issuer_for(&claims)?;
+        self.check_claims(&issuer, claims, String::new(), false)
+    }
+
+    fn issuer_for(&self, claims: &Map<String, Value>) -> Result<Arc<TrustedIssuer>, VerifyError> {
+        let iss = match claims.get("iss") {
+            None => return Err(VerifyError::MissingIssuer),
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(VerifyError::ClaimType("iss")),
+        };
+        self.by_iss
+            .get(iss)
+            .cloned()
+            .ok_or_else(|| VerifyError::UntrustedIssuer(truncate(iss, 200).to_owned()))
+    }
+
+    fn check_claims(
+        &self,
+        issuer: &TrustedIssuer,
+        claims: Map<String, Value>,
+        token_sha256: String,
+        signature_checked: bool,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let now = self.clock.now();
+        let leeway = issuer.leeway;
+        // RFC 7519 §4.1.4: exp is required by Ferry (short-lived tokens only).
+        let exp = numeric_date(&claims, "exp")?.ok_or(VerifyError::MissingClaim("exp"))?;
+        if now >= exp.saturating_add(leeway) {
+            return Err(VerifyError::Expired);
+        }
+        if let Some(nbf) = numeric_date(&claims, "nbf")?
+            && now.saturating_add(leeway) < nbf
+        {
+            return Err(VerifyError::NotYetValid);
+        }
+        let iat = numeric_date(&claims, "iat")?;
+        if let Some(iat) = iat
+            && now.saturating_add(leeway) < iat
+        {
+            return Err(VerifyError::IssuedInFuture);
+        }
+        if let Some(max_age) = issuer.max_age {
+            let iat = iat.ok_or(VerifyError::MissingClaim("iat"))?;
+            if now > iat.saturating_add(max_age).saturating_add(leeway) {
+                return Err(VerifyError::TooOld {
+                    issuer: issuer.id.to_string(),
+                    max_age,
+                });
+            }
+        }
+        check_audience(issuer, claims.get("aud"))?;
+        Ok(VerifiedToken {
+            issuer_id: Arc::clone(&issuer.id),
+            claims: Arc::new(claims),
+            expires_at: exp,
+            token_sha256,
+            signature_checked,
+        })
+    }
+}
+
+/// RFC 7519 §4.1.3: `aud` is a string or an array of strings; one must be accepted.
+fn check_audience(issuer: &TrustedIssuer, aud: Option<&Value>) -> Result<(), VerifyError> {
+    let values: Vec<&str> = match aud {
+        None => return Err(VerifyError::MissingClaim("aud")),
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(item.as_str().ok_or(VerifyError::ClaimType("aud"))?);
+            }
+            out
+        }
+        Some(_) => return Err(VerifyError::ClaimType("aud")),
+    };
+    if values.iter().any(|a| issuer.audiences.contains(*a)) {
+        return Ok(());
+    }
+    Err(VerifyError::AudienceRejected {
+        aud: truncate(values.first().copied().unwrap_or(""), 200).to_owned(),
+        issuer: issuer.id.to_string(),
+    })
+}
+
+/// RFC 7519 §2 NumericDate: a JSON number of seconds, possibly fractional.
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, VerifyError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Some(i))
+            } else if let Some(f) = n.as_f64().filter(|f| f.is_finite()) {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "NumericDate seconds, clamped by `as`"
+                )]
+                Ok(Some(f.floor() as i64))
+            } else {
+                Err(VerifyError::ClaimType(name))
+            }
+        }
+        Some(_) => Err(VerifyError::ClaimType(name)),
+    }
+}
+
+struct JwsParts<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+}
+
+fn split_jws(raw: &str) -> Result<JwsParts<'_>, VerifyError> {
+    let mut parts = raw.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(header), Some(payload), Some(signature), None) => {
+            if header.is_empty() || payload.is_empty() {
+                return Err(VerifyError::Malformed("empty header or claims"));
+            }
+            if signature.is_empty() {
+                return Err(VerifyError::Malformed("the token is not signed"));
+            }
+            Ok(JwsParts {
+                header,
+                payload,
+                signature,
+            })
+        }
+        _ if raw.split('.').count() == 5 => Err(VerifyError::Malformed(
+            "encrypted tokens (JWE) are not accepted",
+        )),
+        _ => Err(VerifyError::Malformed(
+            "not a JWT (expected three base64url parts separated by dots)",
+        )),
+    }
+}
+
+fn decode_json_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, ()> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| ())?;
+    serde_json::from_slice(&bytes).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_trimmed_and_bounded() {
+        assert!(UnverifiedToken::new("  a.b.c\n").is_ok());
+        assert!(matches!(
+            UnverifiedToken::new(&"a".repeat(MAX_TOKEN_BYTES + 1)),
+            Err(VerifyError::TooLarge)
+        ));
+        assert!(matches!(
+            UnverifiedToken::new(" \n"),
+            Err(VerifyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn jws_shape_is_checked() {
+        assert!(split_jws("a.b.c").is_ok());
+        assert!(
+            matches!(split_jws("a.b."), Err(VerifyError::Malformed(m)) if m.contains("not signed"))
+        );
+        assert!(
+            matches!(split_jws("a.b.c.d.e"), Err(VerifyError::Malformed(m)) if m.contains("JWE"))
+        );
+        assert!(split_jws("a.b").is_err());
+    }
+
+    #[test]
+    fn debug_of_unverified_token_is_a_fingerprint() -> Result<(), VerifyError> {
+        let t = UnverifiedToken::new("header.payload.signature")?;
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("payload"));
+        assert_eq!(shown, format!("UnverifiedToken({})", t.fingerprint()));
+        Ok(())
+    }
+
+    #[test]
+    fn numeric_dates_accept_fractions() -> Result<(), VerifyError> {
+        let mut m = Map::new();
+        m.insert("exp".into(), serde_json::json!(10.7));
+        assert_eq!(numeric_date(&m, "exp")?, Some(10));
+        m.insert("exp".into(), serde_json::json!("10"));
+        assert!(numeric_date(&m, "exp").is_err());
+        Ok(())
+    }
+}
