@@ -361,9 +361,8 @@ impl JwksCache {
     async fn refresh_for_unknown_kid(&self) {
         let window =
             i64::try_from(self.policy.unknown_kid_min_interval.as_secs()).unwrap_or(i64::MAX);
-        if self.within_window(window) {
-            return;
-        }
+        // Always queue on the lock, even inside the window: a refresh may be in flight
+        // right now, and its result is what this caller needs.
         let _guard = self.refresh_lock.lock().await;
         // Whoever held the lock before us may have just refreshed: share its result.
         if self.within_window(window) {
