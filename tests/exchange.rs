@@ -1,6 +1,11 @@
 //! End-to-end exchanges through the real router (and a real socket), and independent
 //! verification of what Ferry issues.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -32,12 +37,19 @@ fn verify_independently(token: &str, jwks: &Value) -> Value {
         .expect("kid published in the JWKS");
     assert_eq!(jwk["kty"], "RSA");
     assert_eq!(jwk["use"], "sig");
-    let n = rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap());
-    let e = rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk["e"].as_str().unwrap()).unwrap());
-    let key = rsa::pkcs1v15::VerifyingKey::<rsa::sha2::Sha256>::new(rsa::RsaPublicKey::new(n, e).unwrap());
-    let sig = rsa::pkcs1v15::Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice()).unwrap();
+    let n =
+        rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap());
+    let e =
+        rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk["e"].as_str().unwrap()).unwrap());
+    let key = rsa::pkcs1v15::VerifyingKey::<rsa::sha2::Sha256>::new(
+        rsa::RsaPublicKey::new(n, e).unwrap(),
+    );
+    let sig =
+        rsa::pkcs1v15::Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice())
+            .unwrap();
     let message = format!("{}.{}", parts[0], parts[1]);
-    key.verify(message.as_bytes(), &sig).expect("signature verifies independently");
+    key.verify(message.as_bytes(), &sig)
+        .expect("signature verifies independently");
     // Tampering breaks it.
     let tampered = format!("{}.{}x", parts[0], parts[1]);
     assert!(key.verify(tampered.as_bytes(), &sig).is_err());
@@ -63,11 +75,20 @@ async fn a_valid_token_is_exchanged_for_a_ferry_jwt_that_verifies_independently(
     let disc = h.get("/.well-known/openid-configuration").await;
     assert_eq!(disc.status, 200);
     assert_eq!(disc.body["issuer"], "http://127.0.0.1:9");
-    assert_eq!(disc.body["jwks_uri"], "http://127.0.0.1:9/.well-known/jwks.json");
-    assert_eq!(disc.body["id_token_signing_alg_values_supported"][0], "RS256");
+    assert_eq!(
+        disc.body["jwks_uri"],
+        "http://127.0.0.1:9/.well-known/jwks.json"
+    );
+    assert_eq!(
+        disc.body["id_token_signing_alg_values_supported"][0],
+        "RS256"
+    );
     let jwks = h.get("/.well-known/jwks.json").await;
     assert_eq!(jwks.status, 200);
-    assert!(jwks.body["keys"][0].get("d").is_none(), "no private parts published");
+    assert!(
+        jwks.body["keys"][0].get("d").is_none(),
+        "no private parts published"
+    );
     let claims = verify_independently(access, &jwks.body);
 
     assert_eq!(claims["iss"], "http://127.0.0.1:9");
@@ -89,30 +110,48 @@ async fn a_valid_token_is_exchanged_for_a_ferry_jwt_that_verifies_independently(
 #[tokio::test]
 async fn minted_tokens_are_cached_per_identity_target_and_scopes() {
     let h = Harness::start().await;
-    let first = h.exchange_token(&h.token(|_| {}), "api", Some("read")).await;
+    let first = h
+        .exchange_token(&h.token(|_| {}), "api", Some("read"))
+        .await;
     // A different (fresh) subject token for the same identity gets the cached JWT.
-    let second = h.exchange_token(&h.token(|_| {}), "api", Some("read")).await;
+    let second = h
+        .exchange_token(&h.token(|_| {}), "api", Some("read"))
+        .await;
     assert_eq!(first.status, 200);
     assert_eq!(first.body["access_token"], second.body["access_token"]);
     // Different scopes: a different token.
-    let third = h.exchange_token(&h.token(|_| {}), "api", Some("read write")).await;
+    let third = h
+        .exchange_token(&h.token(|_| {}), "api", Some("read write"))
+        .await;
     assert_eq!(third.status, 200);
     assert_ne!(first.body["access_token"], third.body["access_token"]);
     // Scope order does not matter.
-    let fourth = h.exchange_token(&h.token(|_| {}), "api", Some("write read")).await;
+    let fourth = h
+        .exchange_token(&h.token(|_| {}), "api", Some("write read"))
+        .await;
     assert_eq!(third.body["access_token"], fourth.body["access_token"]);
     // A different identity: a different token.
-    let other = h.exchange_token(&h.token(|c| c["sub"] = "someone-else".into()), "api", Some("read")).await;
+    let other = h
+        .exchange_token(
+            &h.token(|c| c["sub"] = "someone-else".into()),
+            "api",
+            Some("read"),
+        )
+        .await;
     assert_eq!(other.status, 200);
     assert_ne!(first.body["access_token"], other.body["access_token"]);
 
     // Reused while at least min_remaining (ttl/2 = 150s) is left, then re-minted.
     h.clock.advance(100);
-    let later = h.exchange_token(&h.token(|_| {}), "api", Some("read")).await;
+    let later = h
+        .exchange_token(&h.token(|_| {}), "api", Some("read"))
+        .await;
     assert_eq!(later.body["access_token"], first.body["access_token"]);
     assert_eq!(later.body["expires_in"], 200);
     h.clock.advance(60);
-    let fresh = h.exchange_token(&h.token(|_| {}), "api", Some("read")).await;
+    let fresh = h
+        .exchange_token(&h.token(|_| {}), "api", Some("read"))
+        .await;
     assert_eq!(fresh.status, 200);
     assert_ne!(fresh.body["access_token"], first.body["access_token"]);
     assert_eq!(fresh.body["expires_in"], 300);
@@ -137,14 +176,21 @@ async fn concurrent_identical_misses_mint_once() {
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(axum::body::Body::from(body))
                 .unwrap();
-            send(router, req).await.body["access_token"].as_str().unwrap().to_owned()
+            send(router, req).await.body["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         }));
     }
     let mut tokens = std::collections::HashSet::new();
     for t in tasks {
         tokens.insert(t.await.unwrap());
     }
-    assert_eq!(tokens.len(), 1, "every concurrent request got the one minted token");
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every concurrent request got the one minted token"
+    );
 }
 
 #[tokio::test]
@@ -155,18 +201,34 @@ async fn resource_selects_a_target_and_token_files_with_newlines_are_trimmed() {
         .post_form(&[
             ("grant_type", TOKEN_EXCHANGE),
             ("subject_token", &token),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:id_token",
+            ),
             ("resource", "https://api.example.com/v1"),
         ])
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let payload = b64json(r.body["access_token"].as_str().unwrap().split('.').nth(1).unwrap());
+    let payload = b64json(
+        r.body["access_token"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap(),
+    );
     assert_eq!(payload["aud"], "https://api.example.com");
 }
 
 #[tokio::test]
 async fn every_supported_issuer_algorithm_verifies() {
-    let algs = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
+    let algs = [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
     let h = Harness::with(&algs, |t| t, POLICY).await;
     for (i, alg) in algs.iter().enumerate() {
         let kid = format!("k{}", i + 1);
@@ -203,9 +265,12 @@ async fn exchange_over_a_real_socket() {
     let addr = listener.local_addr().unwrap();
     let router = h.router();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
@@ -251,7 +316,12 @@ async fn readyz_is_false_while_an_issuer_has_no_keys() {
     h.issuer.set_failing(true);
     let dir = tempfile::tempdir().unwrap();
     let clock = ferry::clock::ManualClock::new(now());
-    let rt = build_runtime(dir.path(), &config_text(&h.issuer.url), POLICY, clock.clone());
+    let rt = build_runtime(
+        dir.path(),
+        &config_text(&h.issuer.url),
+        POLICY,
+        clock.clone(),
+    );
     rt.warm_up().await;
     let state = ferry::http::AppState::new(
         rt,
@@ -261,7 +331,13 @@ async fn readyz_is_false_while_an_issuer_has_no_keys() {
             flights: Default::default(),
         },
     );
-    let r = send(ferry::http::app(state.clone()), axum::http::Request::get("/readyz").body(axum::body::Body::empty()).unwrap()).await;
+    let r = send(
+        ferry::http::app(state.clone()),
+        axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 503);
     assert_eq!(r.body["ready"], false);
     assert_eq!(r.body["issuers"]["fake"], false);

@@ -1,6 +1,11 @@
 //! Issuer key rotation, the shared rate-limited unknown-kid refresh, stale keys while
 //! the issuer is down, and Cache-Control bounds.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -35,7 +40,9 @@ async fn a_rotated_key_is_accepted_after_exactly_one_refresh() {
     assert_eq!(h.issuer.jwks_fetches(), 2, "one refresh for the new kid");
     // And the next token with k3 needs no fetch.
     claims["sub"] = "after-rotation-2".into();
-    let r = h.exchange_token(&h.issuer.sign("k3", &claims), "api", None).await;
+    let r = h
+        .exchange_token(&h.issuer.sign("k3", &claims), "api", None)
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(h.issuer.jwks_fetches(), 2);
 }
@@ -70,7 +77,11 @@ async fn a_flood_of_unknown_kids_fetches_at_most_once_per_window() {
         assert_eq!(r.status, 400);
         assert!(r.description().contains("no key with kid"), "{:?}", r.body);
     }
-    assert_eq!(h.issuer.jwks_fetches() - before, 1, "100 unknown kids, one fetch");
+    assert_eq!(
+        h.issuer.jwks_fetches() - before,
+        1,
+        "100 unknown kids, one fetch"
+    );
 
     // Still inside the 30s window: no fetch at all.
     h.clock.advance(29);
@@ -127,7 +138,10 @@ async fn stale_keys_serve_while_the_issuer_is_down_up_to_the_bound() {
     assert!(jwks.refresh().await.is_err());
     let status = jwks.status();
     assert!(status.usable);
-    assert!(status.last_error.as_deref().unwrap_or("").contains("503"), "{status:?}");
+    assert!(
+        status.last_error.as_deref().unwrap_or("").contains("503"),
+        "{status:?}"
+    );
     let r = h.exchange_token(&h.token(|_| {}), "api", None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 
@@ -140,7 +154,9 @@ async fn stale_keys_serve_while_the_issuer_is_down_up_to_the_bound() {
     // The issuer comes back: the next request refreshes and succeeds.
     h.issuer.set_failing(false);
     h.clock.advance(31);
-    let r = h.exchange_token(&h.token(|c| c["sub"] = "back".into()), "api", None).await;
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "back".into()), "api", None)
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
@@ -152,13 +168,17 @@ async fn cache_control_is_respected_within_bounds() {
     assert!((3590..=3600).contains(&jwks.refresh_due_in().as_secs()));
     for (header, expected) in [
         (Some("public, max-age=600"), 600),
-        (Some("max-age=5"), 60),           // clamped up to refresh_min (1m)
+        (Some("max-age=5"), 60),            // clamped up to refresh_min (1m)
         (Some("max-age=99999999"), 86_400), // clamped down to refresh_max (24h)
         (Some("no-store"), 60),
     ] {
         h.issuer.set_cache_control(header);
         jwks.refresh().await.unwrap();
-        assert_eq!(jwks.refresh_due_in(), Duration::from_secs(expected), "{header:?}");
+        assert_eq!(
+            jwks.refresh_due_in(),
+            Duration::from_secs(expected),
+            "{header:?}"
+        );
     }
 }
 
@@ -166,11 +186,17 @@ async fn cache_control_is_respected_within_bounds() {
 async fn jwks_documents_over_256_kib_are_refused() {
     let h = Harness::start().await;
     for i in 0..400 {
-        h.issuer.add_key(make_key(Algorithm::ES256, &format!("pad-{i:04}-{}", "x".repeat(500))));
+        h.issuer.add_key(make_key(
+            Algorithm::ES256,
+            &format!("pad-{i:04}-{}", "x".repeat(500)),
+        ));
     }
     let jwks = jwks_of(&h);
     let err = jwks.refresh().await.unwrap_err();
     assert!(err.to_string().contains("more than 262144 bytes"), "{err}");
     // The previous keys still serve.
-    assert_eq!(h.exchange_token(&h.token(|_| {}), "api", None).await.status, 200);
+    assert_eq!(
+        h.exchange_token(&h.token(|_| {}), "api", None).await.status,
+        200
+    );
 }

@@ -1,6 +1,12 @@
 //! Test harness: an in-process fake OIDC issuer (discovery + JWKS over a real loopback
 //! socket, key rotation, several algorithms) and Ferry's real router over a temp config.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,14 +252,25 @@ pub fn now() -> i64 {
     ferry::clock::SystemClock.now()
 }
 
-pub fn build_runtime(dir: &std::path::Path, text: &str, policy: &str, clock: Arc<ManualClock>) -> Runtime {
+pub fn build_runtime(
+    dir: &std::path::Path,
+    text: &str,
+    policy: &str,
+    clock: Arc<ManualClock>,
+) -> Runtime {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(dir.join("policies/test.cedar"), policy).unwrap();
     let path = dir.join("ferry.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-    let (rt, _) = Runtime::build(config, &BuildOptions { clock, require_keys: true })
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let (rt, _) = Runtime::build(
+        config,
+        &BuildOptions {
+            clock,
+            require_keys: true,
+        },
+    )
+    .unwrap_or_else(|e| panic!("runtime: {e}"));
     rt
 }
 
@@ -262,12 +279,21 @@ impl Harness {
         Self::with(&[Algorithm::RS256, Algorithm::ES256], |t| t, POLICY).await
     }
 
-    pub async fn with(algs: &[Algorithm], edit: impl FnOnce(String) -> String, policy: &str) -> Self {
+    pub async fn with(
+        algs: &[Algorithm],
+        edit: impl FnOnce(String) -> String,
+        policy: &str,
+    ) -> Self {
         ferry::install_crypto_provider();
         let issuer = FakeIssuer::start(algs).await;
         let clock = ManualClock::new(now());
         let dir = tempfile::tempdir().unwrap();
-        let runtime = build_runtime(dir.path(), &edit(config_text(&issuer.url)), policy, Arc::clone(&clock));
+        let runtime = build_runtime(
+            dir.path(),
+            &edit(config_text(&issuer.url)),
+            policy,
+            Arc::clone(&clock),
+        );
         runtime.warm_up().await;
         let state = AppState::new(
             runtime,
@@ -277,7 +303,12 @@ impl Harness {
                 flights: SingleFlight::default(),
             },
         );
-        Self { issuer, state, clock, dir }
+        Self {
+            issuer,
+            state,
+            clock,
+            dir,
+        }
     }
 
     pub fn router(&self) -> Router {
@@ -310,7 +341,12 @@ impl Harness {
 
     pub async fn post_form(&self, form: &[(&str, &str)]) -> Resp {
         let body = serde_urlencoded::to_string(form).unwrap();
-        self.post("/oauth2/token", "application/x-www-form-urlencoded", body.into_bytes()).await
+        self.post(
+            "/oauth2/token",
+            "application/x-www-form-urlencoded",
+            body.into_bytes(),
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
@@ -322,7 +358,11 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> Resp {
-        send(self.router(), Request::get(path).body(Body::empty()).unwrap()).await
+        send(
+            self.router(),
+            Request::get(path).body(Body::empty()).unwrap(),
+        )
+        .await
     }
 }
 
@@ -348,5 +388,10 @@ pub async fn send(router: Router, req: Request<Body>) -> Resp {
     let headers = res.headers().clone();
     let raw = res.into_body().collect().await.unwrap().to_bytes().to_vec();
     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    Resp { status, headers, body, raw }
+    Resp {
+        status,
+        headers,
+        body,
+        raw,
+    }
 }

@@ -1,0 +1,528 @@
+//! The `ferry` binary: check, explain, keys, dev token, and serve as a child process.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn ferry() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    ferry().args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_passes_on_every_config_in_the_repo() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = run(&["check", "--config", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stdout).contains(": ok: "),
+                "{}",
+                text(&out.stdout)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "dev.toml and ferry.example.toml at least");
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+const BROKEN: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "http://ferry.example.com"
+
+[signing]
+ephemeral = true
+
+[[issuers]]
+id = "github"
+issuer = "https://token.actions.githubusercontent.com"
+audiences = ["ferry"]
+algorithms = ["RS256", "HS256"]
+condition = 'assertion.repository_owner =='
+[issuers.mapping]
+subject = '"github:" + assertion.repository'
+[issuers.mapping.attributes]
+repository = "assertion.repository"
+"bad-name" = "assertion.x"
+
+[[issuers]]
+id = "github"
+issuer = "http://insecure.example.com"
+audiences = []
+[issuers.mapping]
+subject = "assertion.sub"
+
+[[targets]]
+id = "api"
+kind = "jwt"
+ttl = "48h"
+
+[[targets]]
+id = "cloud"
+kind = "aws"
+
+[policy]
+files = ["policies/*.cedar"]
+"#;
+
+#[test]
+fn check_reports_every_problem_as_file_entry_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "ferry.toml", BROKEN);
+    let out = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let f = cfg.display().to_string();
+    for expected in [
+        format!("{f}: server.public_url: must be https"),
+        format!(
+            "{f}: issuers[github].algorithms: `HS256` is not accepted: unsigned and symmetric algorithms are never accepted"
+        ),
+        format!(
+            "{f}: issuers[github].mapping.attributes.bad-name: attribute names must be identifiers"
+        ),
+        format!("{f}: issuers[github].id: is used by another issuer"),
+        format!("{f}: issuers[github].issuer: discovery needs https"),
+        format!("{f}: issuers[github].audiences: must list at least one"),
+        format!("{f}: targets[api].audience: is required for kind `jwt`"),
+        format!("{f}: targets[api].ttl: must be between 10s and 24h"),
+        format!("{f}: targets[cloud].kind: kind `aws` is not available"),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+#[test]
+fn check_reports_cel_and_cedar_errors_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "ferry.toml",
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "http://127.0.0.1:8080"
+[signing]
+ephemeral = true
+[[issuers]]
+id = "dev"
+issuer = "https://dev.invalid"
+jwks_file = "jwks.json"
+audiences = ["ferry"]
+condition = 'assertion.org =='
+[issuers.mapping]
+subject = '"dev:" + (assertion.sub'
+[issuers.mapping.attributes]
+repository = "assertion.repository"
+[[targets]]
+id = "api"
+kind = "jwt"
+audience = "https://api"
+[policy]
+files = ["policies/*.cedar", "missing/*.cedar"]
+"#,
+    );
+    std::fs::copy(
+        repo().join("config/dev/jwks.json"),
+        dir.path().join("jwks.json"),
+    )
+    .unwrap();
+    let policy = write(
+        dir.path(),
+        "policies/p.cedar",
+        r#"permit(principal, action, resource) when { principal.attributes.branch == "main" };
+           permit(principal, action, resource"#,
+    );
+    let out = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let f = cfg.display().to_string();
+    assert!(
+        err.contains(&format!("{f}: issuers[dev].condition: CEL syntax error")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}: issuers[dev].mapping.subject: CEL syntax error"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}: policy.files: `missing/*.cedar` matches no file"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}: syntax: ", policy.display())),
+        "{err}"
+    );
+
+    // Fix the syntax error: now the schema check names the unknown attribute.
+    write(
+        dir.path(),
+        "policies/p.cedar",
+        r#"permit(principal, action, resource) when { principal.attributes.branch == "main" };"#,
+    );
+    let fixed = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("assertion.org ==", "assertion.org == \"acme\"")
+        .replace("(assertion.sub", "assertion.sub")
+        .replace(", \"missing/*.cedar\"", "");
+    std::fs::write(&cfg, fixed).unwrap();
+    let out = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}: policy `p.cedar#0`: ", policy.display())),
+        "{err}"
+    );
+    assert!(err.contains("branch"), "{err}");
+}
+
+#[test]
+fn toml_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "ferry.toml",
+        "[server]\nlisten = \"127.0.0.1:1\"\npublic_url = \"http://127.0.0.1\"\nbogus = 1\n",
+    );
+    let out = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}: line 4: unknown field `bogus`", cfg.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn keys_generate_then_rotate_keeps_the_old_key_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = std::fs::read_to_string(repo().join("config/dev.toml")).unwrap();
+    let cfg_text = dev
+        .replace("ephemeral = true ", "keys_dir = \"keys\" ")
+        .replace(
+            "jwks_file = \"dev/jwks.json\"",
+            &format!(
+                "jwks_file = \"{}\"",
+                repo().join("config/dev/jwks.json").display()
+            ),
+        )
+        .replace(
+            "files = [\"policies/dev.cedar\"]",
+            &format!(
+                "files = [\"{}\"]",
+                repo().join("config/policies/dev.cedar").display()
+            ),
+        );
+    assert!(cfg_text.contains("keys_dir"), "dev.toml changed shape");
+    let cfg = write(dir.path(), "ferry.toml", &cfg_text);
+    let c = cfg.to_str().unwrap();
+
+    // serve refuses to start without keys, naming the fix.
+    let out = run(&["serve", "--config", c]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("ferry keys generate"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["keys", "generate", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["keys", "generate", "--config", c]);
+    assert_eq!(out.status.code(), Some(1), "a second generate must refuse");
+    let out = run(&["keys", "rotate", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("keys/keys.json")).unwrap()).unwrap();
+    let keys = manifest["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys[0]["retired_at"].is_i64());
+    assert!(keys[1]["retired_at"].is_null());
+
+    // A server on these keys publishes both, and signs with the new one.
+    let mut server = Server::start(c);
+    let jwks: Value = server.get("/.well-known/jwks.json");
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kids,
+        vec![
+            keys[1]["kid"].as_str().unwrap(),
+            keys[0]["kid"].as_str().unwrap()
+        ]
+    );
+    server.stop();
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Server {
+    fn start(config: &str) -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = ferry()
+            .args([
+                "serve",
+                "--config",
+                config,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if client
+                .get(format!("{base}/readyz"))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry serve did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            base,
+            client,
+        }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn exchange(&self, token: &str, audience: &str, scope: &str) -> (u16, Value) {
+        let body = serde_urlencoded::to_string([
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", audience),
+            ("scope", scope),
+        ])
+        .unwrap();
+        let r = self
+            .client
+            .post(format!("{}/oauth2/token", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn dev_token(claims: &[&str]) -> String {
+    let mut args = vec!["dev", "token"];
+    for c in claims {
+        args.push("--claim");
+        args.push(c);
+    }
+    let out = run(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_readme_walkthrough_works_on_dev_toml() {
+    let mut server = Server::start("config/dev.toml");
+    let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
+    let (status, body) = server.exchange(&token, "internal-api", "read");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    // `write` needs the acme/infra repository.
+    let (status, body) = server.exchange(&token, "internal-api", "write");
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_target");
+    let token = dev_token(&[
+        "sub=alice",
+        r#"groups=["deployers"]"#,
+        "repository=acme/infra",
+    ]);
+    let (status, _) = server.exchange(&token, "internal-api", "read write");
+    assert_eq!(status, 200);
+    // The blocked subject fails the issuer condition.
+    let blocked = dev_token(&["sub=blocked", r#"groups=["deployers"]"#]);
+    let (status, body) = server.exchange(&blocked, "internal-api", "read");
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("condition")
+    );
+    server.stop();
+}
+
+#[test]
+fn explain_reports_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    // From a token file (with a trailing newline, as token files have).
+    let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
+    let token_file = write(dir.path(), "token", &format!("{token}\n"));
+    let out = run(&[
+        "explain",
+        "--config",
+        "config/dev.toml",
+        "--target",
+        "internal-api",
+        "--token",
+        token_file.to_str().unwrap(),
+        "--scope",
+        "read",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("verify   pass"), "{stdout}");
+    assert!(
+        stdout.contains("mapping  pass    condition true; subject `dev:alice`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("policy   pass    permitted by dev-deployers-read"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("=> ALLOW"), "{stdout}");
+    assert!(!stdout.contains(&token), "explain never prints the token");
+
+    // From claims: marked as not signature-checked; the failing stage says why.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://dev-issuer.ferry.invalid", "aud": "ferry", "sub": "bob", "iat": now, "exp": now + 600});
+    let claims_file = write(dir.path(), "claims.json", &claims.to_string());
+    let out = run(&[
+        "explain",
+        "--config",
+        "config/dev.toml",
+        "--target",
+        "internal-api",
+        "--claims",
+        claims_file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "denied → exit 1");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["signature_checked"], false);
+    assert_eq!(report["allowed"], false);
+    assert_eq!(report["stages"][0]["outcome"], "pass");
+    assert!(
+        report["stages"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("signature not checked")
+    );
+    assert_eq!(report["stages"][3]["stage"], "policy");
+    assert_eq!(report["stages"][3]["outcome"], "fail");
+    assert!(
+        report["stages"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no policy permits")
+    );
+
+    // An expired claims file fails at verify and skips the rest.
+    let claims = serde_json::json!({"iss": "https://dev-issuer.ferry.invalid", "aud": "ferry", "sub": "bob", "iat": now - 7200, "exp": now - 3600});
+    write(dir.path(), "claims.json", &claims.to_string());
+    let out = run(&[
+        "explain",
+        "--config",
+        "config/dev.toml",
+        "--target",
+        "internal-api",
+        "--claims",
+        claims_file.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("verify   fail    token expired"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("policy   skipped"), "{stdout}");
+}
