@@ -451,7 +451,8 @@ async fn bad_requests_get_exact_errors() {
     let h = Harness::start().await;
     let token = h.token(|_| {});
     let t = token.as_str();
-    let form_cases: Vec<(&str, Vec<(&str, &str)>, u16, &str, &str)> = vec![
+    type FormCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str, &'a str);
+    let form_cases: Vec<FormCase> = vec![
         (
             "empty form",
             vec![],

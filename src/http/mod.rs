@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -63,6 +64,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             log_request(req, next, timeout)
         }))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                // Defence in depth: a panic is a bug, answered like any other 500.
+                ApiError::server_error(&"a request handler panicked").into_response()
+            },
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
@@ -80,8 +87,6 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
     let span = tracing::info_span!("request", request_id = %request_id, %method, %route);
-    let _entered = span.enter();
-    drop(_entered);
     let response = {
         use tracing::Instrument as _;
         match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await {

@@ -180,10 +180,7 @@ impl Mapper {
             .get(token.issuer_id())
             .ok_or_else(|| MappingError::NoMapping(token.issuer_id().to_owned()))?;
         let mut ctx = Context::with_env(Arc::clone(&self.env));
-        ctx.add_variable_from_value(
-            "assertion",
-            json_to_cel(&Value::Object(token.claims().clone())),
-        );
+        ctx.add_variable_from_value("assertion", object_to_cel(token.claims()));
 
         if let Some(condition) = &mapping.condition {
             match condition.eval(&ctx)? {
@@ -351,14 +348,17 @@ pub fn json_to_cel(value: &Value) -> CelValue {
         }
         Value::String(s) => CelValue::String(Arc::new(s.clone())),
         Value::Array(items) => CelValue::List(Arc::new(items.iter().map(json_to_cel).collect())),
-        Value::Object(map) => {
-            let converted: HashMap<String, CelValue> = map
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_cel(v)))
-                .collect();
-            CelValue::from(converted)
-        }
+        Value::Object(map) => object_to_cel(map),
     }
+}
+
+/// Converts a JSON object (the claims) into a CEL map without copying it as JSON first.
+pub fn object_to_cel(map: &serde_json::Map<String, Value>) -> CelValue {
+    let converted: HashMap<String, CelValue> = map
+        .iter()
+        .map(|(k, v)| (k.clone(), json_to_cel(v)))
+        .collect();
+    CelValue::from(converted)
 }
 
 #[cfg(test)]
