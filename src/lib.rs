@@ -5,12 +5,14 @@
 //! answers an RFC 8693 token exchange ([`exchange`]) with a credential from a
 //! [`ferry_provider_api::CredentialProvider`].
 
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod exchange;
 pub mod http;
 pub mod issuer;
 pub mod mapping;
+pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod store;

@@ -50,6 +50,9 @@ pub struct BuildOptions {
     /// When false (for `ferry check`), a missing `keys_dir` is a warning and an
     /// ephemeral key stands in.
     pub require_keys: bool,
+    /// The ephemeral keys of the runtime being replaced: a reload keeps them (same
+    /// algorithm), so tokens already issued stay verifiable.
+    pub previous_ephemeral: Option<KeyRing>,
 }
 
 /// The compiled config.
@@ -70,6 +73,10 @@ pub struct Runtime {
     pub resources: HashMap<String, String>,
     /// Ferry's own issuer.
     pub issuer: Arc<FerryIssuer>,
+    /// The admin bearer token (from `[admin] token_file`).
+    pub admin_token: Option<ferry_provider_api::Secret>,
+    required_issuers: std::collections::HashSet<String>,
+    watched: Vec<std::path::PathBuf>,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -99,6 +106,7 @@ impl Runtime {
         let mut errs = ConfigErrors::default();
         let mut warnings = Vec::new();
         let mut revision_input: Vec<u8> = config.source.bytes.clone();
+        let mut watched = vec![config.source.path.clone()];
 
         let http = fetch::http_client(config.jwks.fetch_timeout.0).map_err(|e| {
             let mut errs = ConfigErrors::default();
@@ -122,6 +130,7 @@ impl Runtime {
             let entry = format!("issuers[{}]", issuer.id);
             let jwks = if let Some(path) = &issuer.jwks_file {
                 let resolved = config.source.resolve(path);
+                watched.push(resolved.clone());
                 match std::fs::read(&resolved) {
                     Ok(bytes) => {
                         revision_input.extend_from_slice(&bytes);
@@ -253,6 +262,10 @@ impl Runtime {
         let mut sources = Vec::new();
         for pattern in &config.policy.files {
             let resolved = config.source.resolve(std::path::Path::new(pattern));
+            if let Some(dir) = resolved.parent() {
+                // A new file matching the glob changes the directory's mtime.
+                watched.push(dir.to_path_buf());
+            }
             let resolved = resolved.to_string_lossy().into_owned();
             let mut matched = Vec::new();
             match glob::glob(&resolved) {
@@ -276,6 +289,7 @@ impl Runtime {
                 );
             }
             for path in matched {
+                watched.push(path.clone());
                 match std::fs::read_to_string(&path) {
                     Ok(text) => {
                         revision_input.extend_from_slice(path.to_string_lossy().as_bytes());
@@ -313,7 +327,12 @@ impl Runtime {
         let retain = config.max_token_lifetime() + Duration::from_secs(300);
         let keys: Option<KeyRing> = match (alg, &config.signing.keys_dir) {
             (None, _) => None,
-            (Some(alg), None) => match KeyRing::ephemeral(alg, now) {
+            (Some(alg), None) => match options
+                .previous_ephemeral
+                .clone()
+                .filter(|k| k.active.alg == alg)
+                .map_or_else(|| KeyRing::ephemeral(alg, now), Ok)
+            {
                 Ok(k) => {
                     warnings.push(Problem { file: file.clone(), entry: "signing".into(), problem: "warning: ephemeral signing key: tokens Ferry issues die with the process; development only".into() });
                     Some(k)
@@ -398,6 +417,42 @@ impl Runtime {
             return Err(errs);
         };
 
+        let admin_token = match &config.admin.token_file {
+            None => None,
+            Some(path) => {
+                let resolved = config.source.resolve(path);
+                match std::fs::read_to_string(&resolved) {
+                    Ok(t) if t.trim().len() >= 16 => {
+                        Some(ferry_provider_api::Secret::new(t.trim()))
+                    }
+                    Ok(_) => {
+                        errs.push(
+                            &file,
+                            "admin.token_file",
+                            "the token must be at least 16 characters",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        errs.push(
+                            &file,
+                            "admin.token_file",
+                            format!("cannot read `{}`: {e}", resolved.display()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let required_issuers = config
+            .issuers
+            .iter()
+            .filter(|i| i.required)
+            .map(|i| i.id.clone())
+            .collect();
         let revision = crate::fingerprint(&revision_input);
         let verifier = Verifier::new(trusted, options.clock.clone());
         Ok((
@@ -410,6 +465,9 @@ impl Runtime {
                 targets,
                 resources,
                 issuer,
+                admin_token,
+                required_issuers,
+                watched,
                 refreshers: Vec::new(),
             },
             warnings,
@@ -441,8 +499,17 @@ impl Runtime {
         }
     }
 
-    /// True when every issuer has usable keys.
+    /// True when every required issuer has usable keys.
     pub fn issuers_ready(&self) -> bool {
-        self.verifier.issuers().all(|i| i.jwks.status().usable)
+        self.verifier
+            .issuers()
+            .filter(|i| self.required_issuers.contains(i.id.as_ref()))
+            .all(|i| i.jwks.status().usable)
+    }
+
+    /// Files whose change means the config changed: the config itself, policy files
+    /// (and the directories their globs read), static JWKS files.
+    pub fn watched_files(&self) -> &[std::path::PathBuf] {
+        &self.watched
     }
 }

@@ -330,7 +330,8 @@ async fn readyz_is_false_while_an_issuer_has_no_keys() {
             clock,
             flights: Default::default(),
         },
-    );
+    )
+    .unwrap();
     let r = send(
         ferry::http::app(state.clone()),
         axum::http::Request::get("/readyz")

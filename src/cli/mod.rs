@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+mod audit;
 mod check;
 mod dev;
 mod explain;
@@ -46,6 +47,9 @@ enum Command {
     /// Manage Ferry's signing keys.
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Verify the audit trail.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Development helpers (never for production).
     #[command(subcommand)]
     Dev(dev::Command),
@@ -75,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Keys(c) => keys::run(c),
+        Command::Audit(c) => audit::run(c),
         Command::Dev(c) => dev::run(c),
     }
 }
@@ -99,6 +104,7 @@ pub fn load_runtime(
     let options = BuildOptions {
         clock: system_clock(),
         require_keys,
+        previous_ephemeral: None,
     };
     Runtime::build(config, &options).map_err(|errs| {
         eprintln!("{errs}");

@@ -58,7 +58,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 clock: super::system_clock(),
                 flights: SingleFlight::default(),
             },
-        );
+        )
+        .context("cannot open the audit log")?;
+        #[cfg(unix)]
+        let _hup = ferry::http::reload::spawn_sighup(Arc::clone(&state))
+            .context("cannot install the SIGHUP handler")?;
+        let reload = state.runtime.load().config.reload.clone();
+        let _watch = reload
+            .watch
+            .then(|| ferry::http::reload::spawn_watch(Arc::clone(&state), reload.interval.0));
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

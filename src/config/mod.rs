@@ -101,6 +101,15 @@ pub struct Config {
     /// `[policy]`.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// `[admin]`.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// `[reload]`.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// Where it was read from (not in the file).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -299,6 +308,9 @@ pub struct IssuerConfig {
     pub condition: Option<String>,
     /// How claims become an identity.
     pub mapping: MappingConfig,
+    /// `/readyz` is false while this issuer has never had keys.
+    #[serde(default = "default_true")]
+    pub required: bool,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -340,6 +352,55 @@ pub struct TargetConfig {
     /// Everything else (checked per kind).
     #[serde(flatten)]
     pub extra: toml::Table,
+}
+
+/// `[audit]`: the tamper-evident decision log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Append hash-chained JSON lines here (rotation-safe).
+    pub file: Option<PathBuf>,
+    /// Also write them to stdout.
+    #[serde(default)]
+    pub stdout: bool,
+    /// This replica's id in every line (default: `$HOSTNAME`, else `ferry`).
+    pub replica_id: Option<String>,
+}
+
+/// `[admin]`: the operator API under `/admin`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// A file holding the bearer token for `/admin` (absent: the admin API is off).
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[reload]`: live configuration reload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Watch the config, policy and JWKS files and reload when they change.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often the watch looks.
+    #[serde(default = "d_2s")]
+    pub interval: ConfigDuration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            interval: d_2s(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn d_2s() -> ConfigDuration {
+    ConfigDuration::secs(2)
 }
 
 /// `[policy]`.

@@ -127,6 +127,34 @@ pub struct ExchangeOutcome {
     pub target: String,
     /// Whether it came from the cache.
     pub cache_hit: bool,
+    /// The upstream request id of the call that minted it.
+    pub upstream_request_id: Option<String>,
+}
+
+/// What became known about a request as it went through the stages, success or not:
+/// the audit trail and metrics read it after the exchange returns.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeTrace {
+    /// The issuer id, once the token verified.
+    pub issuer: Option<String>,
+    /// The token's `sub`, once verified.
+    pub token_sub: Option<String>,
+    /// SHA-256 of the presented token.
+    pub token_sha256: Option<String>,
+    /// The canonical subject, once mapped.
+    pub subject: Option<String>,
+    /// The target id, once resolved to a configured target.
+    pub target: Option<String>,
+    /// The target's kind.
+    pub target_kind: Option<String>,
+    /// Policies that determined the decision.
+    pub policy_ids: Vec<String>,
+    /// `allow`, `deny` or `error`, once policy ran.
+    pub policy_decision: Option<&'static str>,
+    /// Provider call latency, when there was one.
+    pub provider_seconds: Option<f64>,
+    /// Provider call outcome, when there was one.
+    pub provider_outcome: Option<&'static str>,
 }
 
 /// Resolves the target a request names.
@@ -204,14 +232,21 @@ pub async fn exchange(
     svc: &Services,
     req: ExchangeRequest,
     request_id: &str,
+    trace: &mut ExchangeTrace,
 ) -> Result<ExchangeOutcome, ExchangeError> {
     let span = tracing::Span::current();
+    trace.token_sha256 = Some(req.subject_token.sha256());
     let token = rt.verifier.verify(&req.subject_token).await?;
     span.record("issuer", token.issuer_id());
+    trace.issuer = Some(token.issuer_id().to_owned());
+    trace.token_sub = token.sub().map(str::to_owned);
     let identity = rt.mapper.map(&token)?;
     span.record("subject", identity.subject.as_str());
+    trace.subject = Some(identity.subject.clone());
     let target = resolve_target(rt, &req.target)?;
     span.record("target", target.id.as_str());
+    trace.target = Some(target.id.clone());
+    trace.target_kind = Some(target.kind.clone());
     check_target_request(&target, &req.scopes, req.requested_token_type.as_deref())?;
 
     let now = svc.clock.now();
@@ -222,6 +257,14 @@ pub async fn exchange(
         source_ip: req.client_ip,
         scopes: &req.scopes,
         timestamp: now,
+    });
+    trace.policy_ids = decision.policy_ids.clone();
+    trace.policy_decision = Some(if decision.allowed {
+        "allow"
+    } else if decision.errors.is_empty() {
+        "deny"
+    } else {
+        "error"
     });
     if !decision.allowed {
         return Err(ExchangeError::Denied {
@@ -271,8 +314,18 @@ pub async fn exchange(
         scopes: req.scopes.clone(),
         max_ttl: target.ttl,
         request_id: request_id.to_owned(),
+        traceparent: req.traceparent.clone(),
     };
-    let credential = target.provider.issue(&grant).await?;
+    let started = std::time::Instant::now();
+    let issued = target.provider.issue(&grant).await;
+    trace.provider_seconds = Some(started.elapsed().as_secs_f64());
+    trace.provider_outcome = Some(match &issued {
+        Ok(_) => "ok",
+        Err(ProviderError::Denied { .. }) => "denied",
+        Err(ProviderError::Unavailable { .. }) => "unavailable",
+        Err(_) => "error",
+    });
+    let credential = issued?;
     let usable_for = credential
         .expires_at
         .saturating_sub(svc.clock.now())
@@ -318,6 +371,7 @@ fn outcome(
     cache_hit: bool,
 ) -> ExchangeOutcome {
     let expires_in = credential.expires_at.saturating_sub(svc.clock.now()).max(0);
+    let upstream_request_id = credential.upstream_request_id.clone();
     ExchangeOutcome {
         response: ExchangeResponse {
             access_token: credential.access_token,
@@ -331,5 +385,6 @@ fn outcome(
         decision,
         target: target.id.clone(),
         cache_hit,
+        upstream_request_id,
     }
 }

@@ -36,6 +36,8 @@ pub struct ExchangeRequest {
     pub requested_token_type: Option<String>,
     /// The client's address.
     pub client_ip: IpAddr,
+    /// A valid W3C `traceparent` header, if the client sent one.
+    pub traceparent: Option<String>,
 }
 
 /// Why the request itself is malformed.
@@ -148,11 +150,46 @@ pub fn parse(
         scopes,
         requested_token_type: get("requested_token_type").map(str::to_owned),
         client_ip,
+        traceparent: None,
     })
+}
+
+/// Validates a W3C Trace Context `traceparent` (version 00): `00-<32 hex>-<16 hex>-<2 hex>`,
+/// trace id and parent id not all zeros. Returns it, normalized to lower case.
+pub fn parse_traceparent(value: &str) -> Option<String> {
+    let v = value.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = v.split('-').collect();
+    let [version, trace_id, parent_id, flags] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    (*version == "00"
+        && hex(trace_id, 32)
+        && hex(parent_id, 16)
+        && hex(flags, 2)
+        && nonzero(trace_id)
+        && nonzero(parent_id))
+    .then_some(v.clone())
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn traceparent_validation() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(super::parse_traceparent(ok).as_deref(), Some(ok));
+        assert!(
+            super::parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01")
+                .is_none()
+        );
+        assert!(
+            super::parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .is_none()
+        );
+        assert!(super::parse_traceparent("garbage").is_none());
+    }
+
     use super::*;
 
     fn form(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -1,6 +1,8 @@
 //! The axum router: routes, request ids, body limits, and the one error mapping.
 
+pub mod admin;
 pub mod error;
+pub mod reload;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -22,7 +24,9 @@ use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use crate::exchange::{self, Services, request};
+use crate::audit::{AuditEvent, AuditLog};
+use crate::exchange::{self, ExchangeOutcome, ExchangeTrace, Services, request};
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 pub use error::ApiError;
 
@@ -35,15 +39,31 @@ pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
     /// Store, clock, single-flight.
     pub services: Services,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The decision log.
+    pub audit: AuditLog,
+    reload: reload::ReloadState,
 }
 
 impl AppState {
-    /// State over a built runtime.
-    pub fn new(runtime: Runtime, services: Services) -> Arc<Self> {
-        Arc::new(Self {
+    /// State over a built runtime; the audit log is opened from its `[audit]` section.
+    pub fn new(runtime: Runtime, services: Services) -> std::io::Result<Arc<Self>> {
+        let a = &runtime.config.audit;
+        let replica = a
+            .replica_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "ferry".to_owned());
+        let file = a.file.as_ref().map(|f| runtime.config.source.resolve(f));
+        let audit = AuditLog::open(file.as_deref(), a.stdout, replica)?;
+        Ok(Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
             services,
-        })
+            metrics: Metrics::default(),
+            audit,
+            reload: reload::ReloadState::default(),
+        }))
     }
 }
 
@@ -58,6 +78,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/issuers", get(admin::issuers))
+        .route("/admin/explain", post(admin::explain))
+        .route("/admin/reload", post(admin::reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -86,7 +110,13 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
-    let span = tracing::info_span!("request", request_id = %request_id, %method, %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        %method,
+        %route,
+        traceparent = tracing::field::Empty
+    );
     let response = {
         use tracing::Instrument as _;
         match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await {
@@ -125,6 +155,7 @@ fn no_store(mut response: Response) -> Response {
 
 /// `POST /oauth2/token` (RFC 8693 §2).
 async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = parts
         .extensions
@@ -133,28 +164,169 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         .map(str::to_owned)
         .unwrap_or_else(|| request_id_of(&parts.headers));
     let ip = client_ip(&parts.extensions);
+    let traceparent = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(request::parse_traceparent);
+    if let Some(tp) = &traceparent {
+        tracing::Span::current().record("traceparent", tp.as_str());
+    }
     let body: Result<Bytes, BytesRejection> =
         <Bytes as axum::extract::FromRequest<()>>::from_request(
             Request::from_parts(parts.clone(), body),
             &(),
         )
         .await;
-    match token_inner(&state, &parts.headers, body, ip, &request_id).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(error = e.code, description = %e.description, "exchange refused");
-            e.into_response()
+    // In-flight requests finish on the config they started with, even across a reload.
+    let runtime = state.runtime.load_full();
+    let mut trace = ExchangeTrace::default();
+    let result = token_inner(
+        &state,
+        &runtime,
+        &parts.headers,
+        body,
+        ip,
+        traceparent,
+        &request_id,
+        &mut trace,
+    )
+    .await;
+    let mut event = AuditEvent {
+        time: state.services.clock.now(),
+        request_id: request_id.clone(),
+        client_ip: ip.to_string(),
+        issuer: trace.issuer.clone(),
+        token_sub: trace.token_sub.clone(),
+        token_sha256: trace.token_sha256.clone(),
+        subject: trace.subject.clone(),
+        target: trace.target.clone(),
+        policy_ids: trace.policy_ids.clone(),
+        revision: runtime.revision.clone(),
+        ..Default::default()
+    };
+    let response = match result {
+        Ok(outcome) => {
+            event.decision = "allow";
+            event.cache = Some(if outcome.cache_hit { "hit" } else { "miss" });
+            event.credential_sha256 = Some(sha256_hex(outcome.response.access_token.expose()));
+            event.upstream_request_id = outcome.upstream_request_id.clone();
+            if state.audit.record(&event) {
+                tracing::info!(
+                    issuer = %outcome.identity.issuer_id,
+                    subject = %outcome.identity.subject,
+                    target = %outcome.target,
+                    policies = ?outcome.decision.policy_ids,
+                    cache = if outcome.cache_hit { "hit" } else { "miss" },
+                    outcome = "granted",
+                    "exchange granted"
+                );
+                Ok(granted(outcome))
+            } else {
+                // Fail closed: a credential whose grant cannot be audited is not handed out.
+                state.metrics.inc("ferry_audit_write_failures_total", &[]);
+                tracing::error!("audit trail unavailable; refusing to hand out a credential");
+                Err(ApiError::unavailable(
+                    "the audit trail is unavailable",
+                    Duration::from_secs(5),
+                ))
+            }
         }
+        Err(e) => {
+            event.decision = "deny";
+            event.error = Some(e.code.to_owned());
+            event.reason = Some(e.description.clone());
+            if !state.audit.record(&event) {
+                state.metrics.inc("ferry_audit_write_failures_total", &[]);
+            }
+            tracing::info!(
+                issuer = trace.issuer.as_deref().unwrap_or("-"),
+                subject = trace.subject.as_deref().unwrap_or("-"),
+                target = trace.target.as_deref().unwrap_or("-"),
+                policies = ?trace.policy_ids,
+                outcome = e.code,
+                description = %e.description,
+                "exchange refused"
+            );
+            Err(e)
+        }
+    };
+    let outcome_label = match &response {
+        Ok(_) => "granted",
+        Err(e) => e.code,
+    };
+    let issuer = trace.issuer.as_deref().unwrap_or("unknown");
+    let target = trace.target.as_deref().unwrap_or("unknown");
+    let m = &state.metrics;
+    m.inc(
+        "ferry_exchanges_total",
+        &[
+            ("issuer", issuer),
+            ("target", target),
+            ("outcome", outcome_label),
+        ],
+    );
+    m.observe(
+        "ferry_exchange_duration_seconds",
+        &[("outcome", outcome_label)],
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(decision) = trace.policy_decision {
+        m.inc("ferry_policy_decisions_total", &[("decision", decision)]);
+    }
+    if event.cache.is_some() || trace.provider_outcome.is_some() {
+        m.inc(
+            "ferry_cache_requests_total",
+            &[(
+                "result",
+                if trace.provider_outcome.is_some() {
+                    "miss"
+                } else {
+                    "hit"
+                },
+            )],
+        );
+    }
+    if let (Some(outcome), Some(secs), Some(kind)) = (
+        trace.provider_outcome,
+        trace.provider_seconds,
+        trace.target_kind.as_deref(),
+    ) {
+        m.inc(
+            "ferry_provider_calls_total",
+            &[("provider", kind), ("outcome", outcome)],
+        );
+        m.observe(
+            "ferry_provider_duration_seconds",
+            &[("provider", kind)],
+            secs,
+        );
+    }
+    match response {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
+fn sha256_hex(s: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces come from different layers"
+)]
 async fn token_inner(
     state: &AppState,
+    runtime: &Runtime,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     client_ip: IpAddr,
+    traceparent: Option<String>,
     request_id: &str,
-) -> Result<Response, ApiError> {
+    trace: &mut ExchangeTrace,
+) -> Result<ExchangeOutcome, ApiError> {
     // RFC 6749 §4.1.3 / RFC 8693 §2.1: the body is application/x-www-form-urlencoded.
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -179,17 +351,12 @@ async fn token_inner(
     })?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::invalid_request("the request body is not valid form encoding"))?;
-    let req = request::parse(&pairs, client_ip)?;
-    let runtime = state.runtime.load_full();
-    let outcome = exchange::exchange(&runtime, &state.services, req, request_id).await?;
-    tracing::info!(
-        issuer = %outcome.identity.issuer_id,
-        subject = %outcome.identity.subject,
-        target = %outcome.target,
-        policies = ?outcome.decision.policy_ids,
-        cache_hit = outcome.cache_hit,
-        "exchange granted"
-    );
+    let mut req = request::parse(&pairs, client_ip)?;
+    req.traceparent = traceparent;
+    Ok(exchange::exchange(runtime, &state.services, req, request_id, trace).await?)
+}
+
+fn granted(outcome: ExchangeOutcome) -> Response {
     let r = outcome.response;
     let credentials: serde_json::Map<String, serde_json::Value> = r
         .credentials
@@ -206,7 +373,7 @@ async fn token_inner(
     if let (Some(scope), Some(obj)) = (r.scope, body.as_object_mut()) {
         obj.insert("scope".into(), scope.into());
     }
-    Ok(no_store(Json(body).into_response()))
+    no_store(Json(body).into_response())
 }
 
 fn json_document(bytes: &[u8]) -> Response {
@@ -244,6 +411,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .map(|i| (i.id.to_string(), json!(i.jwks.status().usable)))
         .collect();
     let ready = store_ok && runtime.issuers_ready();
+    let last_reload_error = state.reload.last_error();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -257,10 +425,63 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
                 "revision": runtime.revision,
                 "store": {"backend": state.services.store.backend(), "ok": store_ok},
                 "issuers": issuers,
+                "last_reload_error": last_reload_error,
             })),
         )
             .into_response(),
     )
+}
+
+/// `GET /metrics`: the registry plus gauges read at scrape time.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    use std::fmt::Write as _;
+    let runtime = state.runtime.load();
+    let now = state.services.clock.now();
+    let mut extra = String::new();
+    let _ = writeln!(
+        extra,
+        "# HELP ferry_jwks_refreshes_total JWKS fetches by issuer and outcome (since the issuer's config was loaded).\n# TYPE ferry_jwks_refreshes_total counter"
+    );
+    let mut ages = String::new();
+    let mut keys = String::new();
+    for issuer in runtime.verifier.issuers() {
+        let s = issuer.jwks.status();
+        let id = crate::metrics::format_labels(&[("issuer", issuer.id.to_string())], None);
+        let _ = writeln!(
+            extra,
+            "ferry_jwks_refreshes_total{{issuer=\"{}\",outcome=\"success\"}} {}",
+            issuer.id, s.refresh_ok
+        );
+        let _ = writeln!(
+            extra,
+            "ferry_jwks_refreshes_total{{issuer=\"{}\",outcome=\"failure\"}} {}",
+            issuer.id, s.refresh_failed
+        );
+        if let Some(at) = s.last_success {
+            let _ = writeln!(
+                ages,
+                "ferry_jwks_seconds_since_last_refresh{id} {}",
+                now.saturating_sub(at)
+            );
+        }
+        let _ = writeln!(keys, "ferry_jwks_keys{id} {}", s.key_ids.len());
+    }
+    let _ = writeln!(
+        extra,
+        "# HELP ferry_jwks_seconds_since_last_refresh Seconds since the last successful JWKS fetch (remote issuers).\n# TYPE ferry_jwks_seconds_since_last_refresh gauge\n{ages}# HELP ferry_jwks_keys Keys currently served per issuer.\n# TYPE ferry_jwks_keys gauge\n{keys}# HELP ferry_config_info The active config revision.\n# TYPE ferry_config_info gauge\nferry_config_info{{revision=\"{}\"}} 1",
+        runtime.revision
+    );
+    let age = now.saturating_sub(runtime.issuer.keys().active.created_at);
+    let _ = writeln!(
+        extra,
+        "# HELP ferry_signing_key_age_seconds Age of Ferry's active signing key.\n# TYPE ferry_signing_key_age_seconds gauge\nferry_signing_key_age_seconds {age}"
+    );
+    let mut response = state.metrics.render(&extra).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 async fn not_found() -> ApiError {

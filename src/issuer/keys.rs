@@ -176,7 +176,7 @@ pub fn signing_key_from_pem(
 }
 
 /// The keys Ferry signs with now and publishes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KeyRing {
     /// The key that signs.
     pub active: Arc<SigningKey>,

@@ -140,6 +140,10 @@ pub struct JwksStatus {
     pub last_error: Option<String>,
     /// JWKS fetches attempted so far.
     pub fetches: u64,
+    /// Fetches that succeeded.
+    pub refresh_ok: u64,
+    /// Fetches that failed.
+    pub refresh_failed: u64,
     /// Whether keys are usable now.
     pub usable: bool,
 }
@@ -188,6 +192,8 @@ pub struct JwksCache {
     refresh_lock: tokio::sync::Mutex<()>,
     last_unknown_kid_refresh: AtomicI64,
     fetches: AtomicU64,
+    refresh_ok: AtomicU64,
+    refresh_failed: AtomicU64,
     last_success: AtomicI64,
     last_error: Mutex<Option<String>>,
 }
@@ -226,6 +232,8 @@ impl JwksCache {
             refresh_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_refresh: AtomicI64::new(NEVER),
             fetches: AtomicU64::new(0),
+            refresh_ok: AtomicU64::new(0),
+            refresh_failed: AtomicU64::new(0),
             last_success: AtomicI64::new(NEVER),
             last_error: Mutex::new(None),
         }
@@ -278,6 +286,8 @@ impl JwksCache {
             last_success: (last != NEVER).then_some(last),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             fetches: self.fetch_count(),
+            refresh_ok: self.refresh_ok.load(Ordering::SeqCst),
+            refresh_failed: self.refresh_failed.load(Ordering::SeqCst),
             usable: self.usable(&set),
         }
     }
@@ -406,6 +416,7 @@ impl JwksCache {
                         .saturating_add(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)),
                 }));
                 self.last_success.store(now, Ordering::SeqCst);
+                self.refresh_ok.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = None;
                 }
@@ -413,6 +424,7 @@ impl JwksCache {
                 Ok(count)
             }
             Err(e) => {
+                self.refresh_failed.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut last) = self.last_error.lock() {
                     *last = Some(e.to_string());
                 }

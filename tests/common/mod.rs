@@ -268,6 +268,7 @@ pub fn build_runtime(
         &BuildOptions {
             clock,
             require_keys: true,
+            previous_ephemeral: None,
         },
     )
     .unwrap_or_else(|e| panic!("runtime: {e}"));
@@ -302,7 +303,8 @@ impl Harness {
                 clock: clock.clone(),
                 flights: SingleFlight::default(),
             },
-        );
+        )
+        .unwrap();
         Self {
             issuer,
             state,

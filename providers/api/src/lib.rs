@@ -67,6 +67,8 @@ pub struct Grant {
     pub max_ttl: Duration,
     /// The request id, so that upstream calls can be correlated in the audit trail.
     pub request_id: String,
+    /// The W3C `traceparent` of the incoming request, to propagate to upstream calls.
+    pub traceparent: Option<String>,
 }
 
 /// A credential a provider minted.

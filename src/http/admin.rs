@@ -1,0 +1,173 @@
+//! `/admin`: the authenticated operator API (issuer and key health, explain, reload).
+//! Authentication: `Authorization: Bearer <token>`, the token read from
+//! `[admin] token_file`, compared in constant time.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
+
+use super::{ApiError, AppState};
+use crate::exchange::TargetSelector;
+use crate::exchange::explain::{ExplainInput, explain as run_explain};
+use crate::verify::UnverifiedToken;
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let runtime = state.runtime.load();
+    let Some(expected) = &runtime.admin_token else {
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request",
+                "the admin API is disabled (set [admin] token_file)",
+            )
+            .into_response(),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        return Ok(());
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "a valid admin bearer token is required",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ferry-admin\""),
+    );
+    Err(Box::new(response))
+}
+
+/// `GET /admin/issuers`: each issuer's keys and refresh state, and Ferry's own keys.
+pub async fn issuers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let runtime = state.runtime.load();
+    let now = state.services.clock.now();
+    let mut issuers: Vec<Value> = runtime
+        .verifier
+        .issuers()
+        .map(|i| {
+            let s = i.jwks.status();
+            let required = runtime
+                .config
+                .issuers
+                .iter()
+                .any(|c| c.id == *i.id && c.required);
+            json!({
+                "id": i.id.as_ref(),
+                "issuer": i.issuer,
+                "required": required,
+                "source": if i.jwks.is_remote() { "remote" } else { "file" },
+                "key_ids": s.key_ids,
+                "usable": s.usable,
+                "last_success": s.last_success,
+                "seconds_since_success": s.last_success.map(|t| now.saturating_sub(t)),
+                "last_error": s.last_error,
+                "fetches": s.fetches,
+            })
+        })
+        .collect();
+    issuers.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let keys = runtime.issuer.keys();
+    let body = json!({
+        "revision": runtime.revision,
+        "issuers": issuers,
+        "signing": {
+            "algorithm": crate::issuer::keys::alg_name(keys.active.alg),
+            "ephemeral": keys.ephemeral,
+            "active": {"kid": keys.active.kid, "created_at": keys.active.created_at, "age_seconds": now.saturating_sub(keys.active.created_at)},
+            "retired": keys.retired.iter().map(|(kid, at)| json!({"kid": kid, "retired_at": at})).collect::<Vec<_>>(),
+        },
+        "last_reload_error": state.reload.last_error(),
+    });
+    super::no_store(Json(body).into_response())
+}
+
+/// `POST /admin/explain` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    target: String,
+    token: Option<String>,
+    claims: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    scope: String,
+    source_ip: Option<IpAddr>,
+}
+
+/// `POST /admin/explain`: `ferry explain` over HTTP (JSON in, the report out).
+pub async fn explain(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let req: ExplainRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return ApiError::invalid_request(format!("body: {e}")).into_response(),
+    };
+    let input = match (req.token, req.claims) {
+        (Some(t), None) => match UnverifiedToken::new(&t) {
+            Ok(t) => ExplainInput::Token(t),
+            Err(e) => return ApiError::invalid_request(format!("token: {e}")).into_response(),
+        },
+        (None, Some(c)) => ExplainInput::Claims(c),
+        _ => {
+            return ApiError::invalid_request("give exactly one of `token` and `claims`")
+                .into_response();
+        }
+    };
+    let scopes: Vec<String> = req
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let runtime = state.runtime.load_full();
+    let report = run_explain(
+        &runtime,
+        input,
+        &TargetSelector::Audience(req.target),
+        &scopes,
+        req.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        state.services.clock.now(),
+    )
+    .await;
+    super::no_store(Json(report).into_response())
+}
+
+/// `POST /admin/reload`: reload now; 200 with the new revision, or 400 with every problem.
+pub async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    match state.reload("admin API").await {
+        Ok(revision) => {
+            super::no_store(Json(json!({"reloaded": true, "revision": revision})).into_response())
+        }
+        Err(errs) => ApiError::invalid_request(format!(
+            "config rejected; the previous config keeps serving: {errs}"
+        ))
+        .into_response(),
+    }
+}

@@ -1,0 +1,256 @@
+//! Prometheus metrics, held in `AppState` (no global recorder, so tests run in parallel
+//! and each sees only its own counts). Labels are bounded: issuer and target ids come
+//! from the config, never from the request; no subjects or token ids.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// Latency buckets, seconds.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    counters: BTreeMap<(&'static str, Labels), u64>,
+    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+}
+
+/// The registry.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const HELP: &[(&str, &str, &str)] = &[
+    (
+        "ferry_exchanges_total",
+        "counter",
+        "Token exchanges by issuer, target and outcome (granted or the RFC 6749 error code).",
+    ),
+    (
+        "ferry_exchange_duration_seconds",
+        "histogram",
+        "Token exchange latency by outcome.",
+    ),
+    (
+        "ferry_cache_requests_total",
+        "counter",
+        "Credential cache lookups by result (hit, miss).",
+    ),
+    (
+        "ferry_provider_calls_total",
+        "counter",
+        "Provider calls by provider kind and outcome.",
+    ),
+    (
+        "ferry_provider_duration_seconds",
+        "histogram",
+        "Provider call latency by provider kind.",
+    ),
+    (
+        "ferry_policy_decisions_total",
+        "counter",
+        "Authorization decisions (allow, deny, error).",
+    ),
+    (
+        "ferry_config_reloads_total",
+        "counter",
+        "Config reloads by outcome (success, failure).",
+    ),
+    (
+        "ferry_audit_write_failures_total",
+        "counter",
+        "Audit lines that could not be written.",
+    ),
+];
+
+impl Metrics {
+    /// Adds 1 to a counter.
+    pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.counters.entry((name, owned(labels))).or_default() += 1;
+        }
+    }
+
+    /// Records one observation, in seconds.
+    pub fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let h = inner.histograms.entry((name, owned(labels))).or_default();
+            if h.counts.is_empty() {
+                h.counts = vec![0; BUCKETS.len()];
+            }
+            for (count, bound) in h.counts.iter_mut().zip(BUCKETS) {
+                if seconds <= *bound {
+                    *count += 1;
+                }
+            }
+            h.sum += seconds;
+            h.count += 1;
+        }
+    }
+
+    /// A counter's value (tests and `/admin`).
+    pub fn counter(&self, name: &str, labels: &[(&'static str, &str)]) -> u64 {
+        let key = owned(labels);
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|inner| {
+                inner
+                    .counters
+                    .iter()
+                    .find(|((n, l), _)| *n == name && *l == key)
+                    .map(|(_, v)| *v)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Prometheus text exposition of the registry plus `extra` (gauges computed at
+    /// scrape time by the caller).
+    pub fn render(&self, extra: &str) -> String {
+        let mut out = String::new();
+        let Ok(inner) = self.inner.lock() else {
+            return out;
+        };
+        for (name, kind, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((n, labels), v) in &inner.counters {
+                if n == name {
+                    let _ = writeln!(out, "{name}{} {v}", format_labels(labels, None));
+                }
+            }
+            for ((n, labels), h) in &inner.histograms {
+                if n != name {
+                    continue;
+                }
+                for (count, bound) in h.counts.iter().zip(BUCKETS) {
+                    let le = bound.to_string();
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{} {count}",
+                        format_labels(labels, Some(&le))
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{} {}",
+                    format_labels(labels, Some("+Inf")),
+                    h.count
+                );
+                let _ = writeln!(out, "{name}_sum{} {}", format_labels(labels, None), h.sum);
+                let _ = writeln!(
+                    out,
+                    "{name}_count{} {}",
+                    format_labels(labels, None),
+                    h.count
+                );
+            }
+        }
+        out.push_str(extra);
+        out
+    }
+}
+
+fn owned(labels: &[(&'static str, &str)]) -> Labels {
+    labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+/// `{a="x",b="y"}` with Prometheus escaping; `le` appended for buckets.
+pub fn format_labels(labels: &[(&'static str, String)], le: Option<&str>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_histograms_render() {
+        let m = Metrics::default();
+        m.inc(
+            "ferry_exchanges_total",
+            &[("issuer", "gh"), ("target", "t"), ("outcome", "granted")],
+        );
+        m.inc(
+            "ferry_exchanges_total",
+            &[("issuer", "gh"), ("target", "t"), ("outcome", "granted")],
+        );
+        m.observe(
+            "ferry_exchange_duration_seconds",
+            &[("outcome", "granted")],
+            0.003,
+        );
+        let text = m.render("");
+        assert!(
+            text.contains(
+                "ferry_exchanges_total{issuer=\"gh\",target=\"t\",outcome=\"granted\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_exchange_duration_seconds_bucket{outcome=\"granted\",le=\"0.0025\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_exchange_duration_seconds_bucket{outcome=\"granted\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_exchange_duration_seconds_count{outcome=\"granted\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            m.counter(
+                "ferry_exchanges_total",
+                &[("issuer", "gh"), ("target", "t"), ("outcome", "granted")]
+            ),
+            2
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            format_labels(&[("a", "x\"y".into())], None),
+            "{a=\"x\\\"y\"}"
+        );
+    }
+}
