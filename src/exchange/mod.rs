@@ -350,6 +350,7 @@ pub async fn exchange(
 }
 
 async fn cached(svc: &Services, key: &CacheKey, min_remaining: i64) -> Option<Credential> {
+    tracing::trace!(key = %key.as_str().get(..16).unwrap_or(""), "credential cache lookup");
     match svc.store.get_credential(key).await {
         Ok(Some(c)) if c.expires_at.saturating_sub(svc.clock.now()) >= min_remaining => Some(c),
         Ok(_) => None,

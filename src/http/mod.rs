@@ -115,7 +115,13 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
         request_id = %request_id,
         %method,
         %route,
-        traceparent = tracing::field::Empty
+        traceparent = tracing::field::Empty,
+        issuer = tracing::field::Empty,
+        subject = tracing::field::Empty,
+        target = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        cache = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
     );
     let response = {
         use tracing::Instrument as _;
@@ -127,6 +133,7 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
     };
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.record("latency_ms", latency_ms);
     span.in_scope(|| tracing::info!(status, latency_ms, "request finished"));
     response
 }
@@ -257,6 +264,16 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
     };
     let issuer = trace.issuer.as_deref().unwrap_or("unknown");
     let target = trace.target.as_deref().unwrap_or("unknown");
+    let span = tracing::Span::current();
+    span.record("issuer", issuer);
+    span.record("target", target);
+    span.record("outcome", outcome_label);
+    if let Some(subject) = &trace.subject {
+        span.record("subject", subject.as_str());
+    }
+    if let Some(cache) = event.cache {
+        span.record("cache", cache);
+    }
     let m = &state.metrics;
     m.inc(
         "ferry_exchanges_total",

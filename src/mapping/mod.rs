@@ -253,6 +253,7 @@ impl Mapper {
             attributes.insert(name.clone(), value);
         }
 
+        tracing::trace!(subject = %subject, groups = groups.len(), attributes = attributes.len(), "claims mapped");
         Ok(Identity {
             issuer_id: mapping.issuer_id.clone(),
             subject,

@@ -373,6 +373,7 @@ impl PolicyEngine {
             .collect();
         // Fail closed: a policy that could not be evaluated (a forbid among them) denies.
         let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+        tracing::trace!(allowed, policies = ?policy_ids, errors = errors.len(), "policy evaluated");
         Ok(Decision {
             allowed,
             policy_ids,

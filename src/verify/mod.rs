@@ -267,6 +267,7 @@ impl Verifier {
         // The issuer is chosen by `iss` before anything is trusted; nothing else from the
         // unverified claims is used until the signature checks out.
         let issuer = self.issuer_for(&claims)?;
+        tracing::trace!(issuer = %issuer.id, alg = %alg_name, kid = header.kid.as_deref(), "token header parsed");
         if !issuer.algorithms.contains(&alg) {
             return Err(VerifyError::AlgorithmNotAllowed {
                 alg: alg_name,
@@ -292,6 +293,7 @@ impl Verifier {
         if !ok {
             return Err(VerifyError::BadSignature);
         }
+        tracing::trace!(issuer = %issuer.id, "signature verified");
         self.check_claims(&issuer, claims, token.sha256(), true)
     }
 
