@@ -40,6 +40,16 @@ impl std::fmt::Debug for Metrics {
 
 const HELP: &[(&str, &str, &str)] = &[
     (
+        "ferry_revocations_total",
+        "counter",
+        "Revocations recorded by kind and channel.",
+    ),
+    (
+        "ferry_rate_limited_total",
+        "counter",
+        "Requests refused by a rate limit.",
+    ),
+    (
         "ferry_exchanges_total",
         "counter",
         "Token exchanges by issuer, target and outcome (granted or the RFC 6749 error code).",

@@ -76,6 +76,9 @@ pub struct Runtime {
     /// The admin bearer token (from `[admin] token_file`).
     pub admin_token: Option<ferry_provider_api::Secret>,
     required_issuers: std::collections::HashSet<String>,
+    /// Issuers whose tokens may be exchanged once.
+    pub single_use_issuers: std::collections::HashSet<String>,
+    leeways: HashMap<String, i64>,
     watched: Vec<std::path::PathBuf>,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -447,6 +450,17 @@ impl Runtime {
         if !errs.is_empty() {
             return Err(errs);
         }
+        let single_use_issuers = config
+            .issuers
+            .iter()
+            .filter(|i| i.single_use)
+            .map(|i| i.id.clone())
+            .collect();
+        let leeways = config
+            .issuers
+            .iter()
+            .map(|i| (i.id.clone(), i.leeway.as_secs_i64()))
+            .collect();
         let required_issuers = config
             .issuers
             .iter()
@@ -467,6 +481,8 @@ impl Runtime {
                 issuer,
                 admin_token,
                 required_issuers,
+                single_use_issuers,
+                leeways,
                 watched,
                 refreshers: Vec::new(),
             },
@@ -496,6 +512,82 @@ impl Runtime {
                 self.refreshers
                     .push(spawn_refresher(Arc::clone(&issuer.jwks)));
             }
+        }
+    }
+
+    /// An issuer's clock-skew leeway, seconds.
+    pub fn leeway_of(&self, issuer_id: &str) -> i64 {
+        self.leeways.get(issuer_id).copied().unwrap_or(60)
+    }
+
+    /// How long a revocation lives: until every credential it could cover has expired —
+    /// the longest target lifetime plus the longest a subject token can stay acceptable
+    /// (the issuer's `max_age`, else 24h), plus the largest leeway.
+    pub fn revocation_ttl(&self) -> Duration {
+        let max_ttl = self
+            .targets
+            .values()
+            .map(|t| t.ttl)
+            .max()
+            .unwrap_or(Duration::from_secs(3600));
+        let token_life = self
+            .config
+            .issuers
+            .iter()
+            .map(|i| {
+                i.max_age
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(86_400))
+            })
+            .max()
+            .unwrap_or(Duration::from_secs(86_400));
+        let leeway = self
+            .config
+            .issuers
+            .iter()
+            .map(|i| i.leeway.0)
+            .max()
+            .unwrap_or_default();
+        max_ttl + token_life + leeway
+    }
+
+    /// A revocation of `target`, living until every credential it could cover has expired.
+    pub fn revocation(
+        &self,
+        target: crate::store::RevocationTarget,
+        reason: Option<String>,
+        now: i64,
+    ) -> crate::store::Revocation {
+        let ttl = i64::try_from(self.revocation_ttl().as_secs()).unwrap_or(i64::MAX);
+        crate::store::Revocation {
+            target,
+            reason,
+            created_at: now,
+            expires_at: now.saturating_add(ttl),
+        }
+    }
+
+    /// Swaps a target's provider (embedding and tests: a counting or failing fake).
+    pub fn replace_provider(
+        &mut self,
+        target_id: &str,
+        provider: Arc<dyn CredentialProvider>,
+    ) -> bool {
+        match self.targets.get(target_id) {
+            Some(t) => {
+                let replaced = Target {
+                    id: t.id.clone(),
+                    kind: t.kind.clone(),
+                    scopes: t.scopes.clone(),
+                    ttl: t.ttl,
+                    min_remaining: t.min_remaining,
+                    provider,
+                };
+                self.targets
+                    .insert(target_id.to_owned(), Arc::new(replaced));
+                true
+            }
+            None => false,
         }
     }
 

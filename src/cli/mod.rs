@@ -5,6 +5,7 @@ mod check;
 mod dev;
 mod explain;
 mod keys;
+mod revoke;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ enum Command {
     /// Manage Ferry's signing keys.
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Revoke a subject, an issuer's sub, a token id or a target on every replica.
+    Revoke(revoke::Args),
     /// Verify the audit trail.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(a) => explain::run(a),
         Command::Keys(c) => keys::run(c),
         Command::Audit(c) => audit::run(c),
+        Command::Revoke(a) => revoke::run(a),
         Command::Dev(c) => dev::run(c),
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use ferry::exchange::{Services, SingleFlight};
 use ferry::http::{AppState, app};
-use ferry::store::memory::MemoryStore;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -49,7 +48,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         runtime.warm_up().await;
         runtime.start_refreshers();
-        let store = Arc::new(MemoryStore::new(runtime.config.store.max_entries));
+        let store = match ferry::store::open(&runtime.config) {
+            Ok(s) => s,
+            Err(errs) => {
+                eprintln!("{errs}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
         let revision = runtime.revision.clone();
         let state = AppState::new(
             runtime,

@@ -110,6 +110,9 @@ pub struct Config {
     /// `[reload]`.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// `[rate_limits]`.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
     /// Where it was read from (not in the file).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -169,12 +172,38 @@ fn default_request_timeout() -> ConfigDuration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `memory` (the embedded default).
+    /// `memory` (the embedded default) or `redis`.
     #[serde(default = "default_backend")]
     pub backend: String,
     /// Most cached credentials kept in memory.
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
+    /// Standalone Redis: `redis://host:6379/0` (or `rediss://`).
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes.
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// 32-byte AES-256-GCM key for cached credentials (required for `redis`).
+    pub encryption_key_file: Option<PathBuf>,
+    /// Older keys, still accepted for reading during a key rotation.
+    #[serde(default)]
+    pub previous_encryption_key_files: Vec<PathBuf>,
+    /// Timeout of every Redis call.
+    #[serde(default = "d_500ms")]
+    pub timeout: ConfigDuration,
+    /// How long a replica may hold the mint lock of a cache miss.
+    #[serde(default = "d_30s")]
+    pub lock_ttl: ConfigDuration,
+    /// How long other replicas wait for that mint before answering 503.
+    #[serde(default = "d_10s")]
+    pub lock_wait: ConfigDuration,
+    /// How long an upstream denial is remembered.
+    #[serde(default = "d_30s")]
+    pub negative_ttl: ConfigDuration,
+    /// On a cache read/write error: `unavailable` (503) or `bypass` (mint without the
+    /// cache). The revocation check is never bypassed.
+    #[serde(default = "default_on_cache_error")]
+    pub on_cache_error: String,
 }
 
 impl Default for StoreConfig {
@@ -182,8 +211,47 @@ impl Default for StoreConfig {
         Self {
             backend: default_backend(),
             max_entries: default_max_entries(),
+            url: None,
+            cluster: Vec::new(),
+            encryption_key_file: None,
+            previous_encryption_key_files: Vec::new(),
+            timeout: d_500ms(),
+            lock_ttl: d_30s(),
+            lock_wait: d_10s(),
+            negative_ttl: d_30s(),
+            on_cache_error: default_on_cache_error(),
         }
     }
+}
+
+fn default_on_cache_error() -> String {
+    "unavailable".into()
+}
+fn d_500ms() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(500))
+}
+fn d_10s() -> ConfigDuration {
+    ConfigDuration::secs(10)
+}
+
+/// `[rate_limits]`: fixed windows, counted in the store (so across replicas with Redis).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Per canonical subject.
+    pub per_subject: Option<RateLimit>,
+    /// Per client address.
+    pub per_client: Option<RateLimit>,
+}
+
+/// One limit: at most `requests` per `window`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests allowed per window.
+    pub requests: u64,
+    /// The window.
+    pub window: ConfigDuration,
 }
 
 fn default_backend() -> String {
@@ -311,6 +379,9 @@ pub struct IssuerConfig {
     /// `/readyz` is false while this issuer has never had keys.
     #[serde(default = "default_true")]
     pub required: bool,
+    /// Each token may be exchanged once (its `jti` is remembered until its `exp`).
+    #[serde(default)]
+    pub single_use: bool,
 }
 
 fn default_algorithms() -> Vec<String> {

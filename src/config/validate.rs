@@ -85,18 +85,68 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
         );
     }
 
-    match config.store.backend.as_str() {
+    let st = &config.store;
+    match st.backend.as_str() {
         "memory" => {}
-        "redis" => errs.push(
-            file,
-            "store.backend",
-            "`redis` is not available in this version of Ferry; use `memory`",
-        ),
+        "redis" => {
+            match (&st.url, st.cluster.is_empty()) {
+                (None, true) => errs.push(file, "store", "the redis backend needs `url = \"redis://…\"` or `cluster = [\"redis://…\", …]`"),
+                (Some(_), false) => errs.push(file, "store", "`url` and `cluster` exclude each other"),
+                _ => {}
+            }
+            for u in st.url.iter().chain(st.cluster.iter()) {
+                match Url::parse(u) {
+                    Ok(url) if url.scheme() == "redis" || url.scheme() == "rediss" => {}
+                    _ => errs.push(
+                        file,
+                        "store.url",
+                        format!("`{u}` is not a redis:// or rediss:// URL"),
+                    ),
+                }
+            }
+            match &st.encryption_key_file {
+                None => errs.push(file, "store.encryption_key_file", "is required for the redis backend (32 bytes: `head -c 32 /dev/urandom > store.key`)"),
+                Some(p) => {
+                    if let Err(e) = crate::store::seal::read_key_file(&config.source.resolve(p)) {
+                        errs.push(file, "store.encryption_key_file", e.to_string());
+                    }
+                }
+            }
+            for p in &st.previous_encryption_key_files {
+                if let Err(e) = crate::store::seal::read_key_file(&config.source.resolve(p)) {
+                    errs.push(file, "store.previous_encryption_key_files", e.to_string());
+                }
+            }
+        }
         other => errs.push(
             file,
             "store.backend",
-            format!("unknown backend `{other}` (expected `memory`)"),
+            format!("unknown backend `{other}` (expected `memory` or `redis`)"),
         ),
+    }
+    if !matches!(st.on_cache_error.as_str(), "unavailable" | "bypass") {
+        errs.push(
+            file,
+            "store.on_cache_error",
+            "must be `unavailable` or `bypass`",
+        );
+    }
+    if st.timeout.0.is_zero() || st.timeout.0 > Duration::from_secs(10) {
+        errs.push(file, "store.timeout", "must be between 1ms and 10s");
+    }
+    for (name, limit) in [
+        ("per_subject", config.rate_limits.per_subject),
+        ("per_client", config.rate_limits.per_client),
+    ] {
+        if let Some(l) = limit
+            && (l.requests == 0 || l.window.0.as_secs() == 0)
+        {
+            errs.push(
+                file,
+                format!("rate_limits.{name}"),
+                "`requests` and `window` (≥ 1s) must be positive",
+            );
+        }
     }
     if config.store.max_entries == 0 {
         errs.push(file, "store.max_entries", "must be at least 1");

@@ -15,7 +15,7 @@ use crate::clock::SharedClock;
 use crate::mapping::{Identity, MappingError};
 use crate::policy::{AuthzInput, Decision};
 use crate::runtime::{Runtime, Target};
-use crate::store::{CacheKey, Store, StoreError};
+use crate::store::{CacheKey, RateDecision, RevocationTarget, Store};
 use crate::verify::VerifyError;
 pub use flight::SingleFlight;
 pub use request::{ExchangeRequest, RequestError, TargetSelector};
@@ -77,6 +77,18 @@ pub enum ExchangeError {
     /// The provider failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// Too many requests for this subject or client.
+    #[error("rate limit exceeded; retry in {0}s")]
+    RateLimited(u64),
+    /// A single-use token presented again (or without `jti`).
+    #[error("{0}")]
+    Replay(&'static str),
+    /// A revocation covers this request.
+    #[error("{0}")]
+    Revoked(String),
+    /// The store could not answer a check that must not be skipped.
+    #[error("shared state unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 fn denial_message(subject: &str, target: &str, decision: &Decision) -> String {
@@ -236,6 +248,10 @@ pub async fn exchange(
 ) -> Result<ExchangeOutcome, ExchangeError> {
     let span = tracing::Span::current();
     trace.token_sha256 = Some(req.subject_token.sha256());
+    let limits = &rt.config.rate_limits;
+    if let Some(limit) = limits.per_client {
+        rate_limit(svc, &format!("client:{}", req.client_ip), limit).await?;
+    }
     let token = rt.verifier.verify(&req.subject_token).await?;
     span.record("issuer", token.issuer_id());
     trace.issuer = Some(token.issuer_id().to_owned());
@@ -243,6 +259,9 @@ pub async fn exchange(
     let identity = rt.mapper.map(&token)?;
     span.record("subject", identity.subject.as_str());
     trace.subject = Some(identity.subject.clone());
+    if let Some(limit) = limits.per_subject {
+        rate_limit(svc, &format!("subject:{}", identity.subject), limit).await?;
+    }
     let target = resolve_target(rt, &req.target)?;
     span.record("target", target.id.as_str());
     trace.target = Some(target.id.clone());
@@ -274,37 +293,174 @@ pub async fn exchange(
         });
     }
 
-    let key = cache_key(rt, &target, &identity, &req.scopes);
-    let min_remaining = i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX);
-    if let Some(credential) = cached(svc, &key, min_remaining).await {
-        span.record("cache", "hit");
-        return Ok(outcome(
-            svc,
-            credential,
-            identity,
-            decision,
-            &target,
-            &req.scopes,
-            true,
-        ));
+    // Revocation: asked of the store on every exchange, never cached; if it cannot be
+    // answered, the answer is no (DESIGN §4).
+    let subject_field = RevocationTarget::Subject {
+        subject: identity.subject.clone(),
+    }
+    .field();
+    let issuer_sub_field = token.sub().map(|sub| {
+        RevocationTarget::IssuerSub {
+            issuer: token.issuer_id().to_owned(),
+            sub: sub.to_owned(),
+        }
+        .field()
+    });
+    let target_field = RevocationTarget::Target {
+        target: target.id.clone(),
+    }
+    .field();
+    let mut fields = vec![subject_field.clone(), target_field.clone()];
+    fields.extend(issuer_sub_field.clone());
+    if let Some(jti) = token.jti() {
+        fields.push(
+            RevocationTarget::Jti {
+                jti: jti.to_owned(),
+            }
+            .field(),
+        );
+    }
+    match svc.store.revoked(&fields, now).await {
+        Ok(None) => {}
+        Ok(Some(r)) => return Err(ExchangeError::Revoked(describe_revocation(&r.target))),
+        Err(e) => return Err(ExchangeError::StoreUnavailable(e.to_string())),
     }
 
-    // Single flight: the first miss mints; the others wait and read its result.
-    let lock = svc.flights.lock_for(key.as_str());
-    let _guard = lock.lock().await;
-    if let Some(credential) = cached(svc, &key, min_remaining).await {
+    // Replay: a single-use issuer's token is accepted once, on any replica.
+    if rt.single_use_issuers.contains(token.issuer_id()) {
+        let jti = token.jti().ok_or(ExchangeError::Replay(
+            "the token has no `jti`, which single-use issuers require",
+        ))?;
+        let ttl = token
+            .expires_at()
+            .saturating_sub(now)
+            .saturating_add(rt.leeway_of(token.issuer_id()))
+            .max(1);
+        let id = format!("{}\n{jti}", token.issuer_id());
+        match svc
+            .store
+            .first_use(&id, Duration::from_secs(u64::try_from(ttl).unwrap_or(1)))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(ExchangeError::Replay("the token has already been used")),
+            Err(e) => return Err(ExchangeError::StoreUnavailable(e.to_string())),
+        }
+    }
+
+    let key = cache_key(rt, &target, &identity, &req.scopes);
+    let min_remaining = i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX);
+    let bypass = rt.config.store.on_cache_error == "bypass";
+    let hit = |c: Credential, identity: Identity, decision: Decision| {
         span.record("cache", "hit");
-        return Ok(outcome(
+        Ok(outcome(
             svc,
-            credential,
+            c,
             identity,
             decision,
             &target,
             &req.scopes,
             true,
-        ));
+        ))
+    };
+    if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
+        return hit(credential, identity, decision);
+    }
+    match svc.store.get_denial(&key).await {
+        Ok(Some(code)) => return Err(ExchangeError::Provider(ProviderError::Denied { code })),
+        Ok(None) => {}
+        Err(e) if !bypass => return Err(ExchangeError::StoreUnavailable(e.to_string())),
+        Err(_) => {}
+    }
+
+    // Single flight: in this process first, then across replicas through the store.
+    let local = svc.flights.lock_for(key.as_str());
+    let _local = local.lock().await;
+    if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
+        return hit(credential, identity, decision);
+    }
+    let lock_ttl = rt.config.store.lock_ttl.0;
+    let wait_until = std::time::Instant::now() + rt.config.store.lock_wait.0;
+    let lock_token = loop {
+        match svc.store.try_lock(&key, lock_ttl).await {
+            Ok(Some(t)) => break Some(t),
+            Ok(None) => {}
+            Err(e) if !bypass => return Err(ExchangeError::StoreUnavailable(e.to_string())),
+            Err(_) => break None,
+        }
+        // Another replica is minting: wait for its result, or for its lock to lapse.
+        loop {
+            if std::time::Instant::now() >= wait_until {
+                return Err(ExchangeError::StoreUnavailable(
+                    "another replica is minting this credential; retry".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
+                return hit(credential, identity, decision);
+            }
+            if let Ok(Some(code)) = svc.store.get_denial(&key).await {
+                return Err(ExchangeError::Provider(ProviderError::Denied { code }));
+            }
+            match svc.store.is_locked(&key).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(ExchangeError::StoreUnavailable(e.to_string())),
+            }
+        }
+        if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
+            return hit(credential, identity, decision);
+        }
+    };
+    let minted = mint(rt, svc, &target, &identity, &req, &key, request_id, trace).await;
+    if let Some(t) = lock_token
+        && let Err(e) = svc.store.unlock(&key, &t).await
+    {
+        tracing::warn!(error = %e, "could not release the mint lock; it expires by itself");
+    }
+    let credential = minted?;
+    let mut covered_by = vec![subject_field, target_field];
+    covered_by.extend(issuer_sub_field);
+    if let Some(id) = &credential.token_id {
+        covered_by.push(RevocationTarget::Jti { jti: id.clone() }.field());
+    }
+    let usable_for = credential
+        .expires_at
+        .saturating_sub(svc.clock.now())
+        .saturating_sub(min_remaining);
+    if usable_for > 0 {
+        let ttl = Duration::from_secs(u64::try_from(usable_for).unwrap_or(0));
+        if let Err(e) = svc
+            .store
+            .put_credential(&key, &credential, ttl, &covered_by)
+            .await
+        {
+            tracing::warn!(error = %e, "credential cache unavailable; not cached");
+        }
     }
     span.record("cache", "miss");
+    Ok(outcome(
+        svc,
+        credential,
+        identity,
+        decision,
+        &target,
+        &req.scopes,
+        false,
+    ))
+}
+
+#[allow(clippy::too_many_arguments, reason = "private step of `exchange`")]
+async fn mint(
+    rt: &Runtime,
+    svc: &Services,
+    target: &Target,
+    identity: &Identity,
+    req: &ExchangeRequest,
+    key: &CacheKey,
+    request_id: &str,
+    trace: &mut ExchangeTrace,
+) -> Result<Credential, ExchangeError> {
     let grant = Grant {
         target_id: target.id.clone(),
         issuer_id: identity.issuer_id.clone(),
@@ -325,40 +481,66 @@ pub async fn exchange(
         Err(ProviderError::Unavailable { .. }) => "unavailable",
         Err(_) => "error",
     });
-    let credential = issued?;
-    let usable_for = credential
-        .expires_at
-        .saturating_sub(svc.clock.now())
-        .saturating_sub(min_remaining);
-    if usable_for > 0 {
-        let ttl = Duration::from_secs(u64::try_from(usable_for).unwrap_or(0));
-        if let Err(StoreError::Unavailable(e)) =
-            svc.store.put_credential(&key, &credential, ttl).await
-        {
-            tracing::warn!(error = %e, "credential cache unavailable; not cached");
-        }
+    if let Err(ProviderError::Denied { code }) = &issued
+        && let Err(e) = svc
+            .store
+            .put_denial(key, code, rt.config.store.negative_ttl.0)
+            .await
+    {
+        tracing::warn!(error = %e, "could not cache the upstream denial");
     }
-    Ok(outcome(
-        svc,
-        credential,
-        identity,
-        decision,
-        &target,
-        &req.scopes,
-        false,
-    ))
+    Ok(issued?)
 }
 
-async fn cached(svc: &Services, key: &CacheKey, min_remaining: i64) -> Option<Credential> {
+fn describe_revocation(t: &RevocationTarget) -> String {
+    match t {
+        RevocationTarget::Subject { subject } => format!("subject `{subject}` has been revoked"),
+        RevocationTarget::IssuerSub { issuer, .. } => {
+            format!("this token's subject at issuer `{issuer}` has been revoked")
+        }
+        RevocationTarget::Jti { .. } => "this token has been revoked".into(),
+        RevocationTarget::Target { target } => format!("target `{target}` has been revoked"),
+    }
+}
+
+async fn rate_limit(
+    svc: &Services,
+    bucket: &str,
+    limit: crate::config::RateLimit,
+) -> Result<(), ExchangeError> {
+    match svc
+        .store
+        .rate_limit(
+            bucket,
+            limit.requests,
+            limit.window.0.as_secs(),
+            svc.clock.now(),
+        )
+        .await
+    {
+        Ok(RateDecision::Allowed) => Ok(()),
+        Ok(RateDecision::Limited(retry_after)) => Err(ExchangeError::RateLimited(retry_after)),
+        Err(e) => Err(ExchangeError::StoreUnavailable(e.to_string())),
+    }
+}
+
+/// A cached credential with at least `min_remaining` left. A store error is a miss when
+/// `bypass` is set (a cache that is down is bypassed, never trusted), else a 503.
+async fn cached(
+    svc: &Services,
+    key: &CacheKey,
+    min_remaining: i64,
+    bypass: bool,
+) -> Result<Option<Credential>, ExchangeError> {
     tracing::trace!(key = %key.as_str().get(..16).unwrap_or(""), "credential cache lookup");
     match svc.store.get_credential(key).await {
-        Ok(Some(c)) if c.expires_at.saturating_sub(svc.clock.now()) >= min_remaining => Some(c),
-        Ok(_) => None,
-        Err(e) => {
-            // A cache that is down is bypassed, never trusted (DESIGN §4).
+        Ok(Some(c)) if c.expires_at.saturating_sub(svc.clock.now()) >= min_remaining => Ok(Some(c)),
+        Ok(_) => Ok(None),
+        Err(e) if bypass => {
             tracing::warn!(error = %e, "credential cache unavailable; bypassing");
-            None
+            Ok(None)
         }
+        Err(e) => Err(ExchangeError::StoreUnavailable(e.to_string())),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::exchange::TargetSelector;
 use crate::exchange::explain::{ExplainInput, explain as run_explain};
 use crate::verify::UnverifiedToken;
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let runtime = state.runtime.load();
     let Some(expected) = &runtime.admin_token else {
         return Err(Box::new(
@@ -168,6 +168,114 @@ pub async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         Err(errs) => ApiError::invalid_request(format!(
             "config rejected; the previous config keeps serving: {errs}"
         ))
+        .into_response(),
+    }
+}
+
+/// `POST /admin/revocations` body: exactly one of the selectors.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    subject: Option<String>,
+    issuer: Option<String>,
+    sub: Option<String>,
+    jti: Option<String>,
+    target: Option<String>,
+    reason: Option<String>,
+}
+
+/// Turns selectors into a revocation target (shared by the CLI and the admin API).
+pub fn revocation_target(
+    subject: Option<String>,
+    issuer: Option<String>,
+    sub: Option<String>,
+    jti: Option<String>,
+    target: Option<String>,
+) -> Result<crate::store::RevocationTarget, &'static str> {
+    use crate::store::RevocationTarget as T;
+    match (subject, issuer, sub, jti, target) {
+        (Some(subject), None, None, None, None) if !subject.is_empty() => {
+            Ok(T::Subject { subject })
+        }
+        (None, Some(issuer), Some(sub), None, None) if !issuer.is_empty() && !sub.is_empty() => {
+            Ok(T::IssuerSub { issuer, sub })
+        }
+        (None, None, None, Some(jti), None) if !jti.is_empty() => Ok(T::Jti { jti }),
+        (None, None, None, None, Some(target)) if !target.is_empty() => Ok(T::Target { target }),
+        _ => Err("give exactly one of: `subject`; `issuer` and `sub`; `jti`; `target`"),
+    }
+}
+
+/// `POST /admin/revocations`: revoke now, on every replica sharing the store.
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let req: RevokeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return ApiError::invalid_request(format!("body: {e}")).into_response(),
+    };
+    let target = match revocation_target(req.subject, req.issuer, req.sub, req.jti, req.target) {
+        Ok(t) => t,
+        Err(e) => return ApiError::invalid_request(e).into_response(),
+    };
+    let runtime = state.runtime.load_full();
+    let kind = match &target {
+        crate::store::RevocationTarget::Subject { .. } => "subject",
+        crate::store::RevocationTarget::IssuerSub { .. } => "issuer_sub",
+        crate::store::RevocationTarget::Jti { .. } => "jti",
+        crate::store::RevocationTarget::Target { .. } => "target",
+    };
+    let revocation = runtime.revocation(target, req.reason, state.services.clock.now());
+    match state.services.store.revoke(&revocation).await {
+        Ok(purged) => {
+            state.metrics.inc(
+                "ferry_revocations_total",
+                &[("kind", kind), ("via", "admin")],
+            );
+            tracing::info!(
+                kind,
+                purged,
+                expires_at = revocation.expires_at,
+                "revocation recorded"
+            );
+            let mut r = (
+                StatusCode::CREATED,
+                Json(json!({"revocation": revocation, "purged": purged})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => ApiError::unavailable(
+            format!("shared state unavailable: {e}"),
+            std::time::Duration::from_secs(2),
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /admin/revocations`: every live revocation.
+pub async fn revocations(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    match state
+        .services
+        .store
+        .revocations(state.services.clock.now())
+        .await
+    {
+        Ok(list) => super::no_store(Json(json!({"revocations": list})).into_response()),
+        Err(e) => ApiError::unavailable(
+            format!("shared state unavailable: {e}"),
+            std::time::Duration::from_secs(2),
+        )
         .into_response(),
     }
 }

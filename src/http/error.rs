@@ -86,6 +86,21 @@ impl From<ExchangeError> for ApiError {
             ExchangeError::Scope { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string())
             }
+            ExchangeError::RateLimited(after) => Self {
+                retry_after: Some(Duration::from_secs(*after)),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", e.to_string())
+            },
+            ExchangeError::Replay(_) => Self::invalid_request(e.to_string()),
+            ExchangeError::Revoked(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_target", e.to_string())
+            }
+            ExchangeError::StoreUnavailable(cause) => {
+                tracing::warn!(%cause, "store unavailable");
+                Self::unavailable(
+                    "shared state is unavailable; retry later",
+                    Duration::from_secs(2),
+                )
+            }
             ExchangeError::Provider(p) => match p {
                 ProviderError::Denied { code } => Self::new(
                     StatusCode::BAD_REQUEST,

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod oauth;
 pub mod reload;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -82,6 +83,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/issuers", get(admin::issuers))
         .route("/admin/explain", post(admin::explain))
         .route("/admin/reload", post(admin::reload))
+        .route(
+            "/admin/revocations",
+            post(admin::revoke).get(admin::revocations),
+        )
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/oauth2/revoke", post(oauth::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -288,6 +295,9 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         &[("outcome", outcome_label)],
         started.elapsed().as_secs_f64(),
     );
+    if outcome_label == "slow_down" {
+        m.inc("ferry_rate_limited_total", &[]);
+    }
     if let Some(decision) = trace.policy_decision {
         m.inc("ferry_policy_decisions_total", &[("decision", decision)]);
     }

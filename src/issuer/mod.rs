@@ -108,6 +108,40 @@ impl FerryIssuer {
         })
     }
 
+    /// Verifies a token Ferry signed (any published key) and returns its claims, or
+    /// `None` when it is not Ferry's, is malformed, or has expired.
+    pub fn verify_own(&self, token: &str) -> Option<Map<String, Value>> {
+        if token.len() > crate::verify::MAX_TOKEN_BYTES {
+            return None;
+        }
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let kid = header.kid?;
+        let jwk = self
+            .keys
+            .published
+            .iter()
+            .find(|k| k.common.key_id.as_deref() == Some(kid.as_str()))?;
+        // The key's own `alg` decides; a header naming another algorithm is refused
+        // (no algorithm confusion).
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| crate::verify::parse_algorithm(&a.to_string()))?;
+        if header.alg != alg {
+            return None;
+        }
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).ok()?;
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.set_issuer(&[&self.public_url]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).ok()?;
+        let exp = data.claims.get("exp").and_then(Value::as_i64)?;
+        (exp > self.clock.now()).then_some(data.claims)
+    }
+
     /// The signing algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.keys.active.alg
@@ -175,12 +209,13 @@ impl CredentialProvider for JwtProvider {
         let mut fields = std::collections::BTreeMap::new();
         fields.insert("access_token".to_owned(), signed.token.clone());
         Ok(Credential {
-            access_token: signed.token,
+            access_token: signed.token.clone(),
             issued_token_type: TOKEN_TYPE_JWT.into(),
             token_type: "Bearer".into(),
             expires_at: signed.expires_at,
             fields,
             upstream_request_id: None,
+            token_id: Some(signed.jti),
         })
     }
 }

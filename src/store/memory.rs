@@ -1,50 +1,71 @@
-//! The in-process store: a bounded cache with per-entry expiry.
+//! The in-process store: one process only. Bounded caches with per-entry expiry; the same
+//! semantics as Redis for a single replica.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_provider_api::Credential;
 use moka::Expiry;
 use moka::sync::Cache;
 
-use super::{CacheKey, Store, StoreError};
+use super::{CacheKey, RateDecision, Revocation, Store, StoreError};
 
 #[derive(Clone)]
-struct Entry {
-    credential: Credential,
+struct Entry<V> {
+    value: V,
     ttl: Duration,
 }
 
 struct PerEntryTtl;
 
-impl Expiry<String, Entry> for PerEntryTtl {
+impl<V> Expiry<String, Entry<V>> for PerEntryTtl {
     fn expire_after_create(
         &self,
         _key: &String,
-        value: &Entry,
-        _now: std::time::Instant,
+        value: &Entry<V>,
+        _now: Instant,
     ) -> Option<Duration> {
         Some(value.ttl)
     }
 }
 
-/// The embedded default store (`backend = "memory"`); one process only.
+fn cache<V: Clone + Send + Sync + 'static>(max: u64) -> Cache<String, Entry<V>> {
+    Cache::builder()
+        .max_capacity(max)
+        .expire_after(PerEntryTtl)
+        .build()
+}
+
+#[derive(Default)]
+struct Shared {
+    revocations: HashMap<String, Revocation>,
+    index: HashMap<String, HashSet<String>>,
+    locks: HashMap<String, (String, Instant)>,
+    windows: HashMap<String, (i64, u64)>,
+}
+
+/// The embedded default store (`backend = "memory"`).
 pub struct MemoryStore {
-    credentials: Cache<String, Entry>,
+    credentials: Cache<String, Entry<Credential>>,
+    denials: Cache<String, Entry<String>>,
+    seen: Cache<String, Entry<()>>,
+    shared: Mutex<Shared>,
 }
 
 impl MemoryStore {
     /// A store holding at most `max_entries` credentials.
     pub fn new(max_entries: u64) -> Self {
         Self {
-            credentials: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(PerEntryTtl)
-                .build(),
+            credentials: cache(max_entries),
+            denials: cache(max_entries),
+            seen: cache(max_entries.saturating_mul(10)),
+            shared: Mutex::new(Shared::default()),
         }
     }
 
-    /// How many credentials are cached (approximate, for tests and metrics).
+    /// How many credentials are cached (for tests and metrics).
     pub fn len(&self) -> u64 {
         self.credentials.run_pending_tasks();
         self.credentials.entry_count()
@@ -53,6 +74,12 @@ impl MemoryStore {
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn shared(&self) -> Result<std::sync::MutexGuard<'_, Shared>, StoreError> {
+        self.shared
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
     }
 }
 
@@ -63,7 +90,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError> {
-        Ok(self.credentials.get(key.as_str()).map(|e| e.credential))
+        Ok(self.credentials.get(key.as_str()).map(|e| e.value))
     }
 
     async fn put_credential(
@@ -71,17 +98,155 @@ impl Store for MemoryStore {
         key: &CacheKey,
         credential: &Credential,
         ttl: Duration,
+        covered_by: &[String],
     ) -> Result<(), StoreError> {
-        if !ttl.is_zero() {
-            self.credentials.insert(
-                key.as_str().to_owned(),
-                Entry {
-                    credential: credential.clone(),
-                    ttl,
-                },
-            );
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        self.credentials.insert(
+            key.as_str().to_owned(),
+            Entry {
+                value: credential.clone(),
+                ttl,
+            },
+        );
+        let mut shared = self.shared()?;
+        for field in covered_by {
+            shared
+                .index
+                .entry(field.clone())
+                .or_default()
+                .insert(key.as_str().to_owned());
         }
         Ok(())
+    }
+
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<String>, StoreError> {
+        let mut shared = self.shared()?;
+        let now = Instant::now();
+        if let Some((_, until)) = shared.locks.get(key.as_str())
+            && *until > now
+        {
+            return Ok(None);
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        shared
+            .locks
+            .insert(key.as_str().to_owned(), (token.clone(), now + ttl));
+        Ok(Some(token))
+    }
+
+    async fn unlock(&self, key: &CacheKey, token: &str) -> Result<(), StoreError> {
+        let mut shared = self.shared()?;
+        if shared
+            .locks
+            .get(key.as_str())
+            .is_some_and(|(t, _)| t == token)
+        {
+            shared.locks.remove(key.as_str());
+        }
+        Ok(())
+    }
+
+    async fn is_locked(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        let shared = self.shared()?;
+        Ok(shared
+            .locks
+            .get(key.as_str())
+            .is_some_and(|(_, until)| *until > Instant::now()))
+    }
+
+    async fn get_denial(&self, key: &CacheKey) -> Result<Option<String>, StoreError> {
+        Ok(self.denials.get(key.as_str()).map(|e| e.value))
+    }
+
+    async fn put_denial(
+        &self,
+        key: &CacheKey,
+        code: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.denials.insert(
+            key.as_str().to_owned(),
+            Entry {
+                value: code.to_owned(),
+                ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError> {
+        let field = revocation.target.field();
+        let keys = {
+            let mut shared = self.shared()?;
+            shared.revocations.insert(field.clone(), revocation.clone());
+            shared.index.remove(&field).unwrap_or_default()
+        };
+        let mut purged = 0;
+        for k in keys {
+            if self.credentials.remove(&k).is_some() {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn revoked(&self, fields: &[String], now: i64) -> Result<Option<Revocation>, StoreError> {
+        let mut shared = self.shared()?;
+        shared.revocations.retain(|_, r| r.expires_at > now);
+        Ok(fields
+            .iter()
+            .find_map(|f| shared.revocations.get(f).cloned()))
+    }
+
+    async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        let shared = self.shared()?;
+        Ok(shared
+            .revocations
+            .values()
+            .filter(|r| r.expires_at > now)
+            .cloned()
+            .collect())
+    }
+
+    async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let _guard = self.shared()?;
+        if self.seen.contains_key(id) {
+            return Ok(false);
+        }
+        self.seen.insert(id.to_owned(), Entry { value: (), ttl });
+        Ok(true)
+    }
+
+    async fn rate_limit(
+        &self,
+        bucket: &str,
+        limit: u64,
+        window: u64,
+        now: i64,
+    ) -> Result<RateDecision, StoreError> {
+        let window = i64::try_from(window.max(1)).unwrap_or(60);
+        let start = now - now.rem_euclid(window);
+        let mut shared = self.shared()?;
+        if shared.windows.len() > 100_000 {
+            shared.windows.retain(|_, (s, _)| *s >= start);
+        }
+        let entry = shared
+            .windows
+            .entry(bucket.to_owned())
+            .or_insert((start, 0));
+        if entry.0 != start {
+            *entry = (start, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > limit {
+            Ok(RateDecision::Limited(
+                u64::try_from(start + window - now).unwrap_or(1).max(1),
+            ))
+        } else {
+            Ok(RateDecision::Allowed)
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -92,6 +257,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RevocationTarget;
     use ferry_provider_api::Secret;
 
     fn credential() -> Credential {
@@ -102,6 +268,7 @@ mod tests {
             expires_at: 100,
             fields: Default::default(),
             upstream_request_id: None,
+            token_id: None,
         }
     }
 
@@ -111,7 +278,7 @@ mod tests {
         let k = CacheKey::from_parts(["a"]);
         assert!(store.get_credential(&k).await?.is_none());
         store
-            .put_credential(&k, &credential(), Duration::from_secs(60))
+            .put_credential(&k, &credential(), Duration::from_secs(60), &[])
             .await?;
         assert_eq!(
             store.get_credential(&k).await?.map(|c| c.expires_at),
@@ -119,7 +286,7 @@ mod tests {
         );
         let k2 = CacheKey::from_parts(["b"]);
         store
-            .put_credential(&k2, &credential(), Duration::ZERO)
+            .put_credential(&k2, &credential(), Duration::ZERO, &[])
             .await?;
         assert!(store.get_credential(&k2).await?.is_none());
         Ok(())
@@ -131,10 +298,74 @@ mod tests {
         for i in 0..50 {
             let k = CacheKey::from_parts([i.to_string().as_str()]);
             store
-                .put_credential(&k, &credential(), Duration::from_secs(60))
+                .put_credential(&k, &credential(), Duration::from_secs(60), &[])
                 .await?;
         }
         assert!(store.len() <= 5, "{}", store.len());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revocation_purges_and_expires() -> Result<(), StoreError> {
+        let store = MemoryStore::new(10);
+        let target = RevocationTarget::Subject {
+            subject: "s".into(),
+        };
+        let k = CacheKey::from_parts(["a"]);
+        store
+            .put_credential(
+                &k,
+                &credential(),
+                Duration::from_secs(60),
+                &[target.field()],
+            )
+            .await?;
+        let purged = store
+            .revoke(&Revocation {
+                target: target.clone(),
+                reason: None,
+                created_at: 0,
+                expires_at: 100,
+            })
+            .await?;
+        assert_eq!(purged, 1);
+        assert!(store.get_credential(&k).await?.is_none());
+        assert!(store.revoked(&[target.field()], 99).await?.is_some());
+        assert!(store.revoked(&[target.field()], 100).await?.is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn locks_replay_and_rate_limits() -> Result<(), StoreError> {
+        let store = MemoryStore::new(10);
+        let k = CacheKey::from_parts(["a"]);
+        let t = store.try_lock(&k, Duration::from_secs(5)).await?;
+        assert!(t.is_some());
+        assert!(store.try_lock(&k, Duration::from_secs(5)).await?.is_none());
+        store.unlock(&k, "not-mine").await?;
+        assert!(store.is_locked(&k).await?);
+        store.unlock(&k, t.as_deref().unwrap_or("")).await?;
+        assert!(!store.is_locked(&k).await?);
+
+        assert!(store.first_use("j", Duration::from_secs(60)).await?);
+        assert!(!store.first_use("j", Duration::from_secs(60)).await?);
+
+        assert_eq!(
+            store.rate_limit("b", 2, 60, 120).await?,
+            RateDecision::Allowed
+        );
+        assert_eq!(
+            store.rate_limit("b", 2, 60, 130).await?,
+            RateDecision::Allowed
+        );
+        assert_eq!(
+            store.rate_limit("b", 2, 60, 150).await?,
+            RateDecision::Limited(30)
+        );
+        assert_eq!(
+            store.rate_limit("b", 2, 60, 180).await?,
+            RateDecision::Allowed
+        );
         Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //! replay and rate limits). `memory` is the embedded default.
 
 pub mod memory;
+pub mod redis;
+pub mod seal;
 
 use std::time::Duration;
 
@@ -30,6 +32,72 @@ impl CacheKey {
     }
 }
 
+/// What a revocation covers. Revocations are checked on every exchange.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RevocationTarget {
+    /// Every credential for a canonical subject.
+    Subject {
+        /// The canonical subject.
+        subject: String,
+    },
+    /// Every token of one issuer's `sub`.
+    IssuerSub {
+        /// The issuer id.
+        issuer: String,
+        /// The token's `sub`.
+        sub: String,
+    },
+    /// One token: a subject token's or a Ferry-issued token's `jti`.
+    Jti {
+        /// The `jti`.
+        jti: String,
+    },
+    /// Every credential for a target.
+    Target {
+        /// The target id.
+        target: String,
+    },
+}
+
+impl RevocationTarget {
+    /// The field this revocation is stored under: a hash, so the store holds no
+    /// identifiers it does not need.
+    pub fn field(&self) -> String {
+        let (kind, parts): (&str, Vec<&str>) = match self {
+            Self::Subject { subject } => ("subject", vec![subject]),
+            Self::IssuerSub { issuer, sub } => ("issuer_sub", vec![issuer, sub]),
+            Self::Jti { jti } => ("jti", vec![jti]),
+            Self::Target { target } => ("target", vec![target]),
+        };
+        let digest = CacheKey::from_parts(parts).0;
+        format!("{kind}:{}", digest.get(..32).unwrap_or(&digest))
+    }
+}
+
+/// A revocation as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    /// What it covers.
+    #[serde(flatten)]
+    pub target: RevocationTarget,
+    /// Why (operator's words).
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds: after this every credential it could cover has expired.
+    pub expires_at: i64,
+}
+
+/// The outcome of a rate-limit hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Under the limit.
+    Allowed,
+    /// Over the limit; retry after this many seconds.
+    Limited(u64),
+}
+
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,16 +115,114 @@ pub trait Store: Send + Sync + 'static {
     /// A cached credential, if any (expiry is the caller's to judge).
     async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError>;
 
-    /// Caches a credential for `ttl`.
+    /// Caches a credential for `ttl`, indexed under the revocation fields that cover it
+    /// (so a revocation can purge it).
     async fn put_credential(
         &self,
         key: &CacheKey,
         credential: &Credential,
         ttl: Duration,
+        covered_by: &[String],
     ) -> Result<(), StoreError>;
+
+    /// Tries to take the cross-replica mint lock for `key`; `Some(token)` when taken.
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<String>, StoreError>;
+
+    /// Releases the lock if `token` still holds it.
+    async fn unlock(&self, key: &CacheKey, token: &str) -> Result<(), StoreError>;
+
+    /// Whether someone holds the mint lock for `key`.
+    async fn is_locked(&self, key: &CacheKey) -> Result<bool, StoreError>;
+
+    /// A cached upstream denial (its error code), if any.
+    async fn get_denial(&self, key: &CacheKey) -> Result<Option<String>, StoreError>;
+
+    /// Caches an upstream denial briefly.
+    async fn put_denial(&self, key: &CacheKey, code: &str, ttl: Duration)
+    -> Result<(), StoreError>;
+
+    /// Records a revocation and purges the cached credentials it covers; returns how
+    /// many were purged.
+    async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError>;
+
+    /// The first live revocation among `fields`, if any. Never cached: every call asks.
+    async fn revoked(&self, fields: &[String], now: i64) -> Result<Option<Revocation>, StoreError>;
+
+    /// Every live revocation.
+    async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Records the first use of a single-use token id; false when it was seen before.
+    async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Counts one request against `bucket` (fixed window of `window` seconds).
+    async fn rate_limit(
+        &self,
+        bucket: &str,
+        limit: u64,
+        window: u64,
+        now: i64,
+    ) -> Result<RateDecision, StoreError>;
 
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store `[store]` configures. Redis connects lazily: Ferry starts (not ready)
+/// while Redis is down and connects when it comes up.
+pub fn open(
+    config: &crate::config::Config,
+) -> Result<std::sync::Arc<dyn Store>, crate::config::ConfigErrors> {
+    let st = &config.store;
+    let file = config.source.display();
+    let mut errs = crate::config::ConfigErrors::default();
+    match st.backend.as_str() {
+        "redis" => {
+            let read = |p: &std::path::Path, errs: &mut crate::config::ConfigErrors| {
+                match seal::read_key_file(&config.source.resolve(p)) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        errs.push(&file, "store.encryption_key_file", e.to_string());
+                        None
+                    }
+                }
+            };
+            let current = st
+                .encryption_key_file
+                .as_deref()
+                .and_then(|p| read(p, &mut errs));
+            let previous: Vec<[u8; 32]> = st
+                .previous_encryption_key_files
+                .iter()
+                .filter_map(|p| read(p, &mut errs))
+                .collect();
+            let endpoint = match (&st.url, st.cluster.is_empty()) {
+                (Some(url), true) => Some(redis::Endpoint::Standalone(url.clone())),
+                (None, false) => Some(redis::Endpoint::Cluster(st.cluster.clone())),
+                _ => None,
+            };
+            match (
+                current.and_then(|c| seal::Sealer::new(c, &previous)),
+                endpoint,
+            ) {
+                (Some(sealer), Some(endpoint)) if errs.is_empty() => Ok(std::sync::Arc::new(
+                    redis::RedisStore::new(endpoint, st.timeout.0, sealer),
+                )),
+                _ => {
+                    if errs.is_empty() {
+                        errs.push(
+                            &file,
+                            "store",
+                            "the redis backend needs `url` or `cluster`, and `encryption_key_file`",
+                        );
+                    }
+                    Err(errs)
+                }
+            }
+        }
+        _ => Ok(std::sync::Arc::new(memory::MemoryStore::new(
+            st.max_entries,
+        ))),
+    }
 }
 
 #[cfg(test)]

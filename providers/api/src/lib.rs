@@ -86,6 +86,8 @@ pub struct Credential {
     pub fields: BTreeMap<String, Secret>,
     /// The upstream request id, when there was an upstream call.
     pub upstream_request_id: Option<String>,
+    /// An id of the issued credential that can be revoked (a JWT's `jti`).
+    pub token_id: Option<String>,
 }
 
 /// Signs JWTs as Ferry, for keyless exchanges with a cloud that trusts Ferry's issuer.

@@ -1,0 +1,400 @@
+//! The Redis store (standalone or Redis Cluster): what replicas must agree on.
+//!
+//! Keys (prefix `ferry`): `{c}` below is the first 32 hex chars of the cache key, a hash
+//! tag, so a request's credential, mint lock and negative-cache entry share one slot.
+//! - `ferry:{c}:cred` — the credential, AES-256-GCM sealed (AAD = the key)
+//! - `ferry:{c}:lock` — the cross-replica mint lock (random token, PX)
+//! - `ferry:{c}:deny` — a brief upstream denial (its error code)
+//! - `ferry:idx:<field>` — cache keys a revocation field covers (for purging)
+//! - `ferry:{revocations}` — hash: revocation field → JSON record (one slot, one HMGET)
+//! - `ferry:replay:<sha256>` — single-use token ids (SET NX EX)
+//! - `ferry:rl:<sha256>:<window>` — fixed-window rate-limit counters
+//!
+//! Nothing in Redis is a token or credential in plain text; fields are hashes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_provider_api::Credential;
+use redis::FromRedisValue;
+
+use super::seal::{Sealer, StoredCredential};
+use super::{CacheKey, RateDecision, Revocation, Store, StoreError};
+
+/// Where the Redis store connects.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `redis://…` (or `rediss://…`).
+    Standalone(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// The Redis-backed store.
+pub struct RedisStore {
+    endpoint: Endpoint,
+    timeout: Duration,
+    sealer: Arc<Sealer>,
+    prefix: String,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.endpoint, Endpoint::Cluster(_)))
+            .field("sealer", &self.sealer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+const UNLOCK: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+impl RedisStore {
+    /// A store that connects lazily (Ferry starts, and reports not-ready, while Redis is
+    /// down) and reconnects by itself.
+    pub fn new(endpoint: Endpoint, timeout: Duration, sealer: Sealer) -> Self {
+        Self {
+            endpoint,
+            timeout,
+            sealer: Arc::new(sealer),
+            prefix: "ferry".into(),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let mut guard = tokio::time::timeout(self.timeout, self.conn.lock())
+            .await
+            .map_err(|_| unavailable("timed out waiting for the connection"))?;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let connect = async {
+            match &self.endpoint {
+                Endpoint::Standalone(url) => {
+                    let client = redis::Client::open(url.as_str())?;
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1)
+                        .set_max_delay(Duration::from_secs(1));
+                    redis::aio::ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map(Conn::Single)
+                }
+                Endpoint::Cluster(nodes) => {
+                    let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                        .connection_timeout(self.timeout)
+                        .response_timeout(self.timeout)
+                        .retries(1)
+                        .build()?;
+                    client.get_async_connection().await.map(Conn::Cluster)
+                }
+            }
+        };
+        let conn = tokio::time::timeout(self.timeout.saturating_mul(2), connect)
+            .await
+            .map_err(|_| unavailable("connect timed out"))?
+            .map_err(unavailable)?;
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        let fut = async {
+            match &mut conn {
+                Conn::Single(c) => cmd.query_async::<T>(c).await,
+                Conn::Cluster(c) => cmd.query_async::<T>(c).await,
+            }
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| unavailable("redis call timed out"))?
+            .map_err(unavailable)
+    }
+
+    async fn script<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(*k);
+        }
+        for a in args {
+            invocation.arg(*a);
+        }
+        let fut = async {
+            match &mut conn {
+                Conn::Single(c) => invocation.invoke_async::<T>(c).await,
+                Conn::Cluster(c) => invocation.invoke_async::<T>(c).await,
+            }
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| unavailable("redis call timed out"))?
+            .map_err(unavailable)
+    }
+
+    fn tag(key: &CacheKey) -> &str {
+        key.as_str().get(..32).unwrap_or(key.as_str())
+    }
+
+    fn cred_key(&self, key: &CacheKey) -> String {
+        format!("{}:{{{}}}:cred", self.prefix, Self::tag(key))
+    }
+
+    fn lock_key(&self, key: &CacheKey) -> String {
+        format!("{}:{{{}}}:lock", self.prefix, Self::tag(key))
+    }
+
+    fn deny_key(&self, key: &CacheKey) -> String {
+        format!("{}:{{{}}}:deny", self.prefix, Self::tag(key))
+    }
+
+    fn revocations_key(&self) -> String {
+        format!("{}:{{revocations}}", self.prefix)
+    }
+
+    fn index_key(&self, field: &str) -> String {
+        format!("{}:idx:{field}", self.prefix)
+    }
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Standalone(_) => "redis",
+            Endpoint::Cluster(_) => "redis-cluster",
+        }
+    }
+
+    async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError> {
+        let k = self.cred_key(key);
+        let sealed: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&k)).await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        // A value that does not open (tampered, or sealed with a retired key) is a miss.
+        let Some(plain) = self.sealer.open(k.as_bytes(), &sealed) else {
+            tracing::warn!("cached credential could not be decrypted; treating as a miss");
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<StoredCredential>(&plain)
+            .ok()
+            .map(Credential::from))
+    }
+
+    async fn put_credential(
+        &self,
+        key: &CacheKey,
+        credential: &Credential,
+        ttl: Duration,
+        covered_by: &[String],
+    ) -> Result<(), StoreError> {
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        let k = self.cred_key(key);
+        let plain = serde_json::to_vec(&StoredCredential::from(credential)).map_err(unavailable)?;
+        let sealed = self
+            .sealer
+            .seal(k.as_bytes(), &plain)
+            .ok_or_else(|| unavailable("sealing failed"))?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.run::<()>(redis::cmd("SET").arg(&k).arg(sealed).arg("PX").arg(ms))
+            .await?;
+        for field in covered_by {
+            let idx = self.index_key(field);
+            self.run::<()>(redis::cmd("SADD").arg(&idx).arg(key.as_str()))
+                .await?;
+            // Keep the index as long as its longest-lived entry.
+            self.run::<()>(redis::cmd("EXPIRE").arg(&idx).arg(secs(ttl)).arg("NX"))
+                .await?;
+            self.run::<()>(redis::cmd("EXPIRE").arg(&idx).arg(secs(ttl)).arg("GT"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<String>, StoreError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(30_000);
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.lock_key(key))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await?;
+        Ok(set.map(|_| token))
+    }
+
+    async fn unlock(&self, key: &CacheKey, token: &str) -> Result<(), StoreError> {
+        let script = redis::Script::new(UNLOCK);
+        self.script::<i64>(&script, &[&self.lock_key(key)], &[token])
+            .await
+            .map(|_| ())
+    }
+
+    async fn is_locked(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        self.run(redis::cmd("EXISTS").arg(self.lock_key(key))).await
+    }
+
+    async fn get_denial(&self, key: &CacheKey) -> Result<Option<String>, StoreError> {
+        self.run(redis::cmd("GET").arg(self.deny_key(key))).await
+    }
+
+    async fn put_denial(
+        &self,
+        key: &CacheKey,
+        code: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.run(
+            redis::cmd("SET")
+                .arg(self.deny_key(key))
+                .arg(code)
+                .arg("EX")
+                .arg(secs(ttl)),
+        )
+        .await
+    }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError> {
+        let field = revocation.target.field();
+        let record = serde_json::to_string(revocation).map_err(unavailable)?;
+        let hash = self.revocations_key();
+        self.run::<()>(redis::cmd("HSET").arg(&hash).arg(&field).arg(record))
+            .await?;
+        // Drop expired revocations while we are here.
+        let all: Vec<(String, String)> = self.run(redis::cmd("HGETALL").arg(&hash)).await?;
+        for (f, v) in all {
+            let expired = serde_json::from_str::<Revocation>(&v)
+                .map(|r| r.expires_at <= revocation.created_at)
+                .unwrap_or(true);
+            if expired {
+                self.run::<()>(redis::cmd("HDEL").arg(&hash).arg(f)).await?;
+            }
+        }
+        let idx = self.index_key(&field);
+        let members: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(&idx)).await?;
+        let mut purged = 0;
+        for m in members {
+            let deleted: i64 = self
+                .run(redis::cmd("DEL").arg(self.cred_key(&CacheKey(m))))
+                .await?;
+            purged += usize::try_from(deleted).unwrap_or(0);
+        }
+        self.run::<()>(redis::cmd("DEL").arg(&idx)).await?;
+        Ok(purged)
+    }
+
+    async fn revoked(&self, fields: &[String], now: i64) -> Result<Option<Revocation>, StoreError> {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.revocations_key());
+        for f in fields {
+            cmd.arg(f);
+        }
+        let values: Vec<Option<String>> = self.run(&cmd).await?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str::<Revocation>(&v).ok())
+            .find(|r| r.expires_at > now))
+    }
+
+    async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        let all: Vec<(String, String)> = self
+            .run(redis::cmd("HGETALL").arg(self.revocations_key()))
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_str::<Revocation>(&v).ok())
+            .filter(|r| r.expires_at > now)
+            .collect())
+    }
+
+    async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = format!(
+            "{}:replay:{}",
+            self.prefix,
+            CacheKey::from_parts([id]).as_str()
+        );
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(secs(ttl)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn rate_limit(
+        &self,
+        bucket: &str,
+        limit: u64,
+        window: u64,
+        now: i64,
+    ) -> Result<RateDecision, StoreError> {
+        let window_i = i64::try_from(window.max(1)).unwrap_or(60);
+        let start = now - now.rem_euclid(window_i);
+        let key = format!(
+            "{}:rl:{}:{start}",
+            self.prefix,
+            CacheKey::from_parts([bucket]).as_str()
+        );
+        let count: u64 = self.run(redis::cmd("INCR").arg(&key)).await?;
+        if count == 1 {
+            self.run::<()>(redis::cmd("EXPIRE").arg(&key).arg(window.max(1) + 1))
+                .await?;
+        }
+        if count > limit {
+            Ok(RateDecision::Limited(
+                u64::try_from(start + window_i - now).unwrap_or(1).max(1),
+            ))
+        } else {
+            Ok(RateDecision::Allowed)
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.run(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(unavailable("unexpected PING answer"))
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! AES-256-GCM for values that leave the process. Format: `1 | key id (8) | nonce (12) |
+//! ciphertext+tag`. The AAD is the store key, so a value cannot be moved to another key.
+//! The key id travels with the value, so a new key can be introduced while values sealed
+//! with the previous one are still readable.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+
+const VERSION: u8 = 1;
+const KID_LEN: usize = 8;
+
+/// Why a key file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// It cannot be read.
+    #[error("cannot read `{0}`: {1}")]
+    Read(String, std::io::Error),
+    /// It does not hold 32 bytes (raw, 64 hex characters, or base64).
+    #[error(
+        "`{0}` must hold a 32-byte key: 32 raw bytes, 64 hex characters or base64 (e.g. `head -c 32 /dev/urandom > key`)"
+    )]
+    Length(String),
+}
+
+struct SealKey {
+    id: [u8; KID_LEN],
+    key: LessSafeKey,
+}
+
+/// The sealing keys: the first seals, all open.
+pub struct Sealer {
+    keys: Vec<SealKey>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field(
+                "key_ids",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| hex::encode(k.id))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Reads a 32-byte key from a file: raw bytes, hex, or base64 (surrounding whitespace ignored).
+pub fn read_key_file(path: &Path) -> Result<[u8; 32], KeyFileError> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| KeyFileError::Read(name.clone(), e))?;
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        return Ok(raw);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    let decoded = hex::decode(text)
+        .ok()
+        .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok());
+    decoded
+        .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+        .ok_or(KeyFileError::Length(name))
+}
+
+fn key_id(key: &[u8; 32]) -> [u8; KID_LEN] {
+    let digest = Sha256::digest(key);
+    let mut id = [0u8; KID_LEN];
+    id.copy_from_slice(digest.get(..KID_LEN).unwrap_or(&[0u8; KID_LEN]));
+    id
+}
+
+impl Sealer {
+    /// A sealer over `current` (seals and opens) and `previous` keys (open only).
+    pub fn new(current: [u8; 32], previous: &[[u8; 32]]) -> Option<Self> {
+        let mut keys = Vec::new();
+        for k in std::iter::once(&current).chain(previous) {
+            let unbound = UnboundKey::new(&AES_256_GCM, k).ok()?;
+            keys.push(SealKey {
+                id: key_id(k),
+                key: LessSafeKey::new(unbound),
+            });
+        }
+        Some(Self { keys })
+    }
+
+    /// The id of the sealing key (hex), for logs.
+    pub fn current_key_id(&self) -> String {
+        self.keys
+            .first()
+            .map(|k| hex::encode(k.id))
+            .unwrap_or_default()
+    }
+
+    /// Encrypts `plaintext` bound to `aad`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
+        let key = self.keys.first()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).ok()?;
+        let mut in_out = plaintext.to_vec();
+        key.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut in_out,
+            )
+            .ok()?;
+        let mut out = Vec::with_capacity(1 + KID_LEN + NONCE_LEN + in_out.len());
+        out.push(VERSION);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&in_out);
+        Some(out)
+    }
+
+    /// Decrypts a sealed value bound to `aad`; `None` when it was tampered with, bound to
+    /// another key, or sealed with a key Ferry no longer has.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let (&version, rest) = sealed.split_first()?;
+        if version != VERSION || rest.len() < KID_LEN + NONCE_LEN {
+            return None;
+        }
+        let (kid, rest) = rest.split_at(KID_LEN);
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let key = self.keys.iter().find(|k| k.id == kid)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut in_out = ciphertext.to_vec();
+        let plain = key
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut in_out)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// A credential as it is serialized before sealing.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StoredCredential {
+    pub access_token: String,
+    pub issued_token_type: String,
+    pub token_type: String,
+    pub expires_at: i64,
+    pub fields: BTreeMap<String, String>,
+    pub upstream_request_id: Option<String>,
+    #[serde(default)]
+    pub token_id: Option<String>,
+}
+
+impl From<&ferry_provider_api::Credential> for StoredCredential {
+    fn from(c: &ferry_provider_api::Credential) -> Self {
+        Self {
+            access_token: c.access_token.expose().to_owned(),
+            issued_token_type: c.issued_token_type.clone(),
+            token_type: c.token_type.clone(),
+            expires_at: c.expires_at,
+            fields: c
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                .collect(),
+            upstream_request_id: c.upstream_request_id.clone(),
+            token_id: c.token_id.clone(),
+        }
+    }
+}
+
+impl From<StoredCredential> for ferry_provider_api::Credential {
+    fn from(s: StoredCredential) -> Self {
+        Self {
+            access_token: ferry_provider_api::Secret::new(s.access_token),
+            issued_token_type: s.issued_token_type,
+            token_type: s.token_type,
+            expires_at: s.expires_at,
+            fields: s
+                .fields
+                .into_iter()
+                .map(|(k, v)| (k, ferry_provider_api::Secret::new(v)))
+                .collect(),
+            upstream_request_id: s.upstream_request_id,
+            token_id: s.token_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_tamper() {
+        let Some(s) = Sealer::new([7u8; 32], &[]) else {
+            unreachable!("valid key")
+        };
+        let sealed = s.seal(b"k1", b"secret credential").unwrap_or_default();
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            s.open(b"k1", &sealed).as_deref(),
+            Some(&b"secret credential"[..])
+        );
+        assert!(s.open(b"k2", &sealed).is_none(), "bound to its key");
+        let mut bad = sealed.clone();
+        if let Some(last) = bad.last_mut() {
+            *last ^= 1;
+        }
+        assert!(s.open(b"k1", &bad).is_none(), "tamper detected");
+    }
+
+    #[test]
+    fn rotation_keeps_old_values_readable() {
+        let (Some(old), Some(new)) = (
+            Sealer::new([1u8; 32], &[]),
+            Sealer::new([2u8; 32], &[[1u8; 32]]),
+        ) else {
+            unreachable!("valid keys")
+        };
+        let sealed = old.seal(b"k", b"v").unwrap_or_default();
+        assert_eq!(new.open(b"k", &sealed).as_deref(), Some(&b"v"[..]));
+        let resealed = new.seal(b"k", b"v").unwrap_or_default();
+        assert!(old.open(b"k", &resealed).is_none());
+    }
+
+    #[test]
+    fn key_files_accept_raw_hex_and_base64() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, [9u8; 32])?;
+        assert_eq!(read_key_file(&raw)?, [9u8; 32]);
+        let hexf = dir.path().join("hex");
+        std::fs::write(&hexf, format!("{}\n", hex::encode([9u8; 32])))?;
+        assert_eq!(read_key_file(&hexf)?, [9u8; 32]);
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc")?;
+        assert!(matches!(
+            read_key_file(&short),
+            Err(KeyFileError::Length(_))
+        ));
+        Ok(())
+    }
+}
