@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod redis_server;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,8 +24,8 @@ use ferry::config::Config;
 use ferry::exchange::{Services, SingleFlight};
 use ferry::http::{AppState, app};
 use ferry::issuer::keys::{SigningKey, generate_private_pem, signing_key_from_pem};
+use ferry::provider_api::CredentialProvider;
 use ferry::runtime::{BuildOptions, Runtime};
-use ferry::store::memory::MemoryStore;
 use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::{Value, json};
@@ -252,6 +254,27 @@ pub fn now() -> i64 {
     ferry::clock::SystemClock.now()
 }
 
+async fn start_state(
+    mut runtime: Runtime,
+    clock: Arc<ManualClock>,
+    provider: Option<Arc<dyn CredentialProvider>>,
+) -> Arc<AppState> {
+    if let Some(p) = provider {
+        assert!(runtime.replace_provider("api", p));
+    }
+    runtime.warm_up().await;
+    let store = ferry::store::open(&runtime.config).unwrap_or_else(|e| panic!("store: {e}"));
+    AppState::new(
+        runtime,
+        Services {
+            store,
+            clock,
+            flights: SingleFlight::default(),
+        },
+    )
+    .unwrap()
+}
+
 pub fn build_runtime(
     dir: &std::path::Path,
     text: &str,
@@ -285,6 +308,17 @@ impl Harness {
         edit: impl FnOnce(String) -> String,
         policy: &str,
     ) -> Self {
+        Self::with_provider(algs, edit, policy, None).await
+    }
+
+    /// A harness whose `api` target uses `provider` (when given) and whose store is
+    /// whatever the config's `[store]` says.
+    pub async fn with_provider(
+        algs: &[Algorithm],
+        edit: impl FnOnce(String) -> String,
+        policy: &str,
+        provider: Option<Arc<dyn CredentialProvider>>,
+    ) -> Self {
         ferry::install_crypto_provider();
         let issuer = FakeIssuer::start(algs).await;
         let clock = ManualClock::new(now());
@@ -295,22 +329,53 @@ impl Harness {
             policy,
             Arc::clone(&clock),
         );
-        runtime.warm_up().await;
-        let state = AppState::new(
-            runtime,
-            Services {
-                store: Arc::new(MemoryStore::new(1000)),
-                clock: clock.clone(),
-                flights: SingleFlight::default(),
-            },
-        )
-        .unwrap();
+        let state = start_state(runtime, clock.clone(), provider).await;
         Self {
             issuer,
             state,
             clock,
             dir,
         }
+    }
+
+    /// Another replica: same config file, same clock, its own store connection and
+    /// single-flight table.
+    pub async fn replica(&self, provider: Option<Arc<dyn CredentialProvider>>) -> Arc<AppState> {
+        let config = Config::load(&self.dir.path().join("ferry.toml")).unwrap();
+        let (rt, _) = Runtime::build(
+            config,
+            &BuildOptions {
+                clock: self.clock.clone(),
+                require_keys: true,
+                previous_ephemeral: Some(self.state.runtime.load().issuer.keys().clone()),
+            },
+        )
+        .unwrap();
+        start_state(rt, self.clock.clone(), provider).await
+    }
+
+    pub async fn exchange_on(
+        &self,
+        state: &Arc<AppState>,
+        token: &str,
+        target: &str,
+        scope: Option<&str>,
+    ) -> Resp {
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", token),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", target),
+        ];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let body = serde_urlencoded::to_string(&form).unwrap();
+        let req = Request::post("/oauth2/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        send(app(Arc::clone(state)), req).await
     }
 
     pub fn router(&self) -> Router {

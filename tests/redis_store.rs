@@ -1,0 +1,655 @@
+//! Shared state in a real Redis (a private redis-server per test, killed by pid):
+//! replicas share the sealed cache, revocations, replay and rate limits; a Redis outage
+//! gives 503s, never 500s, and Ferry recovers by itself.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::redis_server::{RedisCluster, RedisServer};
+use common::*;
+use ferry::provider_api::{Credential, CredentialProvider, Grant, ProviderError, Secret};
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
+/// A provider that counts its calls and mints recognisable secrets.
+struct Counting {
+    calls: AtomicUsize,
+    delay: Duration,
+    deny: bool,
+}
+
+impl Counting {
+    fn new(delay_ms: u64) -> Arc<Self> {
+        Arc::new(Self {
+            calls: AtomicUsize::new(0),
+            delay: Duration::from_millis(delay_ms),
+            deny: false,
+        })
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl CredentialProvider for Counting {
+    fn kind(&self) -> &'static str {
+        "jwt"
+    }
+    async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError> {
+        tokio::time::sleep(self.delay).await;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.deny {
+            return Err(ProviderError::Denied {
+                code: "AccessDenied".into(),
+            });
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Ok(Credential {
+            access_token: Secret::new(format!("ACCESS{id}")),
+            issued_token_type: JWT_TYPE.into(),
+            token_type: "Bearer".into(),
+            expires_at: now() + 3600,
+            fields: [(
+                "secret_access_key".to_owned(),
+                Secret::new(format!("SECRETKEY{id}")),
+            )]
+            .into(),
+            upstream_request_id: Some(format!("req-{}", grant.request_id)),
+            token_id: Some(format!("jti-{id}")),
+        })
+    }
+}
+
+fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("store.key");
+    std::fs::write(&p, hex::encode([42u8; 32])).unwrap();
+    p
+}
+
+fn redis_config(
+    store: &str,
+    key: &std::path::Path,
+    extra: &str,
+) -> impl FnOnce(String) -> String + use<> {
+    let store = store.to_owned();
+    let key = key.display().to_string();
+    let extra = extra.to_owned();
+    move |t: String| {
+        format!(
+            "{t}\n[store]\nbackend = \"redis\"\n{store}\nencryption_key_file = \"{key}\"\ntimeout = \"300ms\"\nlock_wait = \"10s\"\n{extra}"
+        )
+    }
+}
+
+async fn two_replicas(
+    redis_url: &str,
+    provider: Option<Arc<Counting>>,
+    extra: &str,
+    issuer_edit: Option<(&str, &str)>,
+) -> (Harness, Arc<ferry::http::AppState>, tempfile::TempDir) {
+    let side = tempfile::tempdir().unwrap();
+    let key = key_file(side.path());
+    let store = format!("url = \"{redis_url}\"");
+    let edit = redis_config(&store, &key, extra);
+    let issuer_edit = issuer_edit.map(|(a, b)| (a.to_owned(), b.to_owned()));
+    let p: Option<Arc<dyn CredentialProvider>> =
+        provider.clone().map(|p| p as Arc<dyn CredentialProvider>);
+    let h = Harness::with_provider(
+        &[Algorithm::RS256],
+        move |t| {
+            let t = match &issuer_edit {
+                Some((from, to)) => t.replace(from.as_str(), to.as_str()),
+                None => t,
+            };
+            edit(t)
+        },
+        POLICY,
+        p.clone(),
+    )
+    .await;
+    let b = h.replica(p).await;
+    (h, b, side)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_the_cache_and_revocations_take_effect_everywhere_at_once() {
+    let redis = RedisServer::start();
+    let provider = Counting::new(0);
+    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
+    let a = Arc::clone(&h.state);
+    let token = h.token(|_| {});
+    let r1 = h.exchange_on(&a, &token, "api", None).await;
+    assert_eq!(r1.status, 200, "{:?}", r1.body);
+    let r2 = h.exchange_on(&b, &token, "api", None).await;
+    assert_eq!(r2.status, 200);
+    assert_eq!(
+        r1.body["access_token"], r2.body["access_token"],
+        "replica B served A's cached credential"
+    );
+    assert_eq!(
+        r2.body["credentials"]["secret_access_key"],
+        r1.body["credentials"]["secret_access_key"]
+    );
+    assert_eq!(provider.calls(), 1);
+
+    // Revoke the subject on A (admin API); B refuses on the very next request.
+    let subject = "fake:repo:acme/infra:ref:refs/heads/main";
+    let purged = a
+        .services
+        .store
+        .revoke(&a.runtime.load().revocation(
+            ferry::store::RevocationTarget::Subject {
+                subject: subject.into(),
+            },
+            Some("test".into()),
+            h.now(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1, "the cached credential was purged");
+    let r3 = h.exchange_on(&b, &token, "api", None).await;
+    assert_eq!(r3.status, 400);
+    assert_eq!(r3.error(), "invalid_target");
+    assert!(
+        r3.description().contains("has been revoked"),
+        "{:?}",
+        r3.body
+    );
+    let r4 = h.exchange_on(&a, &h.token(|_| {}), "api", None).await;
+    assert_eq!(
+        r4.status, 400,
+        "a fresh token for the same subject is refused too"
+    );
+    // Another subject is unaffected.
+    let other = h
+        .exchange_on(&b, &h.token(|c| c["sub"] = "other".into()), "api", None)
+        .await;
+    assert_eq!(other.status, 200);
+    // The revocation lives until every credential it could cover has expired.
+    let listed = a.services.store.revocations(h.now()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].expires_at >= h.now() + 300 + 3600,
+        "ttl covers target ttl + token max_age"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_identical_misses_across_two_replicas_make_one_provider_call() {
+    let redis = RedisServer::start();
+    let provider = Counting::new(300);
+    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
+    let a = Arc::clone(&h.state);
+    let h = Arc::new(h);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let h = Arc::clone(&h);
+        let state = if i % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let token = h.token(|_| {});
+        tasks.push(tokio::spawn(async move {
+            h.exchange_on(&state, &token, "api", None).await
+        }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        tokens.insert(r.body["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(provider.calls(), 1, "exactly one upstream call");
+    assert_eq!(tokens.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_holds_no_token_or_secret_in_plain_text() {
+    let redis = RedisServer::start();
+    let provider = Counting::new(0);
+    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
+    let token = h.token(|_| {});
+    let r = h.exchange_on(&b, &token, "api", None).await;
+    assert_eq!(r.status, 200);
+    // A Ferry-signed JWT too (the `other` target is the real jwt provider).
+    let dump = redis.dump();
+    assert!(
+        dump.contains(":cred string"),
+        "the credential is in Redis: {dump}"
+    );
+    let access = r.body["access_token"].as_str().unwrap();
+    let secret = r.body["credentials"]["secret_access_key"].as_str().unwrap();
+    for needle in [
+        access,
+        secret,
+        &token,
+        token.split('.').nth(1).unwrap(),
+        token.split('.').nth(2).unwrap(),
+        "repo:acme",
+    ] {
+        assert!(!dump.contains(needle), "`{needle}` found in Redis:\n{dump}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_use_token_is_refused_the_second_time_on_either_replica() {
+    let redis = RedisServer::start();
+    let (h, b, _side) = two_replicas(
+        &redis.url(),
+        None,
+        "",
+        Some(("max_age = \"1h\"", "max_age = \"1h\"\nsingle_use = true")),
+    )
+    .await;
+    let a = Arc::clone(&h.state);
+    let token = h.token(|_| {});
+    assert_eq!(h.exchange_on(&a, &token, "api", None).await.status, 200);
+    let again = h.exchange_on(&b, &token, "api", None).await;
+    assert_eq!(again.status, 400);
+    assert!(
+        again.description().contains("already been used"),
+        "{:?}",
+        again.body
+    );
+    let again = h.exchange_on(&a, &token, "api", None).await;
+    assert_eq!(again.status, 400);
+    // A token without jti is refused by a single-use issuer.
+    let no_jti = h.token(|c| {
+        c.as_object_mut().unwrap().remove("jti");
+    });
+    let r = h.exchange_on(&a, &no_jti, "api", None).await;
+    assert_eq!(r.status, 400);
+    assert!(r.description().contains("`jti`"));
+    // A new token (new jti) is fine.
+    assert_eq!(
+        h.exchange_on(&b, &h.token(|_| {}), "api", None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_hold_across_replicas() {
+    let redis = RedisServer::start();
+    let extra = "\n[rate_limits]\nper_subject = { requests = 3, window = \"1m\" }\n";
+    let (h, b, _side) = two_replicas(&redis.url(), None, extra, None).await;
+    let a = Arc::clone(&h.state);
+    let statuses = [
+        h.exchange_on(&a, &h.token(|_| {}), "api", None)
+            .await
+            .status,
+        h.exchange_on(&b, &h.token(|_| {}), "api", None)
+            .await
+            .status,
+        h.exchange_on(&a, &h.token(|_| {}), "api", None)
+            .await
+            .status,
+    ];
+    assert_eq!(statuses, [200, 200, 200]);
+    let limited = h.exchange_on(&b, &h.token(|_| {}), "api", None).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.error(), "slow_down");
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    // Another subject has its own budget.
+    assert_eq!(
+        h.exchange_on(&b, &h.token(|c| c["sub"] = "x".into()), "api", None)
+            .await
+            .status,
+        200
+    );
+    // The next window opens.
+    h.clock.advance(61);
+    assert_eq!(
+        h.exchange_on(&a, &h.token(|_| {}), "api", None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_gives_503s_never_500s_and_ferry_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let (h, b, _side) = two_replicas(&redis.url(), None, "", None).await;
+    let a = Arc::clone(&h.state);
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..60 {
+        if i == 20 {
+            redis.kill();
+        }
+        if i == 40 {
+            redis.restart();
+        }
+        let state = if i % 2 == 0 { &a } else { &b };
+        let r = h
+            .exchange_on(
+                state,
+                &h.token(|c| c["sub"] = format!("w{i}").into()),
+                "api",
+                None,
+            )
+            .await;
+        assert!(
+            r.status == 200 || r.status == 503,
+            "request {i}: {} {:?}",
+            r.status,
+            r.body
+        );
+        if r.status == 503 {
+            assert_eq!(r.error(), "temporarily_unavailable");
+            assert!(r.headers.contains_key("retry-after"));
+            assert!(i >= 20, "503 only during the outage");
+        }
+        *seen.entry((i / 20, r.status.as_u16())).or_insert(0) += 1;
+        if (20..40).contains(&i) {
+            let ready = send(
+                ferry::http::app(Arc::clone(state)),
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(ready.status, 503, "not ready while Redis is down");
+        }
+    }
+    assert_eq!(seen.get(&(0, 200)), Some(&20), "{seen:?}");
+    assert_eq!(seen.get(&(1, 503)), Some(&20), "{seen:?}");
+    // After the restart, without restarting Ferry, both replicas succeed again.
+    let mut recovered = false;
+    for _ in 0..50 {
+        let ra = h
+            .exchange_on(&a, &h.token(|c| c["sub"] = "after".into()), "api", None)
+            .await;
+        let rb = h
+            .exchange_on(&b, &h.token(|c| c["sub"] = "after-b".into()), "api", None)
+            .await;
+        if ra.status == 200 && rb.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "exchanges succeed again after Redis returns: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_denials_are_cached_briefly() {
+    let redis = RedisServer::start();
+    let provider = Arc::new(Counting {
+        calls: AtomicUsize::new(0),
+        delay: Duration::ZERO,
+        deny: true,
+    });
+    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
+    let a = Arc::clone(&h.state);
+    for state in [&a, &b, &a] {
+        let r = h.exchange_on(state, &h.token(|_| {}), "api", None).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.error(), "invalid_target");
+        assert!(r.description().contains("AccessDenied"));
+    }
+    assert_eq!(
+        provider.calls(),
+        1,
+        "the denial was remembered across replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
+    let redis = RedisServer::start();
+    let side = tempfile::tempdir().unwrap();
+    let admin = side.path().join("admin");
+    std::fs::write(&admin, "admin-token-0123456789").unwrap();
+    let (h, b, _side) = two_replicas(
+        &redis.url(),
+        None,
+        &format!("\n[admin]\ntoken_file = \"{}\"\n", admin.display()),
+        None,
+    )
+    .await;
+    let a = Arc::clone(&h.state);
+    let r = h
+        .exchange_on(&a, &h.token(|_| {}), "api", Some("read"))
+        .await;
+    assert_eq!(r.status, 200);
+    let ferry_token = r.body["access_token"].as_str().unwrap().to_owned();
+    let form = |t: &str| serde_urlencoded::to_string([("token", t)]).unwrap();
+    let post = |state: &Arc<ferry::http::AppState>, path: &str, body: String, auth: bool| {
+        let mut req = axum::http::Request::post(path)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if auth {
+            req = req.header("authorization", "Bearer admin-token-0123456789");
+        }
+        send(
+            ferry::http::app(Arc::clone(state)),
+            req.body(axum::body::Body::from(body)).unwrap(),
+        )
+    };
+    let unauth = post(&b, "/oauth2/introspect", form(&ferry_token), false).await;
+    assert_eq!(unauth.status, 401);
+    let active = post(&b, "/oauth2/introspect", form(&ferry_token), true).await;
+    assert_eq!(active.status, 200);
+    assert_eq!(active.body["active"], true);
+    assert_eq!(
+        active.body["sub"],
+        "fake:repo:acme/infra:ref:refs/heads/main"
+    );
+    assert_eq!(active.body["aud"], "https://api.example.com");
+    assert_eq!(active.body["iss"], "http://127.0.0.1:9");
+    assert_eq!(active.body["scope"], "read");
+    for k in ["exp", "iat", "jti"] {
+        assert!(active.body.get(k).is_some(), "{k}");
+    }
+    let foreign = post(&b, "/oauth2/introspect", form(&h.token(|_| {})), true).await;
+    assert_eq!(foreign.body, json!({"active": false}));
+
+    // The holder revokes it on A; B's introspection says inactive, and the cache entry
+    // is gone (the next exchange mints a new token).
+    let revoked = post(&a, "/oauth2/revoke", form(&ferry_token), false).await;
+    assert_eq!(revoked.status, 200);
+    let inactive = post(&b, "/oauth2/introspect", form(&ferry_token), true).await;
+    assert_eq!(inactive.body, json!({"active": false}));
+    let again = h
+        .exchange_on(&b, &h.token(|_| {}), "api", Some("read"))
+        .await;
+    assert_eq!(again.status, 200);
+    assert_ne!(again.body["access_token"], ferry_token.as_str());
+    // RFC 7009 §2.2: an unknown token still gets 200.
+    assert_eq!(
+        post(&a, "/oauth2/revoke", form("garbage"), false)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_and_cli_revocations() {
+    let redis = RedisServer::start();
+    let side = tempfile::tempdir().unwrap();
+    let admin = side.path().join("admin");
+    std::fs::write(&admin, "admin-token-0123456789").unwrap();
+    let (h, b, _side) = two_replicas(
+        &redis.url(),
+        None,
+        &format!("\n[admin]\ntoken_file = \"{}\"\n", admin.display()),
+        None,
+    )
+    .await;
+    let a = Arc::clone(&h.state);
+    assert_eq!(
+        h.exchange_on(&a, &h.token(|_| {}), "api", None)
+            .await
+            .status,
+        200
+    );
+    let req = axum::http::Request::post("/admin/revocations")
+        .header("authorization", "Bearer admin-token-0123456789")
+        .body(axum::body::Body::from(
+            json!({"target": "api", "reason": "incident 42"}).to_string(),
+        ))
+        .unwrap();
+    let r = send(ferry::http::app(Arc::clone(&a)), req).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["purged"], 1);
+    assert_eq!(r.body["revocation"]["kind"], "target");
+    let refused = h.exchange_on(&b, &h.token(|_| {}), "api", None).await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused
+            .description()
+            .contains("target `api` has been revoked")
+    );
+
+    // `ferry revoke` against the same Redis, from another process.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "revoke",
+            "--config",
+            h.dir.path().join("ferry.toml").to_str().unwrap(),
+            "--issuer",
+            "fake",
+            "--sub",
+            "cli-victim",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let victim = h
+        .exchange_on(
+            &a,
+            &h.token(|c| c["sub"] = "cli-victim".into()),
+            "other",
+            None,
+        )
+        .await;
+    assert_eq!(victim.status, 400, "{:?}", victim.body);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "revoke",
+            "--config",
+            h.dir.path().join("ferry.toml").to_str().unwrap(),
+            "--jti",
+            "a",
+            "--target",
+            "b",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_works_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start();
+    let side = tempfile::tempdir().unwrap();
+    let key = key_file(side.path());
+    let nodes = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let provider = Counting::new(100);
+    let h = Harness::with_provider(
+        &[Algorithm::RS256],
+        {
+            let edit = redis_config(&format!("cluster = [{nodes}]"), &key, "");
+            move |t| edit(t.replace("max_age = \"1h\"", "max_age = \"1h\"\nsingle_use = true"))
+        },
+        POLICY,
+        Some(provider.clone() as Arc<dyn CredentialProvider>),
+    )
+    .await;
+    let b = h
+        .replica(Some(provider.clone() as Arc<dyn CredentialProvider>))
+        .await;
+    let a = Arc::clone(&h.state);
+    let h = Arc::new(h);
+    // Concurrent misses across replicas: one provider call.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let h = Arc::clone(&h);
+        let state = if i % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let token = h.token(|_| {});
+        tasks.push(tokio::spawn(async move {
+            h.exchange_on(&state, &token, "api", None).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(provider.calls(), 1);
+    // Replay across replicas.
+    let once = h.token(|c| c["sub"] = "once".into());
+    assert_eq!(h.exchange_on(&a, &once, "api", None).await.status, 200);
+    assert_eq!(h.exchange_on(&b, &once, "api", None).await.status, 400);
+    // Revocation across replicas.
+    let subject = "fake:repo:acme/infra:ref:refs/heads/main";
+    let purged = b
+        .services
+        .store
+        .revoke(&b.runtime.load().revocation(
+            ferry::store::RevocationTarget::Subject {
+                subject: subject.into(),
+            },
+            None,
+            h.now(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(
+        h.exchange_on(&a, &h.token(|_| {}), "api", None)
+            .await
+            .status,
+        400
+    );
+    let ready = send(
+        ferry::http::app(Arc::clone(&a)),
+        axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ready.body["store"]["backend"], "redis-cluster");
+    assert_eq!(ready.body["store"]["ok"], true);
+    // Keys are spread over the masters, and nothing is in plain text.
+    let dump = cluster.dump();
+    assert!(dump.contains(":cred string"));
+    assert!(
+        !dump.contains("ACCESS") && !dump.contains("SECRETKEY"),
+        "{dump}"
+    );
+}
