@@ -70,6 +70,10 @@ public_url = "http://ferry.example.com"
 [signing]
 ephemeral = true
 
+[store]
+backend = "redis"
+url = "http://redis.example.com"
+
 [[issuers]]
 id = "github"
 issuer = "https://token.actions.githubusercontent.com"
@@ -124,6 +128,8 @@ fn check_reports_every_problem_as_file_entry_problem() {
         format!("{f}: targets[api].audience: is required for kind `jwt`"),
         format!("{f}: targets[api].ttl: must be between 10s and 24h"),
         format!("{f}: targets[cloud].kind: kind `aws` is not available"),
+        format!("{f}: store.url: `http://redis.example.com` is not a redis:// or rediss:// URL"),
+        format!("{f}: store.encryption_key_file: is required for the redis backend"),
     ] {
         assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
     }
