@@ -165,18 +165,7 @@ async fn concurrent_identical_misses_mint_once() {
         let token = h.token(|_| {});
         let router = h.router();
         tasks.push(tokio::spawn(async move {
-            let body = serde_urlencoded::to_string([
-                ("grant_type", TOKEN_EXCHANGE),
-                ("subject_token", &token),
-                ("subject_token_type", JWT_TYPE),
-                ("audience", "api"),
-            ])
-            .unwrap();
-            let req = axum::http::Request::post("/oauth2/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(axum::body::Body::from(body))
-                .unwrap();
-            send(router, req).await.body["access_token"]
+            exchange_via(router, &token, "api", None).await.body["access_token"]
                 .as_str()
                 .unwrap()
                 .to_owned()

@@ -58,18 +58,7 @@ async fn a_flood_of_unknown_kids_fetches_at_most_once_per_window() {
         let token = sign_with(&k1, Some(&format!("unknown-{i}")), &claims);
         let router = h.router();
         tasks.push(tokio::spawn(async move {
-            let body = serde_urlencoded::to_string([
-                ("grant_type", TOKEN_EXCHANGE),
-                ("subject_token", token.as_str()),
-                ("subject_token_type", JWT_TYPE),
-                ("audience", "api"),
-            ])
-            .unwrap();
-            let req = axum::http::Request::post("/oauth2/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(axum::body::Body::from(body))
-                .unwrap();
-            send(router, req).await
+            exchange_via(router, &token, "api", None).await
         }));
     }
     for t in tasks {
@@ -108,18 +97,7 @@ async fn concurrent_requests_with_a_new_kid_share_one_refresh() {
         let token = h.issuer.sign("k-new", &claims);
         let router = h.router();
         tasks.push(tokio::spawn(async move {
-            let body = serde_urlencoded::to_string([
-                ("grant_type", TOKEN_EXCHANGE),
-                ("subject_token", token.as_str()),
-                ("subject_token_type", JWT_TYPE),
-                ("audience", "api"),
-            ])
-            .unwrap();
-            let req = axum::http::Request::post("/oauth2/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(axum::body::Body::from(body))
-                .unwrap();
-            send(router, req).await.status
+            exchange_via(router, &token, "api", None).await.status
         }));
     }
     for t in tasks {

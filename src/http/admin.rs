@@ -252,11 +252,7 @@ pub async fn revoke(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Err(e) => ApiError::unavailable(
-            format!("shared state unavailable: {e}"),
-            std::time::Duration::from_secs(2),
-        )
-        .into_response(),
+        Err(e) => ApiError::store_unavailable(&e).into_response(),
     }
 }
 
@@ -272,10 +268,6 @@ pub async fn revocations(State(state): State<Arc<AppState>>, headers: HeaderMap)
         .await
     {
         Ok(list) => super::no_store(Json(json!({"revocations": list})).into_response()),
-        Err(e) => ApiError::unavailable(
-            format!("shared state unavailable: {e}"),
-            std::time::Duration::from_secs(2),
-        )
-        .into_response(),
+        Err(e) => ApiError::store_unavailable(&e).into_response(),
     }
 }

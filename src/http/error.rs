@@ -43,6 +43,15 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "")
     }
 
+    /// A 503 for a store that could not answer (the cause is logged, not sent).
+    pub fn store_unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(%cause, "store unavailable");
+        Self::unavailable(
+            "shared state is unavailable; retry later",
+            Duration::from_secs(2),
+        )
+    }
+
     /// A 503 `temporarily_unavailable`.
     pub fn unavailable(description: impl Into<String>, retry_after: Duration) -> Self {
         Self {

@@ -79,11 +79,7 @@ pub async fn introspect(
         Ok(Some(_)) => return inactive(),
         // Fail closed: if revocation cannot be checked, the token is not reported active.
         Err(e) => {
-            return ApiError::unavailable(
-                format!("shared state unavailable: {e}"),
-                std::time::Duration::from_secs(2),
-            )
-            .into_response();
+            return ApiError::store_unavailable(&e).into_response();
         }
     }
     let mut body = json!({"active": true, "token_type": "Bearer"});
@@ -134,11 +130,7 @@ pub async fn revoke(State(state): State<Arc<AppState>>, body: Bytes) -> Response
             }
             // RFC 7009 §2.2.1: 503 when the server cannot revoke now.
             Err(e) => {
-                return ApiError::unavailable(
-                    format!("shared state unavailable: {e}"),
-                    std::time::Duration::from_secs(2),
-                )
-                .into_response();
+                return ApiError::store_unavailable(&e).into_response();
             }
         }
     }

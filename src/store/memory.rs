@@ -226,8 +226,7 @@ impl Store for MemoryStore {
         window: u64,
         now: i64,
     ) -> Result<RateDecision, StoreError> {
-        let window = i64::try_from(window.max(1)).unwrap_or(60);
-        let start = now - now.rem_euclid(window);
+        let (start, retry_after) = super::fixed_window(now, window);
         let mut shared = self.shared()?;
         if shared.windows.len() > 100_000 {
             shared.windows.retain(|_, (s, _)| *s >= start);
@@ -240,13 +239,11 @@ impl Store for MemoryStore {
             *entry = (start, 0);
         }
         entry.1 += 1;
-        if entry.1 > limit {
-            Ok(RateDecision::Limited(
-                u64::try_from(start + window - now).unwrap_or(1).max(1),
-            ))
+        Ok(if entry.1 > limit {
+            RateDecision::Limited(retry_after)
         } else {
-            Ok(RateDecision::Allowed)
-        }
+            RateDecision::Allowed
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -98,6 +98,16 @@ pub enum RateDecision {
     Limited(u64),
 }
 
+/// The fixed window `now` falls in: (its start, seconds until the next one).
+pub fn fixed_window(now: i64, window: u64) -> (i64, u64) {
+    let window = i64::try_from(window.max(1)).unwrap_or(60);
+    let start = now - now.rem_euclid(window);
+    (
+        start,
+        u64::try_from(start + window - now).unwrap_or(1).max(1),
+    )
+}
+
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -368,8 +368,7 @@ impl Store for RedisStore {
         window: u64,
         now: i64,
     ) -> Result<RateDecision, StoreError> {
-        let window_i = i64::try_from(window.max(1)).unwrap_or(60);
-        let start = now - now.rem_euclid(window_i);
+        let (start, retry_after) = super::fixed_window(now, window);
         let key = format!(
             "{}:rl:{}:{start}",
             self.prefix,
@@ -380,13 +379,11 @@ impl Store for RedisStore {
             self.run::<()>(redis::cmd("EXPIRE").arg(&key).arg(window.max(1) + 1))
                 .await?;
         }
-        if count > limit {
-            Ok(RateDecision::Limited(
-                u64::try_from(start + window_i - now).unwrap_or(1).max(1),
-            ))
+        Ok(if count > limit {
+            RateDecision::Limited(retry_after)
         } else {
-            Ok(RateDecision::Allowed)
-        }
+            RateDecision::Allowed
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -361,21 +361,7 @@ impl Harness {
         target: &str,
         scope: Option<&str>,
     ) -> Resp {
-        let mut form = vec![
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", token),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", target),
-        ];
-        if let Some(s) = scope {
-            form.push(("scope", s));
-        }
-        let body = serde_urlencoded::to_string(&form).unwrap();
-        let req = Request::post("/oauth2/token")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        send(app(Arc::clone(state)), req).await
+        exchange_via(app(Arc::clone(state)), token, target, scope).await
     }
 
     pub fn router(&self) -> Router {
@@ -447,6 +433,25 @@ impl Resp {
     pub fn description(&self) -> &str {
         self.body["error_description"].as_str().unwrap_or("")
     }
+}
+
+/// An RFC 8693 request for `token` → `target` through `router`.
+pub async fn exchange_via(router: Router, token: &str, target: &str, scope: Option<&str>) -> Resp {
+    let mut form = vec![
+        ("grant_type", TOKEN_EXCHANGE),
+        ("subject_token", token),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", target),
+    ];
+    if let Some(s) = scope {
+        form.push(("scope", s));
+    }
+    let body = serde_urlencoded::to_string(&form).unwrap();
+    let req = Request::post("/oauth2/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    send(router, req).await
 }
 
 pub async fn send(router: Router, req: Request<Body>) -> Resp {
