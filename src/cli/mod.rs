@@ -1,6 +1,7 @@
 //! Subcommands, one file each.
 
 mod audit;
+mod bench;
 mod check;
 mod dev;
 mod explain;
@@ -50,6 +51,8 @@ enum Command {
     Keys(keys::Command),
     /// Revoke a subject, an issuer's sub, a token id or a target on every replica.
     Revoke(revoke::Args),
+    /// Measure throughput, latency and CPU per request (see BENCHMARKS.md).
+    Bench(bench::Args),
     /// Verify the audit trail.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(a) => explain::run(a),
         Command::Keys(c) => keys::run(c),
         Command::Audit(c) => audit::run(c),
+        Command::Bench(a) => bench::run(a),
         Command::Revoke(a) => revoke::run(a),
         Command::Dev(c) => dev::run(c),
     }

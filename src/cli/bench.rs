@@ -1,0 +1,516 @@
+//! `ferry bench`: a load harness. Ferry runs in this process on its own runtime (threads
+//! named `ferry-srv`, so its CPU time is read apart from the load generator's), on
+//! loopback, with tokens the harness mints itself. Scenarios run interleaved in rounds
+//! so machine noise spreads over all of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferry::clock::{Clock as _, SystemClock};
+use ferry::config::Config;
+use ferry::exchange::{Services, SingleFlight};
+use ferry::http::{AppState, app};
+use ferry::issuer::keys::{SigningKey, generate_private_pem, signing_key_from_pem};
+use ferry::provider_api::{Credential, CredentialProvider, Grant, ProviderError, Secret};
+use ferry::runtime::{BuildOptions, Runtime};
+use http_body_util::{BodyExt as _, Full};
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
+/// Arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// CI mode: a second or so per scenario; checks completion, errors and single flight.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per scenario, summed over rounds.
+    #[arg(long, default_value_t = 12)]
+    seconds: u64,
+    /// Rounds (scenarios interleave round by round).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Skip the Redis scenarios (they need redis-server).
+    #[arg(long)]
+    no_redis: bool,
+}
+
+/// A fake upstream: sleeps, counts, returns a credential without signing anything.
+struct FakeUpstream {
+    delay: Duration,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl CredentialProvider for FakeUpstream {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    async fn issue(&self, _grant: &Grant) -> Result<Credential, ProviderError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Credential {
+            access_token: Secret::new(format!("fake-{}", uuid::Uuid::new_v4())),
+            issued_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+            token_type: "Bearer".into(),
+            expires_at: SystemClock.now() + 3600,
+            fields: BTreeMap::new(),
+            upstream_request_id: None,
+            token_id: None,
+        })
+    }
+}
+
+struct Issuer {
+    iss: String,
+    key: SigningKey,
+}
+
+impl Issuer {
+    fn new(iss: &str, alg: Algorithm) -> anyhow::Result<Self> {
+        let pem = generate_private_pem(alg)?;
+        Ok(Self {
+            iss: iss.to_owned(),
+            key: signing_key_from_pem(alg, pem.as_bytes(), Some("k1"), 0)?,
+        })
+    }
+
+    fn token(&self, sub: &str) -> anyhow::Result<String> {
+        let now = SystemClock.now();
+        let claims = json!({"iss": self.iss, "aud": "bench", "sub": sub, "iat": now, "exp": now + 3600,
+                            "jti": uuid::Uuid::new_v4().to_string(), "repository": "acme/infra"});
+        let mut header = jsonwebtoken::Header::new(self.key.alg);
+        header.kid = Some("k1".into());
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key.encoding)?)
+    }
+
+    fn write_jwks(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec(&json!({"keys": [self.key.public]}))?)?;
+        Ok(())
+    }
+}
+
+fn config_text(dir: &Path, redis: Option<(&str, &Path)>) -> String {
+    let issuer = |id: &str, iss: &str, alg: &str| {
+        format!(
+            "[[issuers]]\nid = \"{id}\"\nissuer = \"{iss}\"\njwks_file = \"{}\"\naudiences = [\"bench\"]\nalgorithms = [\"{alg}\"]\n[issuers.mapping]\nsubject = 'assertion.sub'\n[issuers.mapping.attributes]\nrepository = 'assertion.repository'\n\n",
+            dir.join(format!("{id}.jwks.json")).display()
+        )
+    };
+    let store = match redis {
+        Some((url, key)) => format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"{}\"\n", key.display()),
+        None => "[store]\nbackend = \"memory\"\n".to_owned(),
+    };
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:9\"\n[signing]\nephemeral = true\n[reload]\nwatch = false\n{store}\n{}{}\
+         [[targets]]\nid = \"api\"\nkind = \"jwt\"\naudience = \"https://api\"\nttl = \"1h\"\n\
+         [[targets]]\nid = \"miss0\"\nkind = \"jwt\"\naudience = \"https://miss0\"\nttl = \"1h\"\n\
+         [[targets]]\nid = \"miss50\"\nkind = \"jwt\"\naudience = \"https://miss50\"\nttl = \"1h\"\n\
+         [policy]\nfiles = [\"{}\"]\n",
+        issuer("rs", "https://rs.bench.invalid", "RS256"),
+        issuer("es", "https://es.bench.invalid", "ES256"),
+        dir.join("bench.cedar").display()
+    )
+}
+
+struct Server {
+    addr: SocketAddr,
+    fakes: Vec<(String, Arc<FakeUpstream>)>,
+}
+
+async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Server> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let clock = super::system_clock();
+    let (mut runtime, _) = Runtime::build(config, &BuildOptions { clock: clock.clone(), require_keys: true, previous_ephemeral: None })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut fakes = Vec::new();
+    for (target, ms) in [("miss0", 0), ("miss50", 50)] {
+        let fake = Arc::new(FakeUpstream { delay: Duration::from_millis(ms), calls: AtomicUsize::new(0) });
+        runtime.replace_provider(target, fake.clone());
+        fakes.push((target.to_owned(), fake));
+    }
+    let store = ferry::store::open(&runtime.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let state = AppState::new(runtime, Services { store, clock, flights: SingleFlight::default() })?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    Ok(Server { addr, fakes })
+}
+
+/// Ferry's CPU time so far: the `ferry-srv` threads of this process.
+fn ferry_cpu() -> Duration {
+    let mut ticks = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with("ferry-srv") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the `(comm)`: utime is the 14th field overall, stime the 15th.
+            if let Some(rest) = stat.rsplit(')').next() {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let u = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                let s = f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                ticks += u + s;
+            }
+        }
+    }
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Default, Clone)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+#[derive(Clone)]
+enum Load {
+    Get(String),
+    Post(String, Arc<Vec<Bytes>>),
+}
+
+async fn drive(client: &Client, load: &Load, connections: usize, duration: Duration) -> Tally {
+    let deadline = Instant::now() + duration;
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu0 = ferry_cpu();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let client = client.clone();
+        let load = load.clone();
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            while Instant::now() < deadline {
+                let req = match &load {
+                    Load::Get(url) => hyper::Request::get(url.as_str()).body(Full::new(Bytes::new())),
+                    Load::Post(url, bodies) => {
+                        let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1);
+                        hyper::Request::post(url.as_str())
+                            .header("content-type", "application/x-www-form-urlencoded")
+                            .body(Full::new(bodies.get(i).cloned().unwrap_or_default()))
+                    }
+                };
+                let Ok(req) = req else {
+                    t.errors += 1;
+                    continue;
+                };
+                let sent = Instant::now();
+                let ok = match client.request(req).await {
+                    Ok(res) => {
+                        let good = res.status().is_success();
+                        good && res.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                if ok {
+                    t.latencies_us.push(us);
+                } else {
+                    t.errors += 1;
+                }
+            }
+            t
+        }));
+    }
+    let mut total = Tally::default();
+    for task in tasks {
+        if let Ok(t) = task.await {
+            total.latencies_us.extend(t.latencies_us);
+            total.errors += t.errors;
+        }
+    }
+    total.elapsed = started.elapsed();
+    total.cpu = ferry_cpu().saturating_sub(cpu0);
+    total
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "an index into a sorted sample")]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted.get(i).copied().unwrap_or(0)) / 1000.0
+}
+
+struct Row {
+    name: String,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+    cpu_us: f64,
+}
+
+#[expect(clippy::cast_precision_loss, reason = "counts to rates")]
+fn summarize(name: &str, t: &mut Tally) -> Row {
+    t.latencies_us.sort_unstable();
+    let n = t.latencies_us.len() as f64;
+    Row {
+        name: name.to_owned(),
+        rps: n / t.elapsed.as_secs_f64().max(1e-9),
+        p50: percentile(&t.latencies_us, 0.5),
+        p99: percentile(&t.latencies_us, 0.99),
+        p999: percentile(&t.latencies_us, 0.999),
+        errors: t.errors,
+        cpu_us: t.cpu.as_secs_f64() * 1e6 / (n + t.errors as f64).max(1.0),
+    }
+}
+
+fn form(token: &str, target: &str) -> Bytes {
+    Bytes::from(
+        serde_urlencoded::to_string([
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", target),
+        ])
+        .unwrap_or_default(),
+    )
+}
+
+struct RedisChild(Child);
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> anyhow::Result<(RedisChild, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("redis-server is needed for the Redis scenarios (or pass --no-redis)")?;
+    let guard = RedisChild(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((guard, port))
+}
+
+/// Cost of one signature verification (RS256 and ES256), measured in this process.
+fn verify_cost(rs: &Issuer, es: &Issuer) -> anyhow::Result<(f64, f64)> {
+    let mut out = Vec::new();
+    for issuer in [rs, es] {
+        let token = issuer.token("cost")?;
+        let (message, signature) = token.rsplit_once('.').context("jwt")?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(&issuer.key.public)?;
+        let n = 2000;
+        let started = Instant::now();
+        for _ in 0..n {
+            let ok = jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, issuer.key.alg)?;
+            anyhow::ensure!(ok, "verify failed");
+        }
+        out.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(n));
+    }
+    Ok((out.first().copied().unwrap_or(0.0), out.get(1).copied().unwrap_or(0.0)))
+}
+
+/// Runs the harness and prints the report.
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let (seconds, rounds) = if args.quick { (2, 2) } else { (args.seconds, args.rounds.max(1)) };
+    let per_run = Duration::from_secs_f64(seconds as f64 / f64::from(rounds));
+    let dir = tempfile::tempdir()?;
+    let rs = Issuer::new("https://rs.bench.invalid", Algorithm::RS256)?;
+    let es = Issuer::new("https://es.bench.invalid", Algorithm::ES256)?;
+    rs.write_jwks(&dir.path().join("rs.jwks.json"))?;
+    es.write_jwks(&dir.path().join("es.jwks.json"))?;
+    std::fs::write(dir.path().join("bench.cedar"), "@id(\"bench\")\npermit(principal, action, resource) when { principal.attributes.repository == \"acme/infra\" };\n")?;
+    std::fs::write(dir.path().join("store.key"), hex::encode([7u8; 32]))?;
+
+    let redis = if args.no_redis { None } else { Some(start_redis()?) };
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ferry-srv")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-load").enable_all().build()?;
+
+    let mem = server_rt.block_on(start_server(dir.path(), "mem", &config_text(dir.path(), None)))?;
+    let red = match &redis {
+        Some((_, port)) => Some(server_rt.block_on(start_server(
+            dir.path(),
+            "redis",
+            &config_text(dir.path(), Some((&format!("redis://127.0.0.1:{port}"), &dir.path().join("store.key")))),
+        ))?),
+        None => None,
+    };
+
+    // Token sets: fresh tokens (distinct jti, same identity → cache hits), one repeated
+    // token, and distinct identities (→ cache misses).
+    let n_fresh = if args.quick { 2_000 } else { 50_000 };
+    let fresh = |issuer: &Issuer, target: &str| -> anyhow::Result<Arc<Vec<Bytes>>> {
+        Ok(Arc::new((0..n_fresh).map(|_| issuer.token("hit").map(|t| form(&t, target))).collect::<Result<_, _>>()?))
+    };
+    let rs_fresh = fresh(&rs, "api")?;
+    let es_fresh = fresh(&es, "api")?;
+    let rs_same = Arc::new(vec![form(&rs.token("hit")?, "api")]);
+    let es_same = Arc::new(vec![form(&es.token("hit")?, "api")]);
+    let misses = |target: &str, count: usize| -> anyhow::Result<Arc<Vec<Bytes>>> {
+        Ok(Arc::new((0..count).map(|i| rs.token(&format!("miss-{target}-{i}-{}", uuid::Uuid::new_v4())).map(|t| form(&t, target))).collect::<Result<_, _>>()?))
+    };
+    let miss0 = misses("miss0", n_fresh)?;
+    let miss50 = misses("miss50", if args.quick { 500 } else { 20_000 })?;
+
+    let mut scenarios: Vec<(&str, SocketAddr, Load)> = Vec::new();
+    let url = |a: SocketAddr, p: &str| format!("http://{a}{p}");
+    scenarios.push(("A  baseline GET /healthz", mem.addr, Load::Get(url(mem.addr, "/healthz"))));
+    scenarios.push(("B1 hit, RS256, fresh token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), rs_fresh.clone())));
+    scenarios.push(("B2 hit, ES256, fresh token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), es_fresh.clone())));
+    scenarios.push(("B3 hit, RS256, same token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), rs_same.clone())));
+    scenarios.push(("B4 hit, ES256, same token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), es_same.clone())));
+    if let Some(r) = &red {
+        scenarios.push(("C1 hit, RS256, fresh token, redis", r.addr, Load::Post(url(r.addr, "/oauth2/token"), rs_fresh.clone())));
+        scenarios.push(("C2 hit, ES256, fresh token, redis", r.addr, Load::Post(url(r.addr, "/oauth2/token"), es_fresh.clone())));
+        scenarios.push(("C3 hit, RS256, same token, redis", r.addr, Load::Post(url(r.addr, "/oauth2/token"), rs_same.clone())));
+    }
+    scenarios.push(("D1 miss, fake upstream 0 ms, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), miss0)));
+    scenarios.push(("D2 miss, fake upstream 50 ms, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), miss50)));
+
+    let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(args.connections)
+        .build_http();
+    // Warm up: first hits populate the caches.
+    client_rt.block_on(async {
+        for (_, _, load) in &scenarios {
+            drive(&client, load, 4, Duration::from_millis(200)).await;
+        }
+    });
+    let mut tallies: Vec<Tally> = vec![Tally::default(); scenarios.len()];
+    for _ in 0..rounds {
+        for (i, (_, _, load)) in scenarios.iter().enumerate() {
+            let t = client_rt.block_on(drive(&client, load, args.connections, per_run));
+            if let Some(acc) = tallies.get_mut(i) {
+                acc.latencies_us.extend(t.latencies_us);
+                acc.errors += t.errors;
+                acc.elapsed += t.elapsed;
+                acc.cpu += t.cpu;
+            }
+        }
+    }
+
+    // E: 100 concurrent identical misses, per store: exactly one upstream call.
+    let mut single_flight = Vec::new();
+    for (name, server) in std::iter::once(("memory", &mem)).chain(red.iter().map(|r| ("redis", r))) {
+        let fake = server.fakes.iter().find(|(t, _)| t == "miss50").map(|(_, f)| Arc::clone(f)).context("fake")?;
+        let before = fake.calls.load(Ordering::SeqCst);
+        let sub = format!("single-flight-{}", uuid::Uuid::new_v4());
+        let bodies: Vec<Bytes> = (0..100).map(|_| rs.token(&sub).map(|t| form(&t, "miss50"))).collect::<Result<_, _>>()?;
+        let target = url(server.addr, "/oauth2/token");
+        let errors = client_rt.block_on(async {
+            let mut tasks = Vec::new();
+            for body in bodies {
+                let client = client.clone();
+                let target = target.clone();
+                tasks.push(tokio::spawn(async move {
+                    let req = hyper::Request::post(target.as_str()).header("content-type", "application/x-www-form-urlencoded").body(Full::new(body));
+                    match req {
+                        Ok(req) => client.request(req).await.map(|r| r.status().is_success()).unwrap_or(false),
+                        Err(_) => false,
+                    }
+                }));
+            }
+            let mut errors = 0;
+            for t in tasks {
+                if !t.await.unwrap_or(false) {
+                    errors += 1;
+                }
+            }
+            errors
+        });
+        single_flight.push((name, fake.calls.load(Ordering::SeqCst) - before, errors));
+    }
+
+    let (rs_cost, es_cost) = verify_cost(&rs, &es)?;
+    let rows: Vec<Row> = scenarios.iter().zip(tallies.iter_mut()).map(|((name, _, _), t)| summarize(name, t)).collect();
+
+    // Memory with 100k cached credentials (JWT-sized), in the memory store.
+    let rss_before = status_kib("VmRSS:");
+    let store = ferry::store::memory::MemoryStore::new(200_000);
+    let cred = Credential {
+        access_token: Secret::new("x".repeat(900)),
+        issued_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+        token_type: "Bearer".into(),
+        expires_at: SystemClock.now() + 3600,
+        fields: BTreeMap::new(),
+        upstream_request_id: None,
+        token_id: Some("jti".into()),
+    };
+    server_rt.block_on(async {
+        use ferry::store::Store as _;
+        for i in 0..100_000u32 {
+            let key = ferry::store::CacheKey::from_parts([i.to_string().as_str()]);
+            let _ = store.put_credential(&key, &cred, Duration::from_secs(3600), &[]).await;
+        }
+    });
+    let rss_after = status_kib("VmRSS:");
+
+    let baseline = rows.first().map(|r| (r.rps, r.cpu_us)).unwrap_or((1.0, 1.0));
+    println!("ferry bench: {} connections, {}s per scenario over {} interleaved rounds{}", args.connections, seconds, rounds, if args.quick { " (quick)" } else { "" });
+    println!("one signature verify in this process: RS256 {rs_cost:.1} µs, ES256 {es_cost:.1} µs\n");
+    println!("{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9}", "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "cpu µs/req", "x A rps", "cpu/verify");
+    let mut total_errors = 0;
+    for r in &rows {
+        total_errors += r.errors;
+        let verify = if r.name.contains("ES256") { es_cost } else { rs_cost };
+        println!(
+            "{:<38} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1} {:>7.2} {:>9.2}",
+            r.name, r.rps, r.p50, r.p99, r.p999, r.errors, r.cpu_us, r.rps / baseline.0.max(1e-9), r.cpu_us / verify.max(1e-9)
+        );
+    }
+    println!();
+    let mut single_flight_ok = true;
+    for (store, calls, errors) in &single_flight {
+        println!("E  single-flight ({store}): 100 concurrent identical misses -> {calls} upstream call(s), {errors} error(s)");
+        single_flight_ok &= *calls == 1 && *errors == 0;
+        total_errors += errors;
+    }
+    println!("peak RSS {} MiB; 100k cached credentials added {:.1} MiB", status_kib("VmHWM:") / 1024, rss_after.saturating_sub(rss_before) as f64 / 1024.0);
+    println!("baseline A: {:.0} req/s, {:.1} µs CPU per request", baseline.0, baseline.1);
+    println!("errors: {total_errors}");
+    drop(redis);
+    let ok = total_errors == 0 && single_flight_ok;
+    Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
