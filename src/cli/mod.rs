@@ -61,10 +61,21 @@ enum Command {
     Dev(dev::Command),
 }
 
+impl Cli {
+    /// The log level when `RUST_LOG` is unset: `info`, but `warn` for `bench` (two
+    /// access-log lines per request would be part of what it measures).
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Bench(_) => "warn",
+            _ => "info",
+        }
+    }
+}
+
 /// Sets up `tracing` to stderr.
-pub fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

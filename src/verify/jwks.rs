@@ -305,6 +305,12 @@ impl JwksCache {
         }
     }
 
+    /// Whether a key with this `kid` is currently published and usable.
+    pub fn publishes(&self, kid: &str) -> bool {
+        let set = self.keys.load();
+        self.usable(&set) && set.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
     /// Seconds until the next scheduled refresh is due (0 when due now).
     pub fn refresh_due_in(&self) -> Duration {
         let set = self.keys.load();

@@ -225,6 +225,16 @@ pub struct TrustedIssuer {
 pub struct Verifier {
     by_iss: HashMap<String, Arc<TrustedIssuer>>,
     clock: SharedClock,
+    /// Tokens whose signature already verified, by SHA-256: a pod or CI job presenting
+    /// the same token again skips the signature check (claims are re-checked every time,
+    /// and the key must still be published).
+    recent: moka::sync::Cache<String, Arc<Recent>>,
+}
+
+struct Recent {
+    issuer: Arc<TrustedIssuer>,
+    kid: String,
+    claims: Arc<Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
@@ -234,11 +244,27 @@ struct RawHeader {
     crit: Option<Value>,
 }
 
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recent")
+            .field("issuer", &self.issuer.id)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Verifier {
     /// A verifier over these issuers.
     pub fn new(issuers: Vec<Arc<TrustedIssuer>>, clock: SharedClock) -> Self {
         let by_iss = issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect();
-        Self { by_iss, clock }
+        Self {
+            by_iss,
+            clock,
+            recent: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(3600))
+                .build(),
+        }
     }
 
     /// Every trusted issuer.
@@ -249,6 +275,13 @@ impl Verifier {
     /// Verifies a presented token completely.
     #[tracing::instrument(skip_all, fields(token = %token.fingerprint()))]
     pub async fn verify(&self, token: &UnverifiedToken) -> Result<VerifiedToken, VerifyError> {
+        let sha = token.sha256();
+        if let Some(recent) = self.recent.get(&sha)
+            && recent.issuer.jwks.publishes(&recent.kid)
+        {
+            tracing::trace!(issuer = %recent.issuer.id, "signature verified before; claims re-checked");
+            return self.check_claims(&recent.issuer, Arc::clone(&recent.claims), sha, true);
+        }
         let raw = token.0.expose();
         let parts = split_jws(raw)?;
         let header: RawHeader = decode_json_part(parts.header)
@@ -294,7 +327,12 @@ impl Verifier {
             return Err(VerifyError::BadSignature);
         }
         tracing::trace!(issuer = %issuer.id, "signature verified");
-        self.check_claims(&issuer, claims, token.sha256(), true)
+        let claims = Arc::new(claims);
+        let verified = self.check_claims(&issuer, Arc::clone(&claims), sha.clone(), true)?;
+        if let Some(kid) = header.kid {
+            self.recent.insert(sha, Arc::new(Recent { issuer, kid, claims }));
+        }
+        Ok(verified)
     }
 
     /// Checks everything but the signature: for `ferry explain --claims` only. The result
@@ -304,7 +342,7 @@ impl Verifier {
         claims: Map<String, Value>,
     ) -> Result<VerifiedToken, VerifyError> {
         let issuer = self.issuer_for(&claims)?;
-        self.check_claims(&issuer, claims, String::new(), false)
+        self.check_claims(&issuer, Arc::new(claims), String::new(), false)
     }
 
     fn issuer_for(&self, claims: &Map<String, Value>) -> Result<Arc<TrustedIssuer>, VerifyError> {
@@ -322,7 +360,7 @@ impl Verifier {
     fn check_claims(
         &self,
         issuer: &TrustedIssuer,
-        claims: Map<String, Value>,
+        claims: Arc<Map<String, Value>>,
         token_sha256: String,
         signature_checked: bool,
     ) -> Result<VerifiedToken, VerifyError> {
@@ -356,7 +394,7 @@ impl Verifier {
         check_audience(issuer, claims.get("aud"))?;
         Ok(VerifiedToken {
             issuer_id: Arc::clone(&issuer.id),
-            claims: Arc::new(claims),
+            claims,
             expires_at: exp,
             token_sha256,
             signature_checked,
