@@ -256,12 +256,17 @@ impl std::fmt::Debug for Recent {
 impl Verifier {
     /// A verifier over these issuers.
     pub fn new(issuers: Vec<Arc<TrustedIssuer>>, clock: SharedClock) -> Self {
+        Self::with_recent_capacity(issuers, clock, 10_000)
+    }
+
+    /// A verifier remembering up to `capacity` verified tokens (0: none; benchmarks).
+    pub fn with_recent_capacity(issuers: Vec<Arc<TrustedIssuer>>, clock: SharedClock, capacity: u64) -> Self {
         let by_iss = issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect();
         Self {
             by_iss,
             clock,
             recent: moka::sync::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(capacity)
                 .time_to_live(std::time::Duration::from_secs(3600))
                 .build(),
         }

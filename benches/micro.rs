@@ -1,0 +1,232 @@
+//! Criterion micro-benchmarks: verify (per algorithm), mapping (a GitHub Actions rule
+//! set), policy (20 policies), cache get/put (memory and Redis), token signing.
+//! `cargo bench --bench micro`. The Redis group starts a private redis-server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ferry::clock::{Clock as _, SharedClock, SystemClock};
+use ferry::issuer::keys::{KeyRing, generate_private_pem, signing_key_from_pem};
+use ferry::mapping::{Identity, IssuerMapping, Mapper, Rule};
+use ferry::policy::{AttributePresence, AuthzInput, PolicyEngine, PolicySource};
+use ferry::provider_api::{Credential, Secret};
+use ferry::store::{CacheKey, Store};
+use ferry::verify::jwks::{JwksCache, JwksPolicy};
+use ferry::verify::{TrustedIssuer, UnverifiedToken, Verifier};
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
+fn clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+fn policy() -> JwksPolicy {
+    JwksPolicy {
+        refresh_default: Duration::from_secs(3600),
+        refresh_min: Duration::from_secs(300),
+        refresh_max: Duration::from_secs(86_400),
+        unknown_kid_min_interval: Duration::from_secs(30),
+        max_stale: Duration::from_secs(86_400),
+        retry_interval: Duration::from_secs(30),
+    }
+}
+
+fn github_claims(now: i64) -> serde_json::Value {
+    json!({
+        "iss": "https://token.actions.githubusercontent.com", "aud": "https://ferry.example.com",
+        "sub": "repo:acme/infra:ref:refs/heads/main", "ref": "refs/heads/main", "sha": "8f2c1d0e",
+        "repository": "acme/infra", "repository_owner": "acme", "repository_owner_id": "123456",
+        "repository_id": "987654", "repository_visibility": "private", "run_id": "6031234567",
+        "run_number": "42", "run_attempt": "1", "actor": "octocat", "actor_id": "583231",
+        "workflow": "deploy", "workflow_ref": "acme/infra/.github/workflows/deploy.yml@refs/heads/main",
+        "job_workflow_ref": "acme/infra/.github/workflows/deploy.yml@refs/heads/main",
+        "event_name": "push", "ref_type": "branch", "environment": "production",
+        "runner_environment": "github-hosted", "iat": now, "nbf": now, "exp": now + 300,
+        "jti": uuid::Uuid::new_v4().to_string()
+    })
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let mut group = c.benchmark_group("verify");
+    let now = SystemClock.now();
+    for alg in [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+        let pem = generate_private_pem(alg).unwrap();
+        let key = signing_key_from_pem(alg, pem.as_bytes(), Some("k1"), 0).unwrap();
+        let jwks = serde_json::to_vec(&json!({"keys": [key.public]})).unwrap();
+        let cache = JwksCache::from_static("gh".into(), &jwks, reqwest::Client::new(), clock(), policy()).unwrap();
+        let issuer = Arc::new(TrustedIssuer {
+            id: Arc::from("gh"),
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            audiences: ["https://ferry.example.com".to_owned()].into(),
+            algorithms: vec![alg],
+            leeway: 60,
+            max_age: None,
+            jwks: Arc::new(cache),
+        });
+        // No verified-token cache: every iteration checks a signature.
+        let verifier = Verifier::with_recent_capacity(vec![issuer], clock(), 0);
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some("k1".into());
+        let token = UnverifiedToken::new(&jsonwebtoken::encode(&header, &github_claims(now), &key.encoding).unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        group.bench_function(format!("{alg:?}"), |b| b.iter(|| rt.block_on(verifier.verify(&token)).unwrap()));
+    }
+    group.finish();
+}
+
+fn github_mapper() -> Mapper {
+    let rule = |k: &str, s: &str| Rule::compile(k, s).unwrap();
+    Mapper::new(vec![IssuerMapping::new(
+        "gh".into(),
+        Some(rule("condition", r#"assertion.repository_owner == "acme" && assertion.ref_type == "branch""#)),
+        rule("mapping.subject", r#""github:" + assertion.repository + ":" + assertion.ref"#),
+        Some(rule("mapping.groups", r#"["github", "github:" + assertion.repository_owner] + (assertion.environment == "production" ? ["prod"] : [])"#)),
+        vec![
+            ("repository".into(), rule("r", "assertion.repository")),
+            ("ref".into(), rule("f", "assertion.ref")),
+            ("environment".into(), rule("e", r#"has(assertion.environment) ? assertion.environment : """#)),
+            ("workflow_ref".into(), rule("w", "assertion.job_workflow_ref")),
+            ("actor".into(), rule("a", "assertion.actor")),
+        ],
+    )])
+}
+
+fn bench_mapping(c: &mut Criterion) {
+    let now = SystemClock.now();
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_value(github_claims(now)).unwrap();
+    // A verified token, via the claims-only path (the signature is not what is measured).
+    let cache = JwksCache::from_static("gh".into(), br#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#, reqwest::Client::new(), clock(), policy()).unwrap();
+    let verifier = Verifier::new(
+        vec![Arc::new(TrustedIssuer {
+            id: Arc::from("gh"),
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            audiences: ["https://ferry.example.com".to_owned()].into(),
+            algorithms: vec![Algorithm::ES256],
+            leeway: 60,
+            max_age: None,
+            jwks: Arc::new(cache),
+        })],
+        clock(),
+    );
+    let token = verifier.check_claims_without_signature(claims).unwrap();
+    let mapper = github_mapper();
+    c.bench_function("mapping/github_actions_rules", |b| b.iter(|| mapper.map(&token).unwrap()));
+}
+
+fn bench_policy(c: &mut Criterion) {
+    let mut text = String::new();
+    for i in 0..19 {
+        text.push_str(&format!(
+            "@id(\"p{i}\")\npermit(principal in Ferry::Group::\"team{i}\", action == Ferry::Action::\"exchange\", resource == Ferry::Target::\"t{i}\") when {{ principal.attributes.repository == \"acme/repo{i}\" && principal.attributes.environment == \"production\" }};\n"
+        ));
+    }
+    text.push_str("@id(\"deny-outside\")\nforbid(principal, action, resource) unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) || context.source_ip.isLoopback() };\n");
+    let attrs: BTreeMap<String, AttributePresence> = ["repository", "ref", "environment", "workflow_ref", "actor"]
+        .into_iter()
+        .map(|a| (a.to_owned(), AttributePresence::Always))
+        .collect();
+    let (engine, _) = PolicyEngine::load(&[PolicySource { file: "p.cedar".into(), text }], &attrs, "ferry.toml").unwrap();
+    let identity = Identity {
+        issuer_id: "gh".into(),
+        subject: "github:acme/repo7:refs/heads/main".into(),
+        groups: vec!["github".into(), "team7".into()],
+        attributes: [("repository", "acme/repo7"), ("ref", "refs/heads/main"), ("environment", "production"), ("workflow_ref", "w"), ("actor", "octocat")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    let scopes = vec!["read".to_owned()];
+    let input = AuthzInput {
+        identity: &identity,
+        target_id: "t7",
+        target_kind: "jwt",
+        source_ip: IpAddr::from([10, 1, 2, 3]),
+        scopes: &scopes,
+        timestamp: SystemClock.now(),
+    };
+    assert!(engine.authorize(&input).allowed);
+    c.bench_function("policy/20_policies_allow", |b| b.iter(|| engine.authorize(&input)));
+}
+
+fn credential() -> Credential {
+    Credential {
+        access_token: Secret::new("x".repeat(900)),
+        issued_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+        token_type: "Bearer".into(),
+        expires_at: SystemClock.now() + 3600,
+        fields: BTreeMap::new(),
+        upstream_request_id: None,
+        token_id: Some("jti".into()),
+    }
+}
+
+struct RedisChild(std::process::Child);
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench_cache(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let key = CacheKey::from_parts(["bench"]);
+    let cred = credential();
+    let memory = ferry::store::memory::MemoryStore::new(100_000);
+    rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap();
+    c.bench_function("cache/memory_get", |b| b.iter(|| rt.block_on(memory.get_credential(&key)).unwrap()));
+    c.bench_function("cache/memory_put", |b| b.iter(|| rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap()));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _redis = RedisChild(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is needed for the Redis cache benchmarks (tests/run installs it)"),
+    );
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sealer = ferry::store::seal::Sealer::new([7u8; 32], &[]).unwrap();
+    let redis = ferry::store::redis::RedisStore::new(
+        ferry::store::redis::Endpoint::Standalone(format!("redis://127.0.0.1:{port}")),
+        Duration::from_secs(1),
+        sealer,
+    );
+    rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap();
+    c.bench_function("cache/redis_get", |b| b.iter(|| rt.block_on(redis.get_credential(&key)).unwrap()));
+    c.bench_function("cache/redis_put", |b| b.iter(|| rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap()));
+    c.bench_function("cache/redis_revocation_check", |b| {
+        let fields = vec!["subject:a".to_owned(), "target:b".to_owned(), "issuer_sub:c".to_owned(), "jti:d".to_owned()];
+        b.iter(|| rt.block_on(redis.revoked(&fields, 0)).unwrap())
+    });
+}
+
+fn bench_signing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sign");
+    for alg in [Algorithm::RS256, Algorithm::ES256] {
+        let ring = KeyRing::ephemeral(alg, 0).unwrap();
+        let issuer = ferry::issuer::FerryIssuer::new("https://ferry.example.com", ring, clock());
+        group.bench_function(format!("{alg:?}"), |b| {
+            b.iter(|| {
+                let mut claims = serde_json::Map::new();
+                claims.insert("sub".into(), "github:acme/infra:refs/heads/main".into());
+                claims.insert("aud".into(), "https://api".into());
+                issuer.mint(Duration::from_secs(300), claims).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(30);
+    targets = bench_verify, bench_mapping, bench_policy, bench_cache, bench_signing
+}
+criterion_main!(benches);
