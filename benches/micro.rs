@@ -1,7 +1,13 @@
 //! Criterion micro-benchmarks: verify (per algorithm), mapping (a GitHub Actions rule
 //! set), policy (20 policies), cache get/put (memory and Redis), token signing.
 //! `cargo bench --bench micro`. The Redis group starts a private redis-server.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -53,11 +59,24 @@ fn github_claims(now: i64) -> serde_json::Value {
 fn bench_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
     let now = SystemClock.now();
-    for alg in [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ] {
         let pem = generate_private_pem(alg).unwrap();
         let key = signing_key_from_pem(alg, pem.as_bytes(), Some("k1"), 0).unwrap();
         let jwks = serde_json::to_vec(&json!({"keys": [key.public]})).unwrap();
-        let cache = JwksCache::from_static("gh".into(), &jwks, reqwest::Client::new(), clock(), policy()).unwrap();
+        let cache = JwksCache::from_static(
+            "gh".into(),
+            &jwks,
+            reqwest::Client::new(),
+            clock(),
+            policy(),
+        )
+        .unwrap();
         let issuer = Arc::new(TrustedIssuer {
             id: Arc::from("gh"),
             issuer: "https://token.actions.githubusercontent.com".into(),
@@ -71,9 +90,16 @@ fn bench_verify(c: &mut Criterion) {
         let verifier = Verifier::with_recent_capacity(vec![issuer], clock(), 0);
         let mut header = jsonwebtoken::Header::new(alg);
         header.kid = Some("k1".into());
-        let token = UnverifiedToken::new(&jsonwebtoken::encode(&header, &github_claims(now), &key.encoding).unwrap()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        group.bench_function(format!("{alg:?}"), |b| b.iter(|| rt.block_on(verifier.verify(&token)).unwrap()));
+        let token = UnverifiedToken::new(
+            &jsonwebtoken::encode(&header, &github_claims(now), &key.encoding).unwrap(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        group.bench_function(format!("{alg:?}"), |b| {
+            b.iter(|| rt.block_on(verifier.verify(&token)).unwrap())
+        });
     }
     group.finish();
 }
@@ -82,14 +108,32 @@ fn github_mapper() -> Mapper {
     let rule = |k: &str, s: &str| Rule::compile(k, s).unwrap();
     Mapper::new(vec![IssuerMapping::new(
         "gh".into(),
-        Some(rule("condition", r#"assertion.repository_owner == "acme" && assertion.ref_type == "branch""#)),
-        rule("mapping.subject", r#""github:" + assertion.repository + ":" + assertion.ref"#),
-        Some(rule("mapping.groups", r#"["github", "github:" + assertion.repository_owner] + (assertion.environment == "production" ? ["prod"] : [])"#)),
+        Some(rule(
+            "condition",
+            r#"assertion.repository_owner == "acme" && assertion.ref_type == "branch""#,
+        )),
+        rule(
+            "mapping.subject",
+            r#""github:" + assertion.repository + ":" + assertion.ref"#,
+        ),
+        Some(rule(
+            "mapping.groups",
+            r#"["github", "github:" + assertion.repository_owner] + (assertion.environment == "production" ? ["prod"] : [])"#,
+        )),
         vec![
             ("repository".into(), rule("r", "assertion.repository")),
             ("ref".into(), rule("f", "assertion.ref")),
-            ("environment".into(), rule("e", r#"has(assertion.environment) ? assertion.environment : """#)),
-            ("workflow_ref".into(), rule("w", "assertion.job_workflow_ref")),
+            (
+                "environment".into(),
+                rule(
+                    "e",
+                    r#"has(assertion.environment) ? assertion.environment : """#,
+                ),
+            ),
+            (
+                "workflow_ref".into(),
+                rule("w", "assertion.job_workflow_ref"),
+            ),
             ("actor".into(), rule("a", "assertion.actor")),
         ],
     )])
@@ -97,7 +141,8 @@ fn github_mapper() -> Mapper {
 
 fn bench_mapping(c: &mut Criterion) {
     let now = SystemClock.now();
-    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_value(github_claims(now)).unwrap();
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(github_claims(now)).unwrap();
     // A verified token, via the claims-only path (the signature is not what is measured).
     let cache = JwksCache::from_static("gh".into(), br#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#, reqwest::Client::new(), clock(), policy()).unwrap();
     let verifier = Verifier::new(
@@ -114,7 +159,9 @@ fn bench_mapping(c: &mut Criterion) {
     );
     let token = verifier.check_claims_without_signature(claims).unwrap();
     let mapper = github_mapper();
-    c.bench_function("mapping/github_actions_rules", |b| b.iter(|| mapper.map(&token).unwrap()));
+    c.bench_function("mapping/github_actions_rules", |b| {
+        b.iter(|| mapper.map(&token).unwrap())
+    });
 }
 
 fn bench_policy(c: &mut Criterion) {
@@ -125,19 +172,34 @@ fn bench_policy(c: &mut Criterion) {
         ));
     }
     text.push_str("@id(\"deny-outside\")\nforbid(principal, action, resource) unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) || context.source_ip.isLoopback() };\n");
-    let attrs: BTreeMap<String, AttributePresence> = ["repository", "ref", "environment", "workflow_ref", "actor"]
-        .into_iter()
-        .map(|a| (a.to_owned(), AttributePresence::Always))
-        .collect();
-    let (engine, _) = PolicyEngine::load(&[PolicySource { file: "p.cedar".into(), text }], &attrs, "ferry.toml").unwrap();
+    let attrs: BTreeMap<String, AttributePresence> =
+        ["repository", "ref", "environment", "workflow_ref", "actor"]
+            .into_iter()
+            .map(|a| (a.to_owned(), AttributePresence::Always))
+            .collect();
+    let (engine, _) = PolicyEngine::load(
+        &[PolicySource {
+            file: "p.cedar".into(),
+            text,
+        }],
+        &attrs,
+        "ferry.toml",
+    )
+    .unwrap();
     let identity = Identity {
         issuer_id: "gh".into(),
         subject: "github:acme/repo7:refs/heads/main".into(),
         groups: vec!["github".into(), "team7".into()],
-        attributes: [("repository", "acme/repo7"), ("ref", "refs/heads/main"), ("environment", "production"), ("workflow_ref", "w"), ("actor", "octocat")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
+        attributes: [
+            ("repository", "acme/repo7"),
+            ("ref", "refs/heads/main"),
+            ("environment", "production"),
+            ("workflow_ref", "w"),
+            ("actor", "octocat"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
     };
     let scopes = vec!["read".to_owned()];
     let input = AuthzInput {
@@ -149,7 +211,9 @@ fn bench_policy(c: &mut Criterion) {
         timestamp: SystemClock.now(),
     };
     assert!(engine.authorize(&input).allowed);
-    c.bench_function("policy/20_policies_allow", |b| b.iter(|| engine.authorize(&input)));
+    c.bench_function("policy/20_policies_allow", |b| {
+        b.iter(|| engine.authorize(&input))
+    });
 }
 
 fn credential() -> Credential {
@@ -173,21 +237,47 @@ impl Drop for RedisChild {
 }
 
 fn bench_cache(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let key = CacheKey::from_parts(["bench"]);
     let cred = credential();
     let memory = ferry::store::memory::MemoryStore::new(100_000);
-    rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap();
-    c.bench_function("cache/memory_get", |b| b.iter(|| rt.block_on(memory.get_credential(&key)).unwrap()));
-    c.bench_function("cache/memory_put", |b| b.iter(|| rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap()));
+    rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
+        .unwrap();
+    c.bench_function("cache/memory_get", |b| {
+        b.iter(|| rt.block_on(memory.get_credential(&key)).unwrap())
+    });
+    c.bench_function("cache/memory_put", |b| {
+        b.iter(|| {
+            rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
+                .unwrap()
+        })
+    });
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let _redis = RedisChild(
         std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("redis-server is needed for the Redis cache benchmarks (tests/run installs it)"),
+            .expect(
+                "redis-server is needed for the Redis cache benchmarks (tests/run installs it)",
+            ),
     );
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
@@ -198,11 +288,24 @@ fn bench_cache(c: &mut Criterion) {
         Duration::from_secs(1),
         sealer,
     );
-    rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap();
-    c.bench_function("cache/redis_get", |b| b.iter(|| rt.block_on(redis.get_credential(&key)).unwrap()));
-    c.bench_function("cache/redis_put", |b| b.iter(|| rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[])).unwrap()));
+    rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
+        .unwrap();
+    c.bench_function("cache/redis_get", |b| {
+        b.iter(|| rt.block_on(redis.get_credential(&key)).unwrap())
+    });
+    c.bench_function("cache/redis_put", |b| {
+        b.iter(|| {
+            rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
+                .unwrap()
+        })
+    });
     c.bench_function("cache/redis_revocation_check", |b| {
-        let fields = vec!["subject:a".to_owned(), "target:b".to_owned(), "issuer_sub:c".to_owned(), "jti:d".to_owned()];
+        let fields = vec![
+            "subject:a".to_owned(),
+            "target:b".to_owned(),
+            "issuer_sub:c".to_owned(),
+            "jti:d".to_owned(),
+        ];
         b.iter(|| rt.block_on(redis.revoked(&fields, 0)).unwrap())
     });
 }

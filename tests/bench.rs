@@ -1,7 +1,12 @@
 //! The load harness runs end to end in a short mode. It asserts only that it completes,
 //! that single flight made exactly one upstream call, and that there were no errors —
 //! never a time threshold.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 #[test]
 fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
@@ -11,11 +16,21 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("E  single-flight (memory): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("E  single-flight (redis): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("\nerrors: 0\n"), "{stdout}");
-    for scenario in ["A  baseline", "B1 hit, RS256", "B4 hit, ES256, same token", "C1 hit, RS256", "D2 miss, fake upstream 50 ms"] {
+    for scenario in [
+        "A  baseline",
+        "B1 hit, RS256",
+        "B4 hit, ES256, same token",
+        "C1 hit, RS256",
+        "D2 miss, fake upstream 50 ms",
+    ] {
         assert!(stdout.contains(scenario), "missing {scenario}: {stdout}");
     }
 }

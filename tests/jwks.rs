@@ -201,5 +201,9 @@ async fn a_repeated_token_is_rechecked_and_dropped_with_its_key() {
     jwks.refresh().await.unwrap();
     let r = h.exchange_token(&token, "api", None).await;
     assert_eq!(r.status, 400, "{:?}", r.body);
-    assert!(r.description().contains("no key with kid `k1`"), "{:?}", r.body);
+    assert!(
+        r.description().contains("no key with kid `k1`"),
+        "{:?}",
+        r.body
+    );
 }

@@ -97,7 +97,10 @@ impl Issuer {
     }
 
     fn write_jwks(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, serde_json::to_vec(&json!({"keys": [self.key.public]}))?)?;
+        std::fs::write(
+            path,
+            serde_json::to_vec(&json!({"keys": [self.key.public]}))?,
+        )?;
         Ok(())
     }
 }
@@ -110,7 +113,10 @@ fn config_text(dir: &Path, redis: Option<(&str, &Path)>) -> String {
         )
     };
     let store = match redis {
-        Some((url, key)) => format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"{}\"\n", key.display()),
+        Some((url, key)) => format!(
+            "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"{}\"\n",
+            key.display()
+        ),
         None => "[store]\nbackend = \"memory\"\n".to_owned(),
     };
     format!(
@@ -135,20 +141,41 @@ async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Serv
     std::fs::write(&path, text)?;
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let clock = super::system_clock();
-    let (mut runtime, _) = Runtime::build(config, &BuildOptions { clock: clock.clone(), require_keys: true, previous_ephemeral: None })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut runtime, _) = Runtime::build(
+        config,
+        &BuildOptions {
+            clock: clock.clone(),
+            require_keys: true,
+            previous_ephemeral: None,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut fakes = Vec::new();
     for (target, ms) in [("miss0", 0), ("miss50", 50)] {
-        let fake = Arc::new(FakeUpstream { delay: Duration::from_millis(ms), calls: AtomicUsize::new(0) });
+        let fake = Arc::new(FakeUpstream {
+            delay: Duration::from_millis(ms),
+            calls: AtomicUsize::new(0),
+        });
         runtime.replace_provider(target, fake.clone());
         fakes.push((target.to_owned(), fake));
     }
     let store = ferry::store::open(&runtime.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let state = AppState::new(runtime, Services { store, clock, flights: SingleFlight::default() })?;
+    let state = AppState::new(
+        runtime,
+        Services {
+            store,
+            clock,
+            flights: SingleFlight::default(),
+        },
+    )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>()).await;
+        let _ = axum::serve(
+            listener,
+            app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
     });
     Ok(Server { addr, fakes })
 }
@@ -194,7 +221,10 @@ struct Tally {
     cpu: Duration,
 }
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 #[derive(Clone)]
 enum Load {
@@ -216,7 +246,9 @@ async fn drive(client: &Client, load: &Load, connections: usize, duration: Durat
             let mut t = Tally::default();
             while Instant::now() < deadline {
                 let req = match &load {
-                    Load::Get(url) => hyper::Request::get(url.as_str()).body(Full::new(Bytes::new())),
+                    Load::Get(url) => {
+                        hyper::Request::get(url.as_str()).body(Full::new(Bytes::new()))
+                    }
                     Load::Post(url, bodies) => {
                         let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1);
                         hyper::Request::post(url.as_str())
@@ -262,7 +294,12 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "an index into a sorted sample")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into a sorted sample"
+    )]
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     f64::from(sorted.get(i).copied().unwrap_or(0)) / 1000.0
 }
@@ -295,7 +332,10 @@ fn summarize(name: &str, t: &mut Tally) -> Row {
 fn form(token: &str, target: &str) -> Bytes {
     Bytes::from(
         serde_urlencoded::to_string([
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("subject_token", token),
             ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
             ("audience", target),
@@ -314,9 +354,20 @@ impl Drop for RedisChild {
 }
 
 fn start_redis() -> anyhow::Result<(RedisChild, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -340,40 +391,69 @@ fn verify_cost(rs: &Issuer, es: &Issuer) -> anyhow::Result<(f64, f64)> {
         let n = 2000;
         let started = Instant::now();
         for _ in 0..n {
-            let ok = jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, issuer.key.alg)?;
+            let ok =
+                jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, issuer.key.alg)?;
             anyhow::ensure!(ok, "verify failed");
         }
         out.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(n));
     }
-    Ok((out.first().copied().unwrap_or(0.0), out.get(1).copied().unwrap_or(0.0)))
+    Ok((
+        out.first().copied().unwrap_or(0.0),
+        out.get(1).copied().unwrap_or(0.0),
+    ))
 }
 
 /// Runs the harness and prints the report.
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let (seconds, rounds) = if args.quick { (2, 2) } else { (args.seconds, args.rounds.max(1)) };
+    let (seconds, rounds) = if args.quick {
+        (2, 2)
+    } else {
+        (args.seconds, args.rounds.max(1))
+    };
     let per_run = Duration::from_secs_f64(seconds as f64 / f64::from(rounds));
     let dir = tempfile::tempdir()?;
     let rs = Issuer::new("https://rs.bench.invalid", Algorithm::RS256)?;
     let es = Issuer::new("https://es.bench.invalid", Algorithm::ES256)?;
     rs.write_jwks(&dir.path().join("rs.jwks.json"))?;
     es.write_jwks(&dir.path().join("es.jwks.json"))?;
-    std::fs::write(dir.path().join("bench.cedar"), "@id(\"bench\")\npermit(principal, action, resource) when { principal.attributes.repository == \"acme/infra\" };\n")?;
+    std::fs::write(
+        dir.path().join("bench.cedar"),
+        "@id(\"bench\")\npermit(principal, action, resource) when { principal.attributes.repository == \"acme/infra\" };\n",
+    )?;
     std::fs::write(dir.path().join("store.key"), hex::encode([7u8; 32]))?;
 
-    let redis = if args.no_redis { None } else { Some(start_redis()?) };
+    let redis = if args.no_redis {
+        None
+    } else {
+        Some(start_redis()?)
+    };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ferry-srv")
         .enable_all()
         .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-load").enable_all().build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-load")
+        .enable_all()
+        .build()?;
 
-    let mem = server_rt.block_on(start_server(dir.path(), "mem", &config_text(dir.path(), None)))?;
+    let mem = server_rt.block_on(start_server(
+        dir.path(),
+        "mem",
+        &config_text(dir.path(), None),
+    ))?;
     let red = match &redis {
         Some((_, port)) => Some(server_rt.block_on(start_server(
             dir.path(),
             "redis",
-            &config_text(dir.path(), Some((&format!("redis://127.0.0.1:{port}"), &dir.path().join("store.key")))),
+            &config_text(
+                dir.path(),
+                Some((
+                    &format!("redis://127.0.0.1:{port}"),
+                    &dir.path().join("store.key"),
+                )),
+            ),
         ))?),
         None => None,
     };
@@ -382,36 +462,88 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // token, and distinct identities (→ cache misses).
     let n_fresh = if args.quick { 2_000 } else { 50_000 };
     let fresh = |issuer: &Issuer, target: &str| -> anyhow::Result<Arc<Vec<Bytes>>> {
-        Ok(Arc::new((0..n_fresh).map(|_| issuer.token("hit").map(|t| form(&t, target))).collect::<Result<_, _>>()?))
+        Ok(Arc::new(
+            (0..n_fresh)
+                .map(|_| issuer.token("hit").map(|t| form(&t, target)))
+                .collect::<Result<_, _>>()?,
+        ))
     };
     let rs_fresh = fresh(&rs, "api")?;
     let es_fresh = fresh(&es, "api")?;
     let rs_same = Arc::new(vec![form(&rs.token("hit")?, "api")]);
     let es_same = Arc::new(vec![form(&es.token("hit")?, "api")]);
     let misses = |target: &str, count: usize| -> anyhow::Result<Arc<Vec<Bytes>>> {
-        Ok(Arc::new((0..count).map(|i| rs.token(&format!("miss-{target}-{i}-{}", uuid::Uuid::new_v4())).map(|t| form(&t, target))).collect::<Result<_, _>>()?))
+        Ok(Arc::new(
+            (0..count)
+                .map(|i| {
+                    rs.token(&format!("miss-{target}-{i}-{}", uuid::Uuid::new_v4()))
+                        .map(|t| form(&t, target))
+                })
+                .collect::<Result<_, _>>()?,
+        ))
     };
     let miss0 = misses("miss0", n_fresh)?;
     let miss50 = misses("miss50", if args.quick { 500 } else { 20_000 })?;
 
     let mut scenarios: Vec<(&str, SocketAddr, Load)> = Vec::new();
     let url = |a: SocketAddr, p: &str| format!("http://{a}{p}");
-    scenarios.push(("A  baseline GET /healthz", mem.addr, Load::Get(url(mem.addr, "/healthz"))));
-    scenarios.push(("B1 hit, RS256, fresh token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), rs_fresh.clone())));
-    scenarios.push(("B2 hit, ES256, fresh token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), es_fresh.clone())));
-    scenarios.push(("B3 hit, RS256, same token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), rs_same.clone())));
-    scenarios.push(("B4 hit, ES256, same token, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), es_same.clone())));
+    scenarios.push((
+        "A  baseline GET /healthz",
+        mem.addr,
+        Load::Get(url(mem.addr, "/healthz")),
+    ));
+    scenarios.push((
+        "B1 hit, RS256, fresh token, memory",
+        mem.addr,
+        Load::Post(url(mem.addr, "/oauth2/token"), rs_fresh.clone()),
+    ));
+    scenarios.push((
+        "B2 hit, ES256, fresh token, memory",
+        mem.addr,
+        Load::Post(url(mem.addr, "/oauth2/token"), es_fresh.clone()),
+    ));
+    scenarios.push((
+        "B3 hit, RS256, same token, memory",
+        mem.addr,
+        Load::Post(url(mem.addr, "/oauth2/token"), rs_same.clone()),
+    ));
+    scenarios.push((
+        "B4 hit, ES256, same token, memory",
+        mem.addr,
+        Load::Post(url(mem.addr, "/oauth2/token"), es_same.clone()),
+    ));
     if let Some(r) = &red {
-        scenarios.push(("C1 hit, RS256, fresh token, redis", r.addr, Load::Post(url(r.addr, "/oauth2/token"), rs_fresh.clone())));
-        scenarios.push(("C2 hit, ES256, fresh token, redis", r.addr, Load::Post(url(r.addr, "/oauth2/token"), es_fresh.clone())));
-        scenarios.push(("C3 hit, RS256, same token, redis", r.addr, Load::Post(url(r.addr, "/oauth2/token"), rs_same.clone())));
+        scenarios.push((
+            "C1 hit, RS256, fresh token, redis",
+            r.addr,
+            Load::Post(url(r.addr, "/oauth2/token"), rs_fresh.clone()),
+        ));
+        scenarios.push((
+            "C2 hit, ES256, fresh token, redis",
+            r.addr,
+            Load::Post(url(r.addr, "/oauth2/token"), es_fresh.clone()),
+        ));
+        scenarios.push((
+            "C3 hit, RS256, same token, redis",
+            r.addr,
+            Load::Post(url(r.addr, "/oauth2/token"), rs_same.clone()),
+        ));
     }
-    scenarios.push(("D1 miss, fake upstream 0 ms, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), miss0)));
-    scenarios.push(("D2 miss, fake upstream 50 ms, memory", mem.addr, Load::Post(url(mem.addr, "/oauth2/token"), miss50)));
+    scenarios.push((
+        "D1 miss, fake upstream 0 ms, memory",
+        mem.addr,
+        Load::Post(url(mem.addr, "/oauth2/token"), miss0),
+    ));
+    scenarios.push((
+        "D2 miss, fake upstream 50 ms, memory",
+        mem.addr,
+        Load::Post(url(mem.addr, "/oauth2/token"), miss50),
+    ));
 
-    let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_max_idle_per_host(args.connections)
-        .build_http();
+    let client: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(args.connections)
+            .build_http();
     // Warm up: first hits populate the caches.
     client_rt.block_on(async {
         for (_, _, load) in &scenarios {
@@ -433,11 +565,19 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
     // E: 100 concurrent identical misses, per store: exactly one upstream call.
     let mut single_flight = Vec::new();
-    for (name, server) in std::iter::once(("memory", &mem)).chain(red.iter().map(|r| ("redis", r))) {
-        let fake = server.fakes.iter().find(|(t, _)| t == "miss50").map(|(_, f)| Arc::clone(f)).context("fake")?;
+    for (name, server) in std::iter::once(("memory", &mem)).chain(red.iter().map(|r| ("redis", r)))
+    {
+        let fake = server
+            .fakes
+            .iter()
+            .find(|(t, _)| t == "miss50")
+            .map(|(_, f)| Arc::clone(f))
+            .context("fake")?;
         let before = fake.calls.load(Ordering::SeqCst);
         let sub = format!("single-flight-{}", uuid::Uuid::new_v4());
-        let bodies: Vec<Bytes> = (0..100).map(|_| rs.token(&sub).map(|t| form(&t, "miss50"))).collect::<Result<_, _>>()?;
+        let bodies: Vec<Bytes> = (0..100)
+            .map(|_| rs.token(&sub).map(|t| form(&t, "miss50")))
+            .collect::<Result<_, _>>()?;
         let target = url(server.addr, "/oauth2/token");
         let errors = client_rt.block_on(async {
             let mut tasks = Vec::new();
@@ -445,9 +585,15 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 let client = client.clone();
                 let target = target.clone();
                 tasks.push(tokio::spawn(async move {
-                    let req = hyper::Request::post(target.as_str()).header("content-type", "application/x-www-form-urlencoded").body(Full::new(body));
+                    let req = hyper::Request::post(target.as_str())
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(Full::new(body));
                     match req {
-                        Ok(req) => client.request(req).await.map(|r| r.status().is_success()).unwrap_or(false),
+                        Ok(req) => client
+                            .request(req)
+                            .await
+                            .map(|r| r.status().is_success())
+                            .unwrap_or(false),
                         Err(_) => false,
                     }
                 }));
@@ -464,7 +610,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
 
     let (rs_cost, es_cost) = verify_cost(&rs, &es)?;
-    let rows: Vec<Row> = scenarios.iter().zip(tallies.iter_mut()).map(|((name, _, _), t)| summarize(name, t)).collect();
+    let rows: Vec<Row> = scenarios
+        .iter()
+        .zip(tallies.iter_mut())
+        .map(|((name, _, _), t)| summarize(name, t))
+        .collect();
 
     // Memory with 100k cached credentials (JWT-sized), in the memory store.
     let rss_before = status_kib("VmRSS:");
@@ -482,35 +632,84 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         use ferry::store::Store as _;
         for i in 0..100_000u32 {
             let key = ferry::store::CacheKey::from_parts([i.to_string().as_str()]);
-            let _ = store.put_credential(&key, &cred, Duration::from_secs(3600), &[]).await;
+            let _ = store
+                .put_credential(&key, &cred, Duration::from_secs(3600), &[])
+                .await;
         }
     });
     let rss_after = status_kib("VmRSS:");
 
-    let baseline = rows.first().map(|r| (r.rps, r.cpu_us)).unwrap_or((1.0, 1.0));
-    println!("ferry bench: {} connections, {}s per scenario over {} interleaved rounds{}", args.connections, seconds, rounds, if args.quick { " (quick)" } else { "" });
-    println!("one signature verify in this process: RS256 {rs_cost:.1} µs, ES256 {es_cost:.1} µs\n");
-    println!("{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9}", "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "cpu µs/req", "x A rps", "cpu/verify");
+    let baseline = rows
+        .first()
+        .map(|r| (r.rps, r.cpu_us))
+        .unwrap_or((1.0, 1.0));
+    println!(
+        "ferry bench: {} connections, {}s per scenario over {} interleaved rounds{}",
+        args.connections,
+        seconds,
+        rounds,
+        if args.quick { " (quick)" } else { "" }
+    );
+    println!(
+        "one signature verify in this process: RS256 {rs_cost:.1} µs, ES256 {es_cost:.1} µs\n"
+    );
+    println!(
+        "{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9}",
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "cpu µs/req",
+        "x A rps",
+        "cpu/verify"
+    );
     let mut total_errors = 0;
     for r in &rows {
         total_errors += r.errors;
-        let verify = if r.name.contains("ES256") { es_cost } else { rs_cost };
+        let verify = if r.name.contains("ES256") {
+            es_cost
+        } else {
+            rs_cost
+        };
         println!(
             "{:<38} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1} {:>7.2} {:>9.2}",
-            r.name, r.rps, r.p50, r.p99, r.p999, r.errors, r.cpu_us, r.rps / baseline.0.max(1e-9), r.cpu_us / verify.max(1e-9)
+            r.name,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.errors,
+            r.cpu_us,
+            r.rps / baseline.0.max(1e-9),
+            r.cpu_us / verify.max(1e-9)
         );
     }
     println!();
     let mut single_flight_ok = true;
     for (store, calls, errors) in &single_flight {
-        println!("E  single-flight ({store}): 100 concurrent identical misses -> {calls} upstream call(s), {errors} error(s)");
+        println!(
+            "E  single-flight ({store}): 100 concurrent identical misses -> {calls} upstream call(s), {errors} error(s)"
+        );
         single_flight_ok &= *calls == 1 && *errors == 0;
         total_errors += errors;
     }
-    println!("peak RSS {} MiB; 100k cached credentials added {:.1} MiB", status_kib("VmHWM:") / 1024, rss_after.saturating_sub(rss_before) as f64 / 1024.0);
-    println!("baseline A: {:.0} req/s, {:.1} µs CPU per request", baseline.0, baseline.1);
+    println!(
+        "peak RSS {} MiB; 100k cached credentials added {:.1} MiB",
+        status_kib("VmHWM:") / 1024,
+        rss_after.saturating_sub(rss_before) as f64 / 1024.0
+    );
+    println!(
+        "baseline A: {:.0} req/s, {:.1} µs CPU per request",
+        baseline.0, baseline.1
+    );
     println!("errors: {total_errors}");
     drop(redis);
     let ok = total_errors == 0 && single_flight_ok;
-    Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }

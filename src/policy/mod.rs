@@ -71,6 +71,11 @@ pub struct PolicyEngine {
     group_type: EntityTypeName,
     target_type: EntityTypeName,
     files: BTreeMap<String, String>,
+    /// Decisions by their inputs, when no policy reads the request time (then a
+    /// decision is a pure function of identity, target, scopes and — if a policy reads
+    /// it — the source address). One cache per config revision.
+    decisions: Option<moka::sync::Cache<String, Decision>>,
+    uses_source_ip: bool,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -230,11 +235,20 @@ impl PolicyEngine {
             );
             return Err(errs);
         };
+        let reads_timestamp = reads_context(&policies, "timestamp");
+        let uses_source_ip = reads_context(&policies, "source_ip");
         Ok((
             Self {
                 schema,
                 policies,
                 authorizer: Authorizer::new(),
+                decisions: (!reads_timestamp).then(|| {
+                    moka::sync::Cache::builder()
+                        .max_capacity(50_000)
+                        .time_to_live(std::time::Duration::from_secs(300))
+                        .build()
+                }),
+                uses_source_ip,
                 action,
                 identity_type,
                 group_type,
@@ -259,14 +273,59 @@ impl PolicyEngine {
     /// error while building the request or evaluating a policy is a deny.
     #[tracing::instrument(skip_all, fields(target = input.target_id))]
     pub fn authorize(&self, input: &AuthzInput<'_>) -> Decision {
+        let key = self.decisions.as_ref().map(|_| self.decision_key(input));
+        if let (Some(cache), Some(key)) = (&self.decisions, &key)
+            && let Some(d) = cache.get(key)
+        {
+            return d;
+        }
         match self.try_authorize(input) {
-            Ok(d) => d,
+            Ok(d) => {
+                // Errors are not cached: they deny, and are reported fresh each time.
+                if let (Some(cache), Some(key)) = (&self.decisions, key)
+                    && d.errors.is_empty()
+                {
+                    cache.insert(key, d.clone());
+                }
+                d
+            }
             Err(e) => Decision {
                 allowed: false,
                 policy_ids: Vec::new(),
                 errors: vec![e],
             },
         }
+    }
+
+    fn decision_key(&self, input: &AuthzInput<'_>) -> String {
+        let id = input.identity;
+        let mut groups: Vec<&str> = id.groups.iter().map(String::as_str).collect();
+        groups.sort_unstable();
+        let mut scopes: Vec<&str> = input.scopes.iter().map(String::as_str).collect();
+        scopes.sort_unstable();
+        let ip = if self.uses_source_ip {
+            input.source_ip.to_string()
+        } else {
+            String::new()
+        };
+        let groups = groups.join("\n");
+        let scopes = scopes.join(" ");
+        let mut parts = vec![
+            id.issuer_id.as_str(),
+            &id.subject,
+            &groups,
+            input.target_id,
+            input.target_kind,
+            &scopes,
+            &ip,
+        ];
+        for (k, v) in &id.attributes {
+            parts.push(k);
+            parts.push(v);
+        }
+        crate::store::CacheKey::from_parts(parts)
+            .as_str()
+            .to_owned()
     }
 
     fn try_authorize(&self, input: &AuthzInput<'_>) -> Result<Decision, String> {
@@ -380,6 +439,11 @@ impl PolicyEngine {
             errors,
         })
     }
+}
+
+/// Whether any policy reads `context.<name>` (conservatively: mentions it at all).
+fn reads_context(policies: &PolicySet, name: &str) -> bool {
+    policies.policies().any(|p| p.to_string().contains(name))
 }
 
 fn policy_index(id: &PolicyId) -> usize {
@@ -530,6 +594,38 @@ mod tests {
         let d = e.authorize(&input(&who, &[]));
         assert!(!d.allowed);
         assert!(!d.errors.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn cached_decisions_respect_time_and_address() -> Result<(), ConfigErrors> {
+        // A policy that reads the time: no decision cache.
+        let timed =
+            engine("permit(principal, action, resource) when { context.timestamp < 100 };")?;
+        assert!(timed.decisions.is_none());
+        let who = identity("acme/infra", &[]);
+        let mut at = input(&who, &[]);
+        at.timestamp = 50;
+        assert!(timed.authorize(&at).allowed);
+        at.timestamp = 150;
+        assert!(!timed.authorize(&at).allowed);
+
+        // A policy that reads the address: cached, keyed by it.
+        let by_ip =
+            engine("permit(principal, action, resource) when { context.source_ip.isLoopback() };")?;
+        assert!(by_ip.decisions.is_some() && by_ip.uses_source_ip);
+        let mut req = input(&who, &[]);
+        assert!(by_ip.authorize(&req).allowed);
+        assert!(by_ip.authorize(&req).allowed, "from the cache");
+        req.source_ip = IpAddr::from([10, 0, 0, 1]);
+        assert!(!by_ip.authorize(&req).allowed);
+        // Identity changes are part of the key.
+        let other = identity("acme/web", &["g"]);
+        let plain = engine(
+            r#"permit(principal, action, resource) when { principal.attributes.repository == "acme/infra" };"#,
+        )?;
+        assert!(plain.authorize(&input(&who, &[])).allowed);
+        assert!(!plain.authorize(&input(&other, &[])).allowed);
         Ok(())
     }
 

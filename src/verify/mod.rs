@@ -260,7 +260,11 @@ impl Verifier {
     }
 
     /// A verifier remembering up to `capacity` verified tokens (0: none; benchmarks).
-    pub fn with_recent_capacity(issuers: Vec<Arc<TrustedIssuer>>, clock: SharedClock, capacity: u64) -> Self {
+    pub fn with_recent_capacity(
+        issuers: Vec<Arc<TrustedIssuer>>,
+        clock: SharedClock,
+        capacity: u64,
+    ) -> Self {
         let by_iss = issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect();
         Self {
             by_iss,
@@ -335,7 +339,14 @@ impl Verifier {
         let claims = Arc::new(claims);
         let verified = self.check_claims(&issuer, Arc::clone(&claims), sha.clone(), true)?;
         if let Some(kid) = header.kid {
-            self.recent.insert(sha, Arc::new(Recent { issuer, kid, claims }));
+            self.recent.insert(
+                sha,
+                Arc::new(Recent {
+                    issuer,
+                    kid,
+                    claims,
+                }),
+            );
         }
         Ok(verified)
     }
