@@ -20,11 +20,15 @@ pub mod verify;
 
 pub use ferry_provider_api as provider_api;
 
+/// SHA-256 as lowercase hex: how the audit trail refers to a token or credential.
+pub fn sha256_hex(value: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(value))
+}
+
 /// First 16 hex characters of SHA-256: how logs and errors refer to a token or secret.
 pub fn fingerprint(value: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(value);
-    let mut out = hex::encode(digest);
+    let mut out = sha256_hex(value);
     out.truncate(16);
     out
 }

@@ -223,7 +223,9 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         Ok(outcome) => {
             event.decision = "allow";
             event.cache = Some(if outcome.cache_hit { "hit" } else { "miss" });
-            event.credential_sha256 = Some(sha256_hex(outcome.response.access_token.expose()));
+            event.credential_sha256 = Some(crate::sha256_hex(
+                outcome.response.access_token.expose().as_bytes(),
+            ));
             event.upstream_request_id = outcome.upstream_request_id.clone();
             if state.audit.record(&event) {
                 tracing::info!(
@@ -333,11 +335,6 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
-}
-
-fn sha256_hex(s: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 #[allow(

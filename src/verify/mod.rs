@@ -34,8 +34,9 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
     name.parse().ok()
 }
 
-/// A token as presented: trimmed, size-checked, not yet trusted for anything.
-pub struct UnverifiedToken(Secret);
+/// A token as presented: trimmed, size-checked, not yet trusted for anything. Its
+/// SHA-256 is computed once, here (the audit trail and the verified-token cache use it).
+pub struct UnverifiedToken(Secret, String);
 
 impl std::fmt::Debug for UnverifiedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,18 +54,20 @@ impl UnverifiedToken {
         if trimmed.is_empty() {
             return Err(VerifyError::Malformed("the token is empty"));
         }
-        Ok(Self(Secret::new(trimmed)))
+        Ok(Self(
+            Secret::new(trimmed),
+            crate::sha256_hex(trimmed.as_bytes()),
+        ))
     }
 
     /// First 16 hex chars of SHA-256 of the token, for logs.
     pub fn fingerprint(&self) -> String {
-        crate::fingerprint(self.0.expose().as_bytes())
+        self.1.get(..16).unwrap_or(&self.1).to_owned()
     }
 
     /// Full SHA-256 of the token (hex), for the audit trail and token-result caching.
     pub fn sha256(&self) -> String {
-        use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(self.0.expose().as_bytes()))
+        self.1.clone()
     }
 }
 
