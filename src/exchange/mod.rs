@@ -320,7 +320,17 @@ pub async fn exchange(
             .field(),
         );
     }
-    match svc.store.revoked(&fields, now).await {
+    let key = cache_key(rt, &target, &identity, &req.scopes);
+    let min_remaining = i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX);
+    let bypass = rt.config.store.on_cache_error == "bypass";
+    // The revocation check and the cache read go out together (one round trip of
+    // latency on a multiplexed connection); a cached credential is used only if the
+    // revocation check, and then the replay check, pass.
+    let (revoked, cached_credential) = tokio::join!(
+        svc.store.revoked(&fields, now),
+        cached(svc, &key, min_remaining, bypass)
+    );
+    match revoked {
         Ok(None) => {}
         Ok(Some(r)) => return Err(ExchangeError::Revoked(describe_revocation(&r.target))),
         Err(e) => return Err(ExchangeError::StoreUnavailable(e.to_string())),
@@ -348,9 +358,6 @@ pub async fn exchange(
         }
     }
 
-    let key = cache_key(rt, &target, &identity, &req.scopes);
-    let min_remaining = i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX);
-    let bypass = rt.config.store.on_cache_error == "bypass";
     let hit = |c: Credential, identity: Identity, decision: Decision| {
         span.record("cache", "hit");
         Ok(outcome(
@@ -363,7 +370,7 @@ pub async fn exchange(
             true,
         ))
     };
-    if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
+    if let Some(credential) = cached_credential? {
         return hit(credential, identity, decision);
     }
     match svc.store.get_denial(&key).await {

@@ -36,6 +36,7 @@ pub struct Identity {
 /// A compiled CEL expression with the config key it came from.
 pub struct Rule {
     key: String,
+    source: String,
     program: Program,
 }
 
@@ -53,6 +54,7 @@ impl Rule {
         let program = Program::compile(source).map_err(|e| one_line(&e.to_string()))?;
         Ok(Self {
             key: key.into(),
+            source: source.to_owned(),
             program,
         })
     }
@@ -115,7 +117,13 @@ pub struct IssuerMapping {
     subject: Rule,
     groups: Option<Rule>,
     attributes: Vec<(String, Rule)>,
+    /// No rule mentions a per-token claim (`jti`, `iat`, `nbf`, `exp`): the identity is a
+    /// function of the other claims, and can be remembered across fresh tokens.
+    cacheable: bool,
 }
+
+/// Claims that differ between two tokens of the same workload.
+const PER_TOKEN_CLAIMS: &[&str] = &["jti", "iat", "nbf", "exp"];
 
 impl IssuerMapping {
     /// Assembles compiled rules.
@@ -126,12 +134,18 @@ impl IssuerMapping {
         groups: Option<Rule>,
         attributes: Vec<(String, Rule)>,
     ) -> Self {
+        let mentions_per_token = std::iter::once(&subject)
+            .chain(condition.iter())
+            .chain(groups.iter())
+            .chain(attributes.iter().map(|(_, r)| r))
+            .any(|r| PER_TOKEN_CLAIMS.iter().any(|c| r.source.contains(c)));
         Self {
             issuer_id,
             condition,
             subject,
             groups,
             attributes,
+            cacheable: !mentions_per_token,
         }
     }
 
@@ -145,6 +159,8 @@ impl IssuerMapping {
 pub struct Mapper {
     env: Arc<Env>,
     by_issuer: HashMap<String, IssuerMapping>,
+    /// Identities by (issuer, claims without per-token claims); one per config revision.
+    recent: moka::sync::Cache<String, Identity>,
 }
 
 impl std::fmt::Debug for Mapper {
@@ -164,6 +180,10 @@ impl Mapper {
                 .into_iter()
                 .map(|m| (m.issuer_id.clone(), m))
                 .collect(),
+            recent: moka::sync::Cache::builder()
+                .max_capacity(50_000)
+                .time_to_live(std::time::Duration::from_secs(600))
+                .build(),
         }
     }
 
@@ -179,6 +199,33 @@ impl Mapper {
             .by_issuer
             .get(token.issuer_id())
             .ok_or_else(|| MappingError::NoMapping(token.issuer_id().to_owned()))?;
+        let key = mapping.cacheable.then(|| {
+            let stable: serde_json::Map<String, Value> = token
+                .claims()
+                .iter()
+                .filter(|(k, _)| !PER_TOKEN_CLAIMS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let json = serde_json::to_string(&stable).unwrap_or_default();
+            crate::store::CacheKey::from_parts([mapping.issuer_id.as_str(), json.as_str()])
+                .as_str()
+                .to_owned()
+        });
+        if let Some(identity) = key.as_ref().and_then(|k| self.recent.get(k)) {
+            return Ok(identity);
+        }
+        let identity = self.evaluate(mapping, token)?;
+        if let Some(k) = key {
+            self.recent.insert(k, identity.clone());
+        }
+        Ok(identity)
+    }
+
+    fn evaluate(
+        &self,
+        mapping: &IssuerMapping,
+        token: &VerifiedToken,
+    ) -> Result<Identity, MappingError> {
         let mut ctx = Context::with_env(Arc::clone(&self.env));
         ctx.add_variable_from_value("assertion", object_to_cel(token.claims()));
 
