@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod verify;
 
 pub use ferry_provider_api as provider_api;

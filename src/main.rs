@@ -8,7 +8,6 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.log_format, args.default_log_level());
     ferry::install_crypto_provider();
     match cli::run(args) {
         Ok(code) => code,

@@ -223,6 +223,26 @@ files = ["policies/*.cedar", "missing/*.cedar"]
     assert!(err.contains("branch"), "{err}");
 }
 
+#[cfg(not(feature = "otlp"))]
+#[test]
+fn an_otlp_endpoint_needs_an_otlp_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = std::fs::read_to_string(repo().join("config/dev.toml")).unwrap();
+    let cfg = write(
+        &repo().join("config"),
+        "../target/otlp-check.toml",
+        &(dev + "\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n"),
+    );
+    let _keep = dir;
+    let out = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("telemetry.otlp_endpoint: this build has no OTLP export"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn toml_errors_name_the_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -72,27 +72,25 @@ impl Cli {
     }
 }
 
-/// Sets up `tracing` to stderr.
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+impl LogFormat {
+    /// The library's format.
+    pub fn to_lib(self) -> ferry::telemetry::LogFormat {
+        match self {
+            LogFormat::Json => ferry::telemetry::LogFormat::Json,
+            LogFormat::Pretty => ferry::telemetry::LogFormat::Pretty,
+        }
+    }
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // `serve` sets up logging itself, once its config (`[telemetry]`) is read.
+    let _telemetry = match &cli.command {
+        Command::Serve(_) => None,
+        _ => ferry::telemetry::init(cli.log_format.to_lib(), cli.default_log_level(), None).ok(),
+    };
     match cli.command {
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(a, cli.log_format),
         Command::Check(a) => check::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Keys(c) => keys::run(c),

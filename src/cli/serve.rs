@@ -21,11 +21,14 @@ pub struct Args {
 }
 
 /// Runs the broker until SIGINT/SIGTERM.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode> {
     let (mut runtime, warnings) = match super::load_runtime(&args.config, true) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
+    let telemetry =
+        ferry::telemetry::init(log_format.to_lib(), "info", Some(&runtime.config.telemetry))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -45,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("server.listen")?,
     };
     let rt = super::tokio_runtime()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         runtime.warm_up().await;
         runtime.start_refreshers();
         let store = match ferry::store::open(&runtime.config) {
@@ -85,7 +88,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("server failed")?;
         tracing::info!("ferry stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    telemetry.shutdown();
+    result
 }
 
 async fn shutdown_signal() {

@@ -113,6 +113,9 @@ pub struct Config {
     /// `[rate_limits]`.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// `[telemetry]`.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Where it was read from (not in the file).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -232,6 +235,19 @@ fn d_500ms() -> ConfigDuration {
 }
 fn d_10s() -> ConfigDuration {
     ConfigDuration::secs(10)
+}
+
+/// `[telemetry]`: logs and traces.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Log filter when `RUST_LOG` is unset (`info`, `ferry=debug,warn`, …).
+    pub log_level: Option<String>,
+    /// Export traces over OTLP/HTTP to this collector (`http://collector:4318`); needs a
+    /// build with `--features otlp`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported traces.
+    pub service_name: Option<String>,
 }
 
 /// `[rate_limits]`: fixed windows, counted in the store (so across replicas with Redis).

@@ -188,6 +188,30 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
     validate_issuers(config, file, errs);
     validate_targets(config, file, errs);
 
+    let t = &config.telemetry;
+    if let Some(level) = &t.log_level
+        && tracing_subscriber::EnvFilter::try_new(level).is_err()
+    {
+        errs.push(
+            file,
+            "telemetry.log_level",
+            format!("`{level}` is not a log filter (e.g. `info`, `ferry=debug,warn`)"),
+        );
+    }
+    if let Some(endpoint) = &t.otlp_endpoint {
+        if !cfg!(feature = "otlp") {
+            errs.push(file, "telemetry.otlp_endpoint", "this build has no OTLP export; rebuild with `cargo build --release --features otlp`");
+        }
+        match Url::parse(endpoint) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => errs.push(
+                file,
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http(s) URL"),
+            ),
+        }
+    }
+
     if config.policy.files.is_empty() {
         errs.push(
             file,

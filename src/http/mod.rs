@@ -130,6 +130,12 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
         cache = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(request::parse_traceparent);
+    crate::telemetry::adopt_remote_parent(&span, traceparent.as_deref());
     let response = {
         use tracing::Instrument as _;
         match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await {

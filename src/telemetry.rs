@@ -1,0 +1,150 @@
+//! Logs (JSON or pretty, to stderr) and, with the `otlp` feature, OpenTelemetry trace
+//! export over OTLP/HTTP. `serve` installs the subscriber once its `[telemetry]` config
+//! is read (log level, collector endpoint, service name).
+
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+#[cfg(feature = "otlp")]
+type Base = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+
+#[cfg(feature = "otlp")]
+type OtelLayer =
+    tracing_opentelemetry::OpenTelemetryLayer<Base, opentelemetry_sdk::trace::SdkTracer>;
+
+/// Controls the installed subscriber.
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+/// Installs the global subscriber. The filter is `RUST_LOG`, else `[telemetry]
+/// log_level`, else `default_level`; with `[telemetry] otlp_endpoint` (and the `otlp`
+/// feature) spans are also exported over OTLP/HTTP.
+pub fn init(
+    format: LogFormat,
+    default_level: &str,
+    config: Option<&crate::config::TelemetryConfig>,
+) -> Result<Telemetry, String> {
+    let level = config
+        .and_then(|c| c.log_level.as_deref())
+        .unwrap_or(default_level);
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .map_err(|e| format!("telemetry.log_level: {e}"))?;
+    let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let endpoint = config.and_then(|c| c.otlp_endpoint.as_deref());
+    #[cfg(not(feature = "otlp"))]
+    if endpoint.is_some() {
+        return Err("telemetry.otlp_endpoint: this build has no OTLP export; rebuild with `--features otlp`".into());
+    }
+    #[cfg(feature = "otlp")]
+    let (otel, provider) = match endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            let service = config
+                .and_then(|c| c.service_name.as_deref())
+                .unwrap_or("ferry");
+            let (layer, provider) = otlp_layer(endpoint, service)?;
+            (Some(layer), Some(provider))
+        }
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    #[cfg(feature = "otlp")]
+    let registry = registry.with(otel);
+    let _ = registry.with(fmt).try_init();
+    #[cfg(feature = "otlp")]
+    if let Some(endpoint) = endpoint {
+        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+    }
+    Ok(Telemetry {
+        #[cfg(feature = "otlp")]
+        provider,
+    })
+}
+
+#[cfg(feature = "otlp")]
+fn otlp_layer(
+    endpoint: &str,
+    service: &str,
+) -> Result<(OtelLayer, opentelemetry_sdk::trace::SdkTracerProvider), String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    Ok((
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("ferry")),
+        provider,
+    ))
+}
+
+impl Telemetry {
+    /// Flushes exported spans (at shutdown).
+    pub fn shutdown(&self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Makes the incoming W3C `traceparent` the parent of the request span, so exported
+/// traces join the caller's trace. A no-op without the `otlp` feature.
+pub fn adopt_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    #[cfg(feature = "otlp")]
+    if let Some(tp) = traceparent {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        struct One<'a>(&'a str);
+        impl opentelemetry::propagation::Extractor for One<'_> {
+            fn get(&self, key: &str) -> Option<&str> {
+                (key == "traceparent").then_some(self.0)
+            }
+            fn keys(&self) -> Vec<&str> {
+                vec!["traceparent"]
+            }
+        }
+        let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&One(tp));
+        let _ = span.set_parent(cx);
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = (span, traceparent);
+}

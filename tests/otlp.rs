@@ -1,0 +1,159 @@
+//! With `--features otlp`: `ferry serve` exports request spans over OTLP/HTTP, joined to
+//! the caller's W3C trace. (Runs in `tests/run` as `cargo test --features otlp --test otlp`.)
+#![cfg(feature = "otlp")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn request_spans_are_exported_with_the_callers_trace_id() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let collector = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::clone(&bodies);
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let bodies = Arc::clone(&bodies);
+                async move {
+                    bodies.lock().unwrap().push(body.to_vec());
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(repo().join("config/dev.toml"))
+        .unwrap()
+        .replace(
+            "jwks_file = \"dev/jwks.json\"",
+            &format!(
+                "jwks_file = \"{}\"",
+                repo().join("config/dev/jwks.json").display()
+            ),
+        )
+        .replace(
+            "files = [\"policies/dev.cedar\"]",
+            &format!(
+                "files = [\"{}\"]",
+                repo().join("config/policies/dev.cedar").display()
+            ),
+        )
+        + &format!(
+            "\n[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"ferry-test\"\n"
+        );
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let token = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .current_dir(repo())
+        .args([
+            "dev",
+            "token",
+            "--claim",
+            "sub=alice",
+            "--claim",
+            r#"groups=["deployers"]"#,
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap();
+    let body = serde_urlencoded::to_string([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", token.trim()),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", "internal-api"),
+    ])
+    .unwrap();
+    let r = client
+        .post(format!("{base}/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // SIGTERM: a graceful stop flushes the exporter.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ferry did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let trace_id = hex::decode("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    let bodies = bodies.lock().unwrap();
+    assert!(!bodies.is_empty(), "no OTLP export arrived");
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.windows(trace_id.len()).any(|w| w == trace_id.as_slice())),
+        "the exported spans carry the caller's trace id"
+    );
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.windows(10).any(|w| w == b"ferry-test")),
+        "service.name exported"
+    );
+}
