@@ -653,3 +653,52 @@ async fn the_store_works_on_a_three_master_cluster() {
         "{dump}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_lock_holder_dies_a_waiter_takes_over_after_the_lock_expires() {
+    let redis = RedisServer::start();
+    let provider = Counting::new(0);
+    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
+    // A third replica, whose upstream never answers, takes the mint lock for this
+    // request and dies mid-mint: its lock is left behind (shortened here to 1.5 s).
+    let token = h.token(|_| {});
+    let state = Arc::clone(&b);
+    let slow = Counting::new(60_000);
+    let a2 = h
+        .replica(Some(slow.clone() as Arc<dyn CredentialProvider>))
+        .await;
+    let holder = {
+        let token = token.clone();
+        let h2 = Arc::clone(&a2);
+        tokio::spawn(async move { exchange_via(ferry::http::app(h2), &token, "api", None).await })
+    };
+    // Wait until the dying holder has the lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let lock_key = loop {
+        if let Some(k) = redis
+            .cli(&["--scan", "--pattern", "ferry:*:lock"])
+            .lines()
+            .next()
+            .map(str::to_owned)
+        {
+            break k;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The holder dies (its task is aborted mid-mint); its lock stays until it expires.
+    holder.abort();
+    redis.cli(&["PEXPIRE", &lock_key, "1500"]);
+    let started = std::time::Instant::now();
+    let r = h.exchange_on(&state, &token, "api", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "the waiter waited for the lock to lapse"
+    );
+    assert_eq!(provider.calls(), 1, "the waiter took over and minted once");
+    assert_eq!(slow.calls(), 0, "the dead holder never finished");
+}
