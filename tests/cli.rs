@@ -6,7 +6,12 @@
     clippy::indexing_slicing
 )]
 
+#[path = "common/dev.rs"]
+mod dev;
+
 use std::path::{Path, PathBuf};
+
+use dev::{dev_token, repo};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,10 +30,6 @@ fn run(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]
@@ -417,17 +418,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn dev_token(claims: &[&str]) -> String {
-    let mut args = vec!["dev", "token"];
-    for c in claims {
-        args.push("--claim");
-        args.push(c);
-    }
-    let out = run(&args);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).trim().to_owned()
 }
 
 #[test]

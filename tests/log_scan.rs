@@ -8,44 +8,18 @@
     clippy::indexing_slicing
 )]
 
+#[path = "common/dev.rs"]
+mod dev;
+
 use std::process::{Command, Stdio};
+
+use dev::{dev_config, dev_token};
 use std::time::{Duration, Instant};
-
-fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn dev_token(claims: &[&str]) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.current_dir(repo()).args(["dev", "token"]);
-    for c in claims {
-        cmd.args(["--claim", c]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 #[test]
 fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
-    let config = std::fs::read_to_string(repo().join("config/dev.toml"))
-        .unwrap()
-        .replace(
-            "jwks_file = \"dev/jwks.json\"",
-            &format!(
-                "jwks_file = \"{}\"",
-                repo().join("config/dev/jwks.json").display()
-            ),
-        )
-        .replace(
-            "files = [\"policies/dev.cedar\"]",
-            &format!(
-                "files = [\"{}\"]",
-                repo().join("config/policies/dev.cedar").display()
-            ),
-        )
-        + "\n[audit]\nstdout = true\n";
+    let config = dev_config("\n[audit]\nstdout = true\n");
     let cfg = dir.path().join("ferry.toml");
     std::fs::write(&cfg, config).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,13 +8,14 @@
     clippy::indexing_slicing
 )]
 
+#[path = "common/dev.rs"]
+mod dev;
+
 use std::process::{Command, Stdio};
+
+use dev::{dev_config, dev_token};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 #[test]
 fn request_spans_are_exported_with_the_callers_trace_id() {
@@ -42,25 +43,9 @@ fn request_spans_are_exported_with_the_callers_trace_id() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let config = std::fs::read_to_string(repo().join("config/dev.toml"))
-        .unwrap()
-        .replace(
-            "jwks_file = \"dev/jwks.json\"",
-            &format!(
-                "jwks_file = \"{}\"",
-                repo().join("config/dev/jwks.json").display()
-            ),
-        )
-        .replace(
-            "files = [\"policies/dev.cedar\"]",
-            &format!(
-                "files = [\"{}\"]",
-                repo().join("config/policies/dev.cedar").display()
-            ),
-        )
-        + &format!(
-            "\n[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"ferry-test\"\n"
-        );
+    let config = dev_config(&format!(
+        "\n[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"ferry-test\"\n"
+    ));
     let cfg = dir.path().join("ferry.toml");
     std::fs::write(&cfg, config).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -95,25 +80,13 @@ fn request_spans_are_exported_with_the_callers_trace_id() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let token = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .current_dir(repo())
-        .args([
-            "dev",
-            "token",
-            "--claim",
-            "sub=alice",
-            "--claim",
-            r#"groups=["deployers"]"#,
-        ])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap();
+    let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
     let body = serde_urlencoded::to_string([
         (
             "grant_type",
             "urn:ietf:params:oauth:grant-type:token-exchange",
         ),
-        ("subject_token", token.trim()),
+        ("subject_token", token.as_str()),
         ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
         ("audience", "internal-api"),
     ])

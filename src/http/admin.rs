@@ -54,6 +54,17 @@ pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box
     Err(Box::new(response))
 }
 
+/// Authenticates, then parses a JSON body (400 `invalid_request` naming the problem).
+fn authorized_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    authorize(state, headers)?;
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(ApiError::invalid_request(format!("body: {e}")).into_response()))
+}
+
 /// `GET /admin/issuers`: each issuer's keys and refresh state, and Ferry's own keys.
 pub async fn issuers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&state, &headers) {
@@ -119,12 +130,9 @@ pub async fn explain(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
-    let req: ExplainRequest = match serde_json::from_slice(&body) {
+    let req: ExplainRequest = match authorized_json(&state, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return ApiError::invalid_request(format!("body: {e}")).into_response(),
+        Err(r) => return *r,
     };
     let input = match (req.token, req.claims) {
         (Some(t), None) => match UnverifiedToken::new(&t) {
@@ -212,12 +220,9 @@ pub async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
-    let req: RevokeRequest = match serde_json::from_slice(&body) {
+    let req: RevokeRequest = match authorized_json(&state, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return ApiError::invalid_request(format!("body: {e}")).into_response(),
+        Err(r) => return *r,
     };
     let target = match revocation_target(req.subject, req.issuer, req.sub, req.jti, req.target) {
         Ok(t) => t,
