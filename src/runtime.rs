@@ -31,6 +31,9 @@ pub struct Target {
     pub min_remaining: Duration,
     /// The provider that mints.
     pub provider: Arc<dyn CredentialProvider>,
+    /// The target's own expressions over `identity` (name → rule), e.g. AWS session tags
+    /// as `session_tag:<Key>` and `source_identity`.
+    pub values: Arc<Vec<(String, Rule)>>,
 }
 
 impl std::fmt::Debug for Target {
@@ -383,12 +386,76 @@ impl Runtime {
         if let Some(issuer) = &issuer {
             for t in &config.targets {
                 let ttl = target_ttl(t);
+                let mut values = Vec::new();
+                let mut min_remaining_default = ttl / 2;
                 let provider: Arc<dyn CredentialProvider> = match t.kind.as_str() {
                     "jwt" => Arc::new(JwtProvider::new(
                         Arc::clone(issuer),
                         t.audience.clone().unwrap_or_default(),
                         ttl,
                     )),
+                    "aws" => {
+                        let Ok(aws) = crate::config::aws::parse(t) else {
+                            continue; // reported by validation
+                        };
+                        let entry = format!("targets[{}]", t.id);
+                        if aws.clamped {
+                            warnings.push(Problem {
+                                file: file.clone(),
+                                entry: format!("{entry}.duration"),
+                                problem: format!(
+                                    "warning: clamped to {}s (STS allows 15m–12h)",
+                                    aws.duration.as_secs()
+                                ),
+                            });
+                        }
+                        let mut compile = |name: String, key: String, src: &str| match Rule::compile(
+                            key.clone(),
+                            src,
+                        ) {
+                            Ok(rule) => values.push((name, rule)),
+                            Err(e) => errs.push(
+                                &file,
+                                format!("{entry}.{key}"),
+                                format!("CEL syntax error: {e}"),
+                            ),
+                        };
+                        for (tag, src) in &aws.session_tags {
+                            compile(
+                                format!("session_tag:{tag}"),
+                                format!("session_tags.{tag}"),
+                                src,
+                            );
+                        }
+                        if let Some(src) = &aws.source_identity {
+                            compile("source_identity".into(), "source_identity".into(), src);
+                        }
+                        // AWS SDKs refresh credentials with less than 15 minutes left:
+                        // never hand out cached ones that close to expiry.
+                        min_remaining_default = (ttl / 2)
+                            .max(Duration::from_secs(16 * 60))
+                            .min(ttl.saturating_sub(Duration::from_secs(60)));
+                        let signer: Arc<dyn ferry_provider_api::AssertionSigner> = issuer.clone();
+                        Arc::new(ferry_provider_aws::AwsProvider::new(
+                            ferry_provider_aws::AwsTarget {
+                                id: t.id.clone(),
+                                mode: if aws.mode == "assume_role" {
+                                    ferry_provider_aws::Mode::AssumeRole
+                                } else {
+                                    ferry_provider_aws::Mode::WebIdentity
+                                },
+                                role_arn: aws.role_arn.clone(),
+                                duration: aws.duration,
+                                region: aws.region.clone(),
+                                endpoint: aws.endpoint.clone(),
+                                audience: aws.web_identity_audience.clone(),
+                                external_id: aws.external_id.clone(),
+                                session_policy: aws.session_policy.clone(),
+                                max_concurrency: aws.max_concurrency,
+                            },
+                            signer,
+                        ))
+                    }
                     _ => continue, // rejected by validation
                 };
                 if let Some(r) = &t.resource {
@@ -406,8 +473,12 @@ impl Runtime {
                         kind: t.kind.clone(),
                         scopes: t.scopes.clone(),
                         ttl,
-                        min_remaining: t.min_remaining.map(|d| d.0).unwrap_or(ttl / 2),
+                        min_remaining: t
+                            .min_remaining
+                            .map(|d| d.0)
+                            .unwrap_or(min_remaining_default),
                         provider,
+                        values: Arc::new(values),
                     }),
                 );
             }
@@ -582,6 +653,7 @@ impl Runtime {
                     ttl: t.ttl,
                     min_remaining: t.min_remaining,
                     provider,
+                    values: Arc::clone(&t.values),
                 };
                 self.targets
                     .insert(target_id.to_owned(), Arc::new(replaced));

@@ -102,6 +102,13 @@ ttl = "48h"
 [[targets]]
 id = "cloud"
 kind = "aws"
+role_arn = "arn:aws:iam::123:role/x"
+duration = "1h"
+session_tags = { "bad key!" = "identity.subject" }
+
+[[targets]]
+id = "gcloud"
+kind = "gcp"
 
 [policy]
 files = ["policies/*.cedar"]
@@ -128,7 +135,12 @@ fn check_reports_every_problem_as_file_entry_problem() {
         format!("{f}: issuers[github].audiences: must list at least one"),
         format!("{f}: targets[api].audience: is required for kind `jwt`"),
         format!("{f}: targets[api].ttl: must be between 10s and 24h"),
-        format!("{f}: targets[cloud].kind: kind `aws` is not available"),
+        format!("{f}: targets[cloud].role_arn: `arn:aws:iam::123:role/x` is not an IAM role ARN"),
+        format!("{f}: targets[cloud].session_tags.bad key!: tag keys are 1–128 characters"),
+        format!(
+            "{f}: targets[cloud].mode: `session_tags`, `source_identity` and `external_id` apply to `assume_role`"
+        ),
+        format!("{f}: targets[gcloud].kind: kind `gcp` is not available"),
         format!("{f}: store.url: `http://redis.example.com` is not a redis:// or rediss:// URL"),
         format!("{f}: store.encryption_key_file: is required for the redis backend"),
     ] {
@@ -242,6 +254,42 @@ fn an_otlp_endpoint_needs_an_otlp_build() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn the_core_crate_uses_no_cloud_sdk_directly() {
+    // Cloud SDKs live in providers/*; the core depends on those crates, never on an SDK.
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(repo())
+        .args([
+            "tree",
+            "-p",
+            "ferry",
+            "--depth",
+            "1",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let direct = text(&out.stdout);
+    assert!(direct.contains("ferry-provider-aws"), "{direct}");
+    for sdk in [
+        "aws-sdk-",
+        "aws-config",
+        "azure_",
+        "gcp_auth",
+        "google-cloud",
+    ] {
+        assert!(
+            !direct.lines().any(|l| l.starts_with(sdk)),
+            "the core depends on `{sdk}` directly:\n{direct}"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Typed configuration: data only (no clients), parsed from TOML and validated with
 //! errors that name the file, the entry and the problem.
 
+pub mod aws;
 mod duration;
 mod validate;
 

@@ -21,7 +21,10 @@ const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 
 /// The lifetime a target issues (its `ttl`, or the kind's default).
 pub fn target_ttl(target: &TargetConfig) -> Duration {
-    target.ttl.map(|d| d.0).unwrap_or(DEFAULT_JWT_TTL)
+    match target.kind.as_str() {
+        "aws" => super::aws::ttl(target),
+        _ => target.ttl.map(|d| d.0).unwrap_or(DEFAULT_JWT_TTL),
+    }
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -430,7 +433,21 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                     errs.push(file, format!("{entry}.{key}"), "unknown key for kind `jwt`");
                 }
             }
-            "aws" | "gcp" | "azure" => errs.push(
+            "aws" => {
+                if target.ttl.is_some() {
+                    errs.push(
+                        file,
+                        format!("{entry}.ttl"),
+                        "AWS targets set `duration` (15m–12h), not `ttl`",
+                    );
+                }
+                if let Err(problems) = super::aws::parse(target) {
+                    for (key, problem) in problems {
+                        errs.push(file, format!("{entry}.{key}"), problem);
+                    }
+                }
+            }
+            "gcp" | "azure" => errs.push(
                 file,
                 format!("{entry}.kind"),
                 format!(
@@ -441,7 +458,7 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
             other => errs.push(
                 file,
                 format!("{entry}.kind"),
-                format!("unknown kind `{other}` (expected `jwt`)"),
+                format!("unknown kind `{other}` (expected `jwt` or `aws`)"),
             ),
         }
     }

@@ -478,6 +478,7 @@ async fn mint(
         max_ttl: target.ttl,
         request_id: request_id.to_owned(),
         traceparent: req.traceparent.clone(),
+        target_values: rt.mapper.eval_over_identity(&target.values, identity)?,
     };
     let started = std::time::Instant::now();
     let issued = target.provider.issue(&grant).await;

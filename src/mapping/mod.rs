@@ -221,6 +221,38 @@ impl Mapper {
         Ok(identity)
     }
 
+    /// Evaluates a target's expressions (e.g. AWS session tags) over `identity`
+    /// (`identity.subject`, `.issuer`, `.groups`, `.attributes.<name>`): strings out.
+    pub fn eval_over_identity(
+        &self,
+        rules: &[(String, Rule)],
+        identity: &Identity,
+    ) -> Result<BTreeMap<String, String>, MappingError> {
+        let mut out = BTreeMap::new();
+        if rules.is_empty() {
+            return Ok(out);
+        }
+        let value = serde_json::json!({
+            "subject": identity.subject,
+            "issuer": identity.issuer_id,
+            "groups": identity.groups,
+            "attributes": identity.attributes,
+        });
+        let mut ctx = Context::with_env(Arc::clone(&self.env));
+        ctx.add_variable_from_value("identity", json_to_cel(&value));
+        for (name, rule) in rules {
+            let v = expect_string(rule, rule.eval(&ctx)?)?;
+            if v.len() > MAX_VALUE_BYTES {
+                return Err(limit(
+                    rule,
+                    &format!("is longer than {MAX_VALUE_BYTES} bytes"),
+                ));
+            }
+            out.insert(name.clone(), v);
+        }
+        Ok(out)
+    }
+
     fn evaluate(
         &self,
         mapping: &IssuerMapping,

@@ -69,6 +69,9 @@ pub struct Grant {
     pub request_id: String,
     /// The W3C `traceparent` of the incoming request, to propagate to upstream calls.
     pub traceparent: Option<String>,
+    /// Values the target's own expressions computed from the identity (AWS:
+    /// `session_tag:<Key>` and `source_identity`).
+    pub target_values: BTreeMap<String, String>,
 }
 
 /// A credential a provider minted.
