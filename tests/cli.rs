@@ -312,23 +312,7 @@ fn toml_errors_name_the_line() {
 #[test]
 fn keys_generate_then_rotate_keeps_the_old_key_published() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = std::fs::read_to_string(repo().join("config/dev.toml")).unwrap();
-    let cfg_text = dev
-        .replace("ephemeral = true ", "keys_dir = \"keys\" ")
-        .replace(
-            "jwks_file = \"dev/jwks.json\"",
-            &format!(
-                "jwks_file = \"{}\"",
-                repo().join("config/dev/jwks.json").display()
-            ),
-        )
-        .replace(
-            "files = [\"policies/dev.cedar\"]",
-            &format!(
-                "files = [\"{}\"]",
-                repo().join("config/policies/dev.cedar").display()
-            ),
-        );
+    let cfg_text = dev::dev_config("").replace("ephemeral = true ", "keys_dir = \"keys\" ");
     assert!(cfg_text.contains("keys_dir"), "dev.toml changed shape");
     let cfg = write(dir.path(), "ferry.toml", &cfg_text);
     let c = cfg.to_str().unwrap();
