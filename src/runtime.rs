@@ -456,6 +456,42 @@ impl Runtime {
                             signer,
                         ))
                     }
+                    "gcp" => {
+                        let Ok(gcp) = crate::config::gcp::parse(t) else {
+                            continue; // reported by validation
+                        };
+                        warnings.push(Problem {
+                            file: file.clone(),
+                            entry: format!("targets[{}]", t.id),
+                            problem: "warning: GCP rejects a `sub` over 127 bytes; canonical subjects may be up to 256 bytes — keep the mappings that reach this target short".into(),
+                        });
+                        // google-auth refreshes tokens with about 4 minutes left.
+                        min_remaining_default = (ttl / 2)
+                            .max(Duration::from_secs(5 * 60))
+                            .min(ttl.saturating_sub(Duration::from_secs(30)));
+                        let signer: Arc<dyn ferry_provider_api::AssertionSigner> = issuer.clone();
+                        match ferry_provider_gcp::GcpProvider::new(
+                            ferry_provider_gcp::GcpTarget {
+                                id: t.id.clone(),
+                                audience: gcp.audience.clone(),
+                                jwt_audience: gcp.jwt_audience.clone(),
+                                service_account: gcp.service_account.clone(),
+                                scopes: t.scopes.clone(),
+                                lifetime: gcp.lifetime,
+                                sts_endpoint: gcp.sts_endpoint.clone(),
+                                iam_credentials_endpoint: gcp.iam_credentials_endpoint.clone(),
+                                max_concurrency: gcp.max_concurrency,
+                                attempt_timeout: Duration::from_secs(5),
+                            },
+                            signer,
+                        ) {
+                            Ok(p) => Arc::new(p),
+                            Err(e) => {
+                                errs.push(&file, format!("targets[{}]", t.id), e.to_string());
+                                continue;
+                            }
+                        }
+                    }
                     _ => continue, // rejected by validation
                 };
                 if let Some(r) = &t.resource {

@@ -3,6 +3,7 @@
 
 pub mod aws;
 mod duration;
+pub mod gcp;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -23,6 +23,7 @@ const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 pub fn target_ttl(target: &TargetConfig) -> Duration {
     match target.kind.as_str() {
         "aws" => super::aws::ttl(target),
+        "gcp" => super::gcp::ttl(target),
         _ => target.ttl.map(|d| d.0).unwrap_or(DEFAULT_JWT_TTL),
     }
 }
@@ -447,7 +448,21 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                     }
                 }
             }
-            "gcp" | "azure" => errs.push(
+            "gcp" => {
+                if target.ttl.is_some() {
+                    errs.push(
+                        file,
+                        format!("{entry}.ttl"),
+                        "GCP targets set `lifetime`, not `ttl`",
+                    );
+                }
+                if let Err(problems) = super::gcp::parse(target) {
+                    for (key, problem) in problems {
+                        errs.push(file, format!("{entry}.{key}"), problem);
+                    }
+                }
+            }
+            "azure" => errs.push(
                 file,
                 format!("{entry}.kind"),
                 format!(
@@ -458,7 +473,7 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
             other => errs.push(
                 file,
                 format!("{entry}.kind"),
-                format!("unknown kind `{other}` (expected `jwt` or `aws`)"),
+                format!("unknown kind `{other}` (expected `jwt`, `aws` or `gcp`)"),
             ),
         }
     }

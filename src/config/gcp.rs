@@ -1,0 +1,184 @@
+//! `kind = "gcp"` targets: the keys, and the limits Google enforces, checked at load.
+
+use std::time::Duration;
+
+use super::TargetConfig;
+
+/// A GCP target's settings, parsed from the target table.
+#[derive(Debug, Clone)]
+pub struct GcpSettings {
+    /// The workload identity pool provider (`//iam.googleapis.com/projects/…/providers/…`).
+    pub audience: String,
+    /// `aud` of the Ferry-signed JWT.
+    pub jwt_audience: String,
+    /// Service account to impersonate.
+    pub service_account: Option<String>,
+    /// Lifetime of impersonated tokens.
+    pub lifetime: Duration,
+    /// STS base URL.
+    pub sts_endpoint: String,
+    /// IAM Credentials base URL.
+    pub iam_credentials_endpoint: String,
+    /// Concurrent upstream exchanges.
+    pub max_concurrency: usize,
+}
+
+const KEYS: &[&str] = &[
+    "mode",
+    "workload_identity_provider",
+    "jwt_audience",
+    "service_account",
+    "lifetime",
+    "sts_endpoint",
+    "iam_credentials_endpoint",
+    "max_concurrency",
+];
+
+fn is_provider_resource(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("//iam.googleapis.com/projects/") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    matches!(parts.as_slice(), [project, "locations", "global", "workloadIdentityPools", pool, "providers", provider]
+        if !project.is_empty() && project.bytes().all(|b| b.is_ascii_digit()) && !pool.is_empty() && !provider.is_empty())
+}
+
+fn is_service_account(s: &str) -> bool {
+    let Some((name, domain)) = s.split_once('@') else {
+        return false;
+    };
+    (6..=30).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && domain.ends_with(".gserviceaccount.com")
+}
+
+/// Parses and checks a GCP target; problems are `(entry suffix, problem)`.
+pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let t = &target.extra;
+    for key in t.keys() {
+        if !KEYS.contains(&key.as_str()) {
+            problems.push((key.clone(), "unknown key for kind `gcp`".to_owned()));
+        }
+    }
+    let string = |k: &str, problems: &mut Vec<(String, String)>| match t.get(k) {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problems.push((k.to_owned(), "must be a string".to_owned()));
+            None
+        }
+    };
+    match string("mode", &mut problems).as_deref() {
+        None | Some("workload_identity") => {}
+        Some("service_account") => problems.push(("mode".into(), "`service_account` (Ferry's own Google identity) is not available in this version; use `workload_identity`".into())),
+        Some(other) => problems.push(("mode".into(), format!("`{other}` is not `workload_identity`"))),
+    }
+    let audience = string("workload_identity_provider", &mut problems).unwrap_or_default();
+    if !is_provider_resource(&audience) {
+        problems.push(("workload_identity_provider".into(), "must be //iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>".into()));
+    }
+    let service_account = string("service_account", &mut problems);
+    if let Some(sa) = &service_account
+        && !is_service_account(sa)
+    {
+        problems.push((
+            "service_account".into(),
+            format!("`{sa}` is not a service account email (name@project.iam.gserviceaccount.com)"),
+        ));
+    }
+    for scope in &target.scopes {
+        if !scope.starts_with("https://www.googleapis.com/auth/") {
+            problems.push((
+                "scopes".into(),
+                format!(
+                    "`{scope}` is not a Google OAuth scope (https://www.googleapis.com/auth/…)"
+                ),
+            ));
+        }
+    }
+    let lifetime = match t.get("lifetime") {
+        None => Duration::from_secs(3600),
+        Some(toml::Value::String(s)) => humantime::parse_duration(s).unwrap_or_else(|_| {
+            problems.push(("lifetime".into(), format!("`{s}` is not a duration")));
+            Duration::from_secs(3600)
+        }),
+        Some(_) => {
+            problems.push(("lifetime".into(), "must be a duration string".into()));
+            Duration::from_secs(3600)
+        }
+    };
+    if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(43_200) {
+        problems.push(("lifetime".into(), "must be between 1m and 12h (over 1h needs the org policy constraints/iam.allowServiceAccountCredentialLifetimeExtension)".into()));
+    }
+    let url = |k: &str, default: &str, problems: &mut Vec<(String, String)>| {
+        let v = string(k, problems).unwrap_or_else(|| default.to_owned());
+        if url::Url::parse(&v)
+            .map(|u| u.scheme() != "https" && u.scheme() != "http")
+            .unwrap_or(true)
+        {
+            problems.push((k.to_owned(), format!("`{v}` is not an http(s) URL")));
+        }
+        v
+    };
+    let sts_endpoint = url("sts_endpoint", "https://sts.googleapis.com", &mut problems);
+    let iam_credentials_endpoint = url(
+        "iam_credentials_endpoint",
+        "https://iamcredentials.googleapis.com",
+        &mut problems,
+    );
+    let max_concurrency = match t.get("max_concurrency") {
+        None => 8,
+        Some(toml::Value::Integer(n)) if (1..=256).contains(n) => usize::try_from(*n).unwrap_or(8),
+        Some(_) => {
+            problems.push((
+                "max_concurrency".into(),
+                "must be an integer between 1 and 256".into(),
+            ));
+            8
+        }
+    };
+    let settings = GcpSettings {
+        jwt_audience: string("jwt_audience", &mut problems)
+            .unwrap_or_else(|| format!("https:{audience}")),
+        audience,
+        service_account,
+        lifetime,
+        sts_endpoint,
+        iam_credentials_endpoint,
+        max_concurrency,
+    };
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The lifetime a GCP target issues.
+pub fn ttl(target: &TargetConfig) -> Duration {
+    parse(target)
+        .map(|s| s.lifetime)
+        .unwrap_or(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert!(is_provider_resource(
+            "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/ferry"
+        ));
+        assert!(!is_provider_resource(
+            "//iam.googleapis.com/projects/my-project/locations/global/workloadIdentityPools/ci/providers/ferry"
+        ));
+        assert!(is_service_account(
+            "deployer@acme-prod.iam.gserviceaccount.com"
+        ));
+        assert!(!is_service_account("Deployer@gmail.com"));
+    }
+}

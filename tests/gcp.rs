@@ -1,0 +1,281 @@
+//! GCP targets through Ferry against an in-process fake of Google's STS (`/v1/token`)
+//! and IAM Credentials (`generateAccessToken`) that follows the documented requests and
+//! responses, records what Ferry sent, and can deny, throttle or hang.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use common::*;
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    Ok,
+    Deny,
+    Throttle,
+    Hang,
+}
+
+#[derive(Clone, Default)]
+struct Fake {
+    answer: Arc<Mutex<Option<Answer>>>,
+    sts: Arc<Mutex<Vec<Value>>>,
+    iam: Arc<Mutex<Vec<(String, String, Value)>>>,
+}
+
+impl Fake {
+    fn answer(&self) -> Answer {
+        self.answer.lock().unwrap().unwrap_or(Answer::Ok)
+    }
+}
+
+async fn sts(State(f): State<Fake>, Json(body): Json<Value>) -> axum::response::Response {
+    f.sts.lock().unwrap().push(body.clone());
+    match f.answer() {
+        Answer::Deny => (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant", "error_description": "The audience in ID Token does not match the expected audience."}))).into_response(),
+        Answer::Throttle => (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "rate_limit_exceeded"}))).into_response(),
+        Answer::Hang => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+        Answer::Ok => {
+            // https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token
+            for k in ["grantType", "audience", "scope", "requestedTokenType", "subjectToken", "subjectTokenType"] {
+                if body.get(k).and_then(Value::as_str).is_none_or(str::is_empty) {
+                    return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": format!("missing {k}")}))).into_response();
+                }
+            }
+            let n = f.sts.lock().unwrap().len();
+            Json(json!({"access_token": format!("federated-{n}"), "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 3599})).into_response()
+        }
+    }
+}
+
+async fn generate(
+    State(f): State<Fake>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    f.iam
+        .lock()
+        .unwrap()
+        .push((rest.clone(), auth.clone(), body.clone()));
+    let Some(_sa) = rest.strip_suffix(":generateAccessToken") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !auth.starts_with("Bearer federated-") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"code": 401, "message": "no", "status": "UNAUTHENTICATED"}})),
+        )
+            .into_response();
+    }
+    let lifetime: u64 = body["lifetime"]
+        .as_str()
+        .and_then(|l| l.strip_suffix('s'))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(3600);
+    let expire = std::time::SystemTime::now() + Duration::from_secs(lifetime);
+    // expireTime is RFC 3339 with nanoseconds, as Google returns it.
+    let expire_time = humantime::format_rfc3339_nanos(expire).to_string();
+    Json(json!({"accessToken": "ya29.impersonated-token", "expireTime": expire_time}))
+        .into_response()
+}
+
+async fn start_fake() -> (Fake, String) {
+    let fake = Fake::default();
+    let app = axum::Router::new()
+        .route("/v1/token", axum::routing::post(sts))
+        .route(
+            "/v1/projects/-/serviceAccounts/{rest}",
+            axum::routing::post(generate),
+        )
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (fake, url)
+}
+
+const PROVIDER: &str = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/ci/providers/ferry";
+
+fn gcp_targets(url: &str) -> String {
+    format!(
+        r#"
+[[targets]]
+id = "gcp-sa"
+kind = "gcp"
+workload_identity_provider = "{PROVIDER}"
+service_account = "deployer@acme-prod.iam.gserviceaccount.com"
+scopes = ["https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/devstorage.read_only"]
+lifetime = "30m"
+sts_endpoint = "{url}"
+iam_credentials_endpoint = "{url}"
+
+[[targets]]
+id = "gcp-federated"
+kind = "gcp"
+workload_identity_provider = "{PROVIDER}"
+sts_endpoint = "{url}"
+"#
+    )
+}
+
+const GCP_POLICY: &str = r#"
+@id("deployers-gcp")
+permit (principal in Ferry::Group::"deployers", action == Ferry::Action::"exchange", resource)
+when { resource.kind == "gcp" };
+"#;
+
+async fn harness(url: &str) -> Harness {
+    let targets = gcp_targets(url);
+    Harness::with(
+        &[Algorithm::RS256],
+        move |t| t + &targets,
+        &format!("{POLICY}\n{GCP_POLICY}"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_then_impersonation_sends_every_documented_field() {
+    let (fake, url) = start_fake().await;
+    let h = harness(&url).await;
+    let r = h
+        .exchange_token(
+            &h.token(|_| {}),
+            "gcp-sa",
+            Some("https://www.googleapis.com/auth/cloud-platform"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["access_token"], "ya29.impersonated-token");
+    assert_eq!(r.body["token_type"], "Bearer");
+    let creds = &r.body["credentials"];
+    assert_eq!(creds["access_token"], "ya29.impersonated-token");
+    assert_eq!(creds["token_type"], "Bearer");
+    let expire = humantime::parse_rfc3339(creds["expire_time"].as_str().unwrap()).unwrap();
+    let in_secs = expire
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
+    assert!((1790..=1800).contains(&in_secs), "{in_secs}");
+
+    let sts = fake.sts.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        sts["grantType"],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
+    assert_eq!(sts["audience"], PROVIDER);
+    assert_eq!(
+        sts["requestedTokenType"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(
+        sts["subjectTokenType"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(
+        sts["scope"],
+        "https://www.googleapis.com/auth/cloud-platform"
+    );
+    let claims = h
+        .state
+        .runtime
+        .load()
+        .issuer
+        .verify_own(sts["subjectToken"].as_str().unwrap())
+        .expect("a Ferry-signed JWT");
+    assert_eq!(claims["aud"], format!("https:{PROVIDER}"));
+    assert_eq!(claims["sub"], "fake:repo:acme/infra:ref:refs/heads/main");
+
+    let (path, auth, body) = fake.iam.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        path,
+        "deployer@acme-prod.iam.gserviceaccount.com:generateAccessToken"
+    );
+    assert_eq!(auth, "Bearer federated-1");
+    assert_eq!(body["lifetime"], "1800s");
+    assert_eq!(
+        body["scope"],
+        json!([
+            "https://www.googleapis.com/auth/cloud-platform",
+            "https://www.googleapis.com/auth/devstorage.read_only"
+        ])
+    );
+
+    // Without a service account the federated token itself is returned.
+    let r = h
+        .exchange_token(&h.token(|_| {}), "gcp-federated", None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        r.body["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("federated-")
+    );
+    let expires_in = r.body["expires_in"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&expires_in), "{expires_in}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_throttling_and_hangs_map_to_oauth_errors() {
+    let (fake, url) = start_fake().await;
+    let h = harness(&url).await;
+
+    *fake.answer.lock().unwrap() = Some(Answer::Deny);
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "d".into()), "gcp-federated", None)
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error(), "invalid_target");
+    assert!(r.description().contains("invalid_grant"));
+    assert!(
+        !r.description().contains("audience in ID Token"),
+        "never the upstream body"
+    );
+    assert_eq!(fake.sts.lock().unwrap().len(), 1, "denials are not retried");
+
+    *fake.answer.lock().unwrap() = Some(Answer::Throttle);
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "t".into()), "gcp-federated", None)
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error(), "temporarily_unavailable");
+    assert_eq!(
+        fake.sts.lock().unwrap().len(),
+        1 + 3,
+        "throttling retried 3 times in all"
+    );
+
+    *fake.answer.lock().unwrap() = Some(Answer::Hang);
+    let started = std::time::Instant::now();
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "h".into()), "gcp-federated", None)
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "bounded by attempt timeouts and the 10 s budget"
+    );
+}
