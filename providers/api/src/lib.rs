@@ -156,6 +156,48 @@ pub trait CredentialProvider: Send + Sync {
     async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError>;
 }
 
+/// One upstream attempt's failure, classified.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// Throttling, 5xx, timeouts, transport errors: worth another attempt.
+    Retryable(String),
+    /// Anything else: returned as is.
+    Fatal(ProviderError),
+}
+
+/// Runs `attempt` up to `attempts` times while it fails with [`AttemptError::Retryable`],
+/// sleeping with exponential backoff (from 200 ms) plus up to 100 ms of jitter, and
+/// never starting a sleep that would end past `budget`. Exhaustion is
+/// [`ProviderError::Unavailable`].
+pub async fn with_retries<T, F, Fut>(attempts: u32, budget: Duration, mut attempt: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AttemptError>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    let mut last = String::from("no attempt made");
+    for n in 1..=attempts.max(1) {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(AttemptError::Fatal(e)) => return Err(e),
+            Err(AttemptError::Retryable(reason)) => {
+                last = reason;
+                let jitter = Duration::from_millis(rand::random_range(0..100));
+                if n == attempts || started.elapsed() + delay + jitter > budget {
+                    break;
+                }
+                tokio::time::sleep(delay + jitter).await;
+                delay = delay.saturating_mul(2);
+            }
+        }
+    }
+    Err(ProviderError::Unavailable {
+        reason: last,
+        retry_after: Some(Duration::from_secs(2)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_provider_api::{
-    AssertionSigner, Credential, CredentialProvider, Grant, ProviderError, Secret,
+    AssertionSigner, AttemptError, Credential, CredentialProvider, Grant, ProviderError, Secret,
+    with_retries,
 };
 use serde::Deserialize;
 
@@ -78,12 +79,6 @@ struct GeneratedToken {
     expire_time: String,
 }
 
-/// What went wrong upstream, classified for retries and for the client.
-enum Upstream {
-    Retryable(String),
-    Fatal(ProviderError),
-}
-
 fn unavailable(reason: impl Into<String>) -> ProviderError {
     ProviderError::Unavailable {
         reason: reason.into(),
@@ -129,26 +124,7 @@ impl GcpProvider {
         body: &serde_json::Value,
         grant: &Grant,
     ) -> Result<(T, Option<String>), ProviderError> {
-        let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(200);
-        let mut last = String::new();
-        for attempt in 1..=3 {
-            match self.attempt(url, bearer, body, grant).await {
-                Ok(ok) => return Ok(ok),
-                Err(Upstream::Fatal(e)) => return Err(e),
-                Err(Upstream::Retryable(reason)) => {
-                    last = reason;
-                    let jitter = Duration::from_millis(rand::random_range(0..100));
-                    if attempt == 3 || started.elapsed() + delay + jitter > Duration::from_secs(10)
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(delay + jitter).await;
-                    delay *= 2;
-                }
-            }
-        }
-        Err(unavailable(format!("{url}: {last}")))
+        with_retries(3, Duration::from_secs(10), || self.attempt(url, bearer, body, grant)).await
     }
 
     async fn attempt<T: serde::de::DeserializeOwned>(
@@ -157,7 +133,7 @@ impl GcpProvider {
         bearer: Option<&str>,
         body: &serde_json::Value,
         grant: &Grant,
-    ) -> Result<(T, Option<String>), Upstream> {
+    ) -> Result<(T, Option<String>), AttemptError> {
         let mut req = self.http.post(url).json(body);
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
@@ -166,7 +142,7 @@ impl GcpProvider {
             req = req.header("traceparent", tp);
         }
         let res = req.send().await.map_err(|e| {
-            Upstream::Retryable(if e.is_timeout() {
+            AttemptError::Retryable(if e.is_timeout() {
                 "timed out".into()
             } else {
                 "unreachable".into()
@@ -182,10 +158,10 @@ impl GcpProvider {
         let text = res
             .text()
             .await
-            .map_err(|_| Upstream::Retryable("body unreadable".into()))?;
+            .map_err(|_| AttemptError::Retryable("body unreadable".into()))?;
         if status.is_success() {
             let parsed = serde_json::from_str::<T>(&text).map_err(|e| {
-                Upstream::Fatal(ProviderError::Internal(format!(
+                AttemptError::Fatal(ProviderError::Internal(format!(
                     "unexpected answer from {url}: {e}"
                 )))
             })?;
@@ -195,9 +171,9 @@ impl GcpProvider {
             .map(|v| error_code(&v))
             .unwrap_or_else(|_| format!("HTTP {}", status.as_u16()));
         if status.as_u16() == 429 || status.is_server_error() {
-            Err(Upstream::Retryable(code))
+            Err(AttemptError::Retryable(code))
         } else {
-            Err(Upstream::Fatal(ProviderError::Denied { code }))
+            Err(AttemptError::Fatal(ProviderError::Denied { code }))
         }
     }
 }
