@@ -492,6 +492,63 @@ impl Runtime {
                             }
                         }
                     }
+                    "azure" => {
+                        let Ok(az) = crate::config::azure::parse(t) else {
+                            continue; // reported by validation
+                        };
+                        let mode = match az.mode.as_str() {
+                            "client_secret" => {
+                                let path = az
+                                    .client_secret_file
+                                    .as_deref()
+                                    .map(|p| config.source.resolve(p));
+                                match path.map(|p| (std::fs::read_to_string(&p), p)) {
+                                    Some((Ok(secret), _)) if !secret.trim().is_empty() => {
+                                        ferry_provider_azure::Mode::ClientSecret(
+                                            ferry_provider_api::Secret::new(secret.trim()),
+                                        )
+                                    }
+                                    Some((_, p)) => {
+                                        errs.push(
+                                            &file,
+                                            format!("targets[{}].client_secret_file", t.id),
+                                            format!("cannot read a secret from `{}`", p.display()),
+                                        );
+                                        continue;
+                                    }
+                                    None => continue,
+                                }
+                            }
+                            "managed_identity" => ferry_provider_azure::Mode::ManagedIdentity {
+                                imds_endpoint: az.imds_endpoint.clone(),
+                            },
+                            _ => ferry_provider_azure::Mode::Federated,
+                        };
+                        // Azure SDKs refresh tokens with about 5 minutes left.
+                        min_remaining_default = (ttl / 2)
+                            .max(Duration::from_secs(6 * 60))
+                            .min(ttl.saturating_sub(Duration::from_secs(30)));
+                        let signer: Arc<dyn ferry_provider_api::AssertionSigner> = issuer.clone();
+                        match ferry_provider_azure::AzureProvider::new(
+                            ferry_provider_azure::AzureTarget {
+                                id: t.id.clone(),
+                                mode,
+                                tenant_id: az.tenant_id.clone(),
+                                client_id: az.client_id.clone(),
+                                scope: az.scope.clone(),
+                                authority_host: az.authority_host.clone(),
+                                max_concurrency: az.max_concurrency,
+                                attempt_timeout: Duration::from_secs(5),
+                            },
+                            signer,
+                        ) {
+                            Ok(p) => Arc::new(p),
+                            Err(e) => {
+                                errs.push(&file, format!("targets[{}]", t.id), e.to_string());
+                                continue;
+                            }
+                        }
+                    }
                     _ => continue, // rejected by validation
                 };
                 if let Some(r) = &t.resource {

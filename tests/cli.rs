@@ -140,7 +140,9 @@ fn check_reports_every_problem_as_file_entry_problem() {
         format!(
             "{f}: targets[cloud].mode: `session_tags`, `source_identity` and `external_id` apply to `assume_role`"
         ),
-        format!("{f}: targets[gcloud].kind: kind `gcp` is not available"),
+        format!(
+            "{f}: targets[gcloud].workload_identity_provider: must be //iam.googleapis.com/projects/"
+        ),
         format!("{f}: store.url: `http://redis.example.com` is not a redis:// or rediss:// URL"),
         format!("{f}: store.encryption_key_file: is required for the redis backend"),
     ] {

@@ -2,6 +2,7 @@
 //! errors that name the file, the entry and the problem.
 
 pub mod aws;
+pub mod azure;
 mod duration;
 pub mod gcp;
 mod validate;

@@ -462,18 +462,17 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                     }
                 }
             }
-            "azure" => errs.push(
-                file,
-                format!("{entry}.kind"),
-                format!(
-                    "kind `{}` is not available in this version of Ferry",
-                    target.kind
-                ),
-            ),
+            "azure" => {
+                if let Err(problems) = super::azure::parse(target) {
+                    for (key, problem) in problems {
+                        errs.push(file, format!("{entry}.{key}"), problem);
+                    }
+                }
+            }
             other => errs.push(
                 file,
                 format!("{entry}.kind"),
-                format!("unknown kind `{other}` (expected `jwt`, `aws` or `gcp`)"),
+                format!("unknown kind `{other}` (expected `jwt`, `aws`, `gcp` or `azure`)"),
             ),
         }
     }

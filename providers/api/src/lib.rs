@@ -169,7 +169,11 @@ pub enum AttemptError {
 /// sleeping with exponential backoff (from 200 ms) plus up to 100 ms of jitter, and
 /// never starting a sleep that would end past `budget`. Exhaustion is
 /// [`ProviderError::Unavailable`].
-pub async fn with_retries<T, F, Fut>(attempts: u32, budget: Duration, mut attempt: F) -> Result<T, ProviderError>
+pub async fn with_retries<T, F, Fut>(
+    attempts: u32,
+    budget: Duration,
+    mut attempt: F,
+) -> Result<T, ProviderError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, AttemptError>>,

@@ -124,7 +124,10 @@ impl GcpProvider {
         body: &serde_json::Value,
         grant: &Grant,
     ) -> Result<(T, Option<String>), ProviderError> {
-        with_retries(3, Duration::from_secs(10), || self.attempt(url, bearer, body, grant)).await
+        with_retries(3, Duration::from_secs(10), || {
+            self.attempt(url, bearer, body, grant)
+        })
+        .await
     }
 
     async fn attempt<T: serde::de::DeserializeOwned>(

@@ -1,0 +1,152 @@
+//! `kind = "azure"` targets: the keys, and Entra's shapes, checked at load.
+
+use std::path::PathBuf;
+
+use super::TargetConfig;
+
+/// An Azure target's settings, parsed from the target table.
+#[derive(Debug, Clone)]
+pub struct AzureSettings {
+    /// `federated` (default), `client_secret` or `managed_identity`.
+    pub mode: String,
+    /// Directory (tenant) id.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Resource scope, `…/.default`.
+    pub scope: String,
+    /// Authority host.
+    pub authority_host: String,
+    /// The client secret file (`client_secret`).
+    pub client_secret_file: Option<PathBuf>,
+    /// IMDS endpoint (`managed_identity`).
+    pub imds_endpoint: String,
+    /// Concurrent token requests.
+    pub max_concurrency: usize,
+}
+
+const KEYS: &[&str] = &[
+    "mode",
+    "tenant_id",
+    "client_id",
+    "scope",
+    "authority_host",
+    "client_secret_file",
+    "imds_endpoint",
+    "max_concurrency",
+];
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// Parses and checks an Azure target; problems are `(entry suffix, problem)`.
+pub fn parse(target: &TargetConfig) -> Result<AzureSettings, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let t = &target.extra;
+    for key in t.keys() {
+        if !KEYS.contains(&key.as_str()) {
+            problems.push((key.clone(), "unknown key for kind `azure`".to_owned()));
+        }
+    }
+    let string = |k: &str, problems: &mut Vec<(String, String)>| match t.get(k) {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problems.push((k.to_owned(), "must be a string".to_owned()));
+            None
+        }
+    };
+    let mode = string("mode", &mut problems).unwrap_or_else(|| "federated".into());
+    if !matches!(
+        mode.as_str(),
+        "federated" | "client_secret" | "managed_identity"
+    ) {
+        problems.push((
+            "mode".into(),
+            format!("`{mode}` is not `federated`, `client_secret` or `managed_identity`"),
+        ));
+    }
+    let tenant_id = string("tenant_id", &mut problems).unwrap_or_default();
+    if mode != "managed_identity" && !is_guid(&tenant_id) {
+        problems.push((
+            "tenant_id".into(),
+            "must be the directory (tenant) GUID".into(),
+        ));
+    }
+    let client_id = string("client_id", &mut problems).unwrap_or_default();
+    if !is_guid(&client_id) {
+        problems.push((
+            "client_id".into(),
+            "must be the application (client) GUID".into(),
+        ));
+    }
+    let scope = string("scope", &mut problems).unwrap_or_default();
+    if !scope.ends_with("/.default") || scope.len() <= "/.default".len() {
+        problems.push((
+            "scope".into(),
+            "must be a resource's `/.default` scope, e.g. `https://management.azure.com/.default`"
+                .into(),
+        ));
+    }
+    let client_secret_file = string("client_secret_file", &mut problems).map(PathBuf::from);
+    if mode == "client_secret" && client_secret_file.is_none() {
+        problems.push((
+            "client_secret_file".into(),
+            "is required for `client_secret`".into(),
+        ));
+    }
+    let authority_host = string("authority_host", &mut problems)
+        .unwrap_or_else(|| "https://login.microsoftonline.com".into());
+    let imds_endpoint = string("imds_endpoint", &mut problems)
+        .unwrap_or_else(|| "http://169.254.169.254/metadata/identity/oauth2/token".into());
+    for (k, v) in [
+        ("authority_host", &authority_host),
+        ("imds_endpoint", &imds_endpoint),
+    ] {
+        if url::Url::parse(v)
+            .map(|u| u.scheme() != "https" && u.scheme() != "http")
+            .unwrap_or(true)
+        {
+            problems.push((k.to_owned(), format!("`{v}` is not an http(s) URL")));
+        }
+    }
+    let max_concurrency = match t.get("max_concurrency") {
+        None => 8,
+        Some(toml::Value::Integer(n)) if (1..=256).contains(n) => usize::try_from(*n).unwrap_or(8),
+        Some(_) => {
+            problems.push((
+                "max_concurrency".into(),
+                "must be an integer between 1 and 256".into(),
+            ));
+            8
+        }
+    };
+    let settings = AzureSettings {
+        mode,
+        tenant_id,
+        client_id,
+        scope,
+        authority_host,
+        client_secret_file,
+        imds_endpoint,
+        max_concurrency,
+    };
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guids() {
+        assert!(super::is_guid("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+        assert!(!super::is_guid("not-a-guid"));
+    }
+}

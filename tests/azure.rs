@@ -1,0 +1,212 @@
+//! Azure targets through Ferry against an in-process fake of the Entra v2.0 token
+//! endpoint and the instance metadata (IMDS) token endpoint, following the documented
+//! requests and responses; it records what Ferry sent and can deny or throttle.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use common::*;
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+
+type Params = HashMap<String, String>;
+type Log<T> = Arc<Mutex<Vec<T>>>;
+
+#[derive(Clone, Default)]
+struct Fake {
+    answer: Arc<Mutex<&'static str>>,
+    /// (tenant, form) of each token request.
+    token: Log<(String, Params)>,
+    /// (query, `Metadata` header) of each IMDS request.
+    imds: Log<(Params, Option<String>)>,
+}
+
+async fn token(
+    State(f): State<Fake>,
+    Path(tenant): Path<String>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap();
+    f.token.lock().unwrap().push((tenant, form));
+    let answer = *f.answer.lock().unwrap();
+    match answer {
+        "deny" => (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_client", "error_description": "AADSTS700213: No matching federated identity record found for presented assertion subject", "error_codes": [700213]}))).into_response(),
+        "throttle" => (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "temporarily_unavailable"}))).into_response(),
+        _ => ([("x-ms-request-id", "entra-req-1")], Json(json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": "eyJ0eXAi.entra.token"}))).into_response(),
+    }
+}
+
+async fn imds(
+    State(f): State<Fake>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let metadata = headers
+        .get("metadata")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    f.imds.lock().unwrap().push((q, metadata));
+    let expires_on = (now() + 3600).to_string();
+    // IMDS returns expires_on as a string of Unix seconds.
+    Json(json!({"access_token": "eyJ0eXAi.managed.identity", "expires_on": expires_on, "resource": "https://management.azure.com", "token_type": "Bearer"})).into_response()
+}
+
+async fn start_fake() -> (Fake, String) {
+    let fake = Fake::default();
+    *fake.answer.lock().unwrap() = "ok";
+    let app = axum::Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+        .route("/metadata/identity/oauth2/token", axum::routing::get(imds))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (fake, url)
+}
+
+const AZURE_POLICY: &str = r#"
+@id("deployers-azure")
+permit (principal in Ferry::Group::"deployers", action == Ferry::Action::"exchange", resource)
+when { resource.kind == "azure" };
+"#;
+
+async fn harness(url: &str) -> (Harness, tempfile::TempDir) {
+    let side = tempfile::tempdir().unwrap();
+    let secret = side.path().join("client-secret");
+    std::fs::write(&secret, "ferry-client-secret-value\n").unwrap();
+    let targets = format!(
+        r#"
+[[targets]]
+id = "az-fed"
+kind = "azure"
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+scope = "https://management.azure.com/.default"
+authority_host = "{url}"
+
+[[targets]]
+id = "az-secret"
+kind = "azure"
+mode = "client_secret"
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+scope = "https://vault.azure.net/.default"
+authority_host = "{url}"
+client_secret_file = "{}"
+
+[[targets]]
+id = "az-mi"
+kind = "azure"
+mode = "managed_identity"
+client_id = "{CLIENT}"
+scope = "https://management.azure.com/.default"
+imds_endpoint = "{url}/metadata/identity/oauth2/token"
+"#,
+        secret.display()
+    );
+    let h = Harness::with(
+        &[Algorithm::RS256],
+        move |t| t + &targets,
+        &format!("{POLICY}\n{AZURE_POLICY}"),
+    )
+    .await;
+    (h, side)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_client_secret_and_managed_identity_tokens() {
+    let (fake, url) = start_fake().await;
+    let (h, _side) = harness(&url).await;
+
+    let r = h.exchange_token(&h.token(|_| {}), "az-fed", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["access_token"], "eyJ0eXAi.entra.token");
+    let creds = &r.body["credentials"];
+    assert_eq!(creds["token_type"], "Bearer");
+    let expires_on: i64 = creds["expires_on"].as_str().unwrap().parse().unwrap();
+    assert!((now() + 3590..=now() + 3600).contains(&expires_on));
+    let (tenant, form) = fake.token.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(tenant, TENANT);
+    assert_eq!(form["grant_type"], "client_credentials");
+    assert_eq!(form["client_id"], CLIENT);
+    assert_eq!(form["scope"], "https://management.azure.com/.default");
+    assert_eq!(
+        form["client_assertion_type"],
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    );
+    assert!(!form.contains_key("client_secret"));
+    let claims = h
+        .state
+        .runtime
+        .load()
+        .issuer
+        .verify_own(&form["client_assertion"])
+        .expect("a Ferry-signed JWT");
+    assert_eq!(claims["aud"], "api://AzureADTokenExchange");
+    assert_eq!(claims["sub"], "fake:repo:acme/infra:ref:refs/heads/main");
+
+    let r = h.exchange_token(&h.token(|_| {}), "az-secret", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (_, form) = fake.token.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(form["client_secret"], "ferry-client-secret-value");
+    assert_eq!(form["scope"], "https://vault.azure.net/.default");
+    assert!(!form.contains_key("client_assertion"));
+    assert!(
+        !String::from_utf8_lossy(&r.raw).contains("ferry-client-secret-value"),
+        "the secret never reaches the client"
+    );
+
+    let r = h.exchange_token(&h.token(|_| {}), "az-mi", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["access_token"], "eyJ0eXAi.managed.identity");
+    let (query, metadata) = fake.imds.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(metadata.as_deref(), Some("true"));
+    assert_eq!(query["api-version"], "2018-02-01");
+    assert_eq!(query["resource"], "https://management.azure.com");
+    assert_eq!(query["client_id"], CLIENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_denials_and_throttling_map_to_oauth_errors() {
+    let (fake, url) = start_fake().await;
+    let (h, _side) = harness(&url).await;
+    *fake.answer.lock().unwrap() = "deny";
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "d".into()), "az-fed", None)
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error(), "invalid_target");
+    assert!(r.description().contains("invalid_client"));
+    assert!(
+        !r.description().contains("AADSTS"),
+        "never the upstream body"
+    );
+    assert_eq!(
+        fake.token.lock().unwrap().len(),
+        1,
+        "denials are not retried"
+    );
+
+    *fake.answer.lock().unwrap() = "throttle";
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "t".into()), "az-fed", None)
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error(), "temporarily_unavailable");
+    assert_eq!(fake.token.lock().unwrap().len(), 1 + 3);
+}
