@@ -473,6 +473,11 @@ impl Runtime {
                         match ferry_provider_gcp::GcpProvider::new(
                             ferry_provider_gcp::GcpTarget {
                                 id: t.id.clone(),
+                                mode: if gcp.mode == "service_account" {
+                                    ferry_provider_gcp::Mode::ServiceAccount
+                                } else {
+                                    ferry_provider_gcp::Mode::WorkloadIdentity
+                                },
                                 audience: gcp.audience.clone(),
                                 jwt_audience: gcp.jwt_audience.clone(),
                                 service_account: gcp.service_account.clone(),

@@ -59,6 +59,7 @@ enum Answer {
     Forward,
     Deny,
     Throttle,
+    Hang,
 }
 
 #[derive(Clone)]
@@ -96,6 +97,10 @@ async fn proxy_handler(
     match answer {
         Answer::Deny => error(403, "AccessDenied"),
         Answer::Throttle => error(400, "Throttling"),
+        Answer::Hang => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            error(504, "Timeout")
+        }
         Answer::Forward => {
             // moto routes by the SigV4 credential scope: forward the signature headers.
             let mut req = reqwest::Client::new()
@@ -343,5 +348,16 @@ async fn sts_denials_and_throttling_map_to_oauth_errors() {
     assert_eq!(
         retries, 3,
         "throttling is retried, a bounded number of times"
+    );
+
+    *proxy.answer.lock().unwrap() = Answer::Hang;
+    let started = Instant::now();
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "hung".into()), "aws-web", None)
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "bounded by the attempt and operation timeouts"
     );
 }

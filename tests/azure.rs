@@ -47,6 +47,10 @@ async fn token(
     match answer {
         "deny" => (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_client", "error_description": "AADSTS700213: No matching federated identity record found for presented assertion subject", "error_codes": [700213]}))).into_response(),
         "throttle" => (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "temporarily_unavailable"}))).into_response(),
+        "hang" => {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
         _ => ([("x-ms-request-id", "entra-req-1")], Json(json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": "eyJ0eXAi.entra.token"}))).into_response(),
     }
 }
@@ -209,4 +213,15 @@ async fn entra_denials_and_throttling_map_to_oauth_errors() {
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.error(), "temporarily_unavailable");
     assert_eq!(fake.token.lock().unwrap().len(), 1 + 3);
+
+    *fake.answer.lock().unwrap() = "hang";
+    let started = std::time::Instant::now();
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "h".into()), "az-fed", None)
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "bounded by attempt timeouts and the 10 s budget"
+    );
 }

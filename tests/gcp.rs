@@ -82,7 +82,7 @@ async fn generate(
     let Some(_sa) = rest.strip_suffix(":generateAccessToken") else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if !auth.starts_with("Bearer federated-") {
+    if !auth.starts_with("Bearer federated-") && auth != "Bearer ferry-own-token" {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": {"code": 401, "message": "no", "status": "UNAUTHENTICATED"}})),
@@ -101,9 +101,29 @@ async fn generate(
         .into_response()
 }
 
+/// Google's OAuth token endpoint for a service account key (JWT bearer grant, RFC 7523).
+async fn oauth_token(State(f): State<Fake>, body: axum::body::Bytes) -> axum::response::Response {
+    let form: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_bytes(&body).unwrap();
+    f.sts.lock().unwrap().push(json!({"oauth": form}));
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+        || !form.contains_key("assertion")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request"})),
+        )
+            .into_response();
+    }
+    Json(json!({"access_token": "ferry-own-token", "expires_in": 3600, "token_type": "Bearer"}))
+        .into_response()
+}
+
 async fn start_fake() -> (Fake, String) {
     let fake = Fake::default();
     let app = axum::Router::new()
+        .route("/token", axum::routing::post(oauth_token))
         .route("/v1/token", axum::routing::post(sts))
         .route(
             "/v1/projects/-/serviceAccounts/{rest}",
@@ -278,4 +298,52 @@ async fn denials_throttling_and_hangs_map_to_oauth_errors() {
         started.elapsed() < Duration::from_secs(20),
         "bounded by attempt timeouts and the 10 s budget"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_mode_uses_ferrys_own_google_identity() {
+    let (fake, url) = start_fake().await;
+    // Ferry's own identity: a service account key file whose token_uri is the fake.
+    let side = tempfile::tempdir().unwrap();
+    let key = ferry::issuer::keys::generate_private_pem(Algorithm::RS256).unwrap();
+    let key_file = side.path().join("ferry-sa.json");
+    std::fs::write(
+        &key_file,
+        json!({"type": "service_account", "project_id": "acme-prod", "private_key_id": "k1", "private_key": key,
+               "client_email": "ferry@acme-prod.iam.gserviceaccount.com", "client_id": "1", "token_uri": format!("{url}/token")})
+        .to_string(),
+    )
+    .unwrap();
+    // SAFETY: only this test reads Google credentials from the environment.
+    unsafe { std::env::set_var("GOOGLE_APPLICATION_CREDENTIALS", &key_file) };
+    let target = format!(
+        "\n[[targets]]\nid = \"gcp-own\"\nkind = \"gcp\"\nmode = \"service_account\"\nservice_account = \"deployer@acme-prod.iam.gserviceaccount.com\"\nlifetime = \"20m\"\niam_credentials_endpoint = \"{url}\"\n"
+    );
+    let h = Harness::with(
+        &[Algorithm::RS256],
+        move |t| t + &target,
+        &format!("{POLICY}\n{GCP_POLICY}"),
+    )
+    .await;
+    let r = h.exchange_token(&h.token(|_| {}), "gcp-own", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["access_token"], "ya29.impersonated-token");
+    // No STS exchange: Ferry's own token (from the key file's JWT-bearer grant) went to IAM.
+    let calls = fake.sts.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0]["oauth"]["assertion"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .count()
+            == 3
+    );
+    let (path, auth, body) = fake.iam.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        path,
+        "deployer@acme-prod.iam.gserviceaccount.com:generateAccessToken"
+    );
+    assert_eq!(auth, "Bearer ferry-own-token");
+    assert_eq!(body["lifetime"], "1200s");
 }

@@ -7,6 +7,8 @@ use super::TargetConfig;
 /// A GCP target's settings, parsed from the target table.
 #[derive(Debug, Clone)]
 pub struct GcpSettings {
+    /// `workload_identity` (keyless) or `service_account` (Ferry's own identity).
+    pub mode: String,
     /// The workload identity pool provider (`//iam.googleapis.com/projects/…/providers/…`).
     pub audience: String,
     /// `aud` of the Ferry-signed JWT.
@@ -71,16 +73,21 @@ pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>
             None
         }
     };
-    match string("mode", &mut problems).as_deref() {
-        None | Some("workload_identity") => {}
-        Some("service_account") => problems.push(("mode".into(), "`service_account` (Ferry's own Google identity) is not available in this version; use `workload_identity`".into())),
-        Some(other) => problems.push(("mode".into(), format!("`{other}` is not `workload_identity`"))),
+    let mode = string("mode", &mut problems).unwrap_or_else(|| "workload_identity".into());
+    if mode != "workload_identity" && mode != "service_account" {
+        problems.push((
+            "mode".into(),
+            format!("`{mode}` is not `workload_identity` or `service_account`"),
+        ));
     }
     let audience = string("workload_identity_provider", &mut problems).unwrap_or_default();
-    if !is_provider_resource(&audience) {
+    if mode == "workload_identity" && !is_provider_resource(&audience) {
         problems.push(("workload_identity_provider".into(), "must be //iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>".into()));
     }
     let service_account = string("service_account", &mut problems);
+    if mode == "service_account" && service_account.is_none() {
+        problems.push(("service_account".into(), "is required for `service_account` mode (the account Ferry's own identity impersonates)".into()));
+    }
     if let Some(sa) = &service_account
         && !is_service_account(sa)
     {
@@ -141,6 +148,7 @@ pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>
         }
     };
     let settings = GcpSettings {
+        mode,
         jwt_audience: string("jwt_audience", &mut problems)
             .unwrap_or_else(|| format!("https:{audience}")),
         audience,

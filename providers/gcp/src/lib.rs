@@ -24,11 +24,23 @@ use serde::Deserialize;
 /// Default scope of federated and impersonated tokens.
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
+/// Whose identity reaches Google.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Keyless: a Ferry-signed JWT through workload identity federation.
+    WorkloadIdentity,
+    /// Ferry's own Google identity (gcp_auth: `GOOGLE_APPLICATION_CREDENTIALS` key file,
+    /// gcloud ADC, or the metadata server) impersonates `service_account`.
+    ServiceAccount,
+}
+
 /// One GCP target, as the core parsed it from the config.
 #[derive(Debug, Clone)]
 pub struct GcpTarget {
     /// Target id (for logs).
     pub id: String,
+    /// Whose identity reaches Google.
+    pub mode: Mode,
     /// `//iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>`.
     pub audience: String,
     /// `aud` of the Ferry-signed JWT (default: `https:` + `audience`).
@@ -52,6 +64,7 @@ pub struct GcpTarget {
 /// The provider for one GCP target.
 pub struct GcpProvider {
     target: GcpTarget,
+    own_identity: tokio::sync::OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
     http: reqwest::Client,
     signer: Arc<dyn AssertionSigner>,
     permits: tokio::sync::Semaphore,
@@ -111,9 +124,27 @@ impl GcpProvider {
         Ok(Self {
             permits: tokio::sync::Semaphore::new(target.max_concurrency.max(1)),
             target,
+            own_identity: tokio::sync::OnceCell::new(),
             http,
             signer,
         })
+    }
+
+    /// A token for Ferry's own Google identity (found once, then cached by gcp_auth).
+    async fn own_token(&self) -> Result<String, ProviderError> {
+        let provider = self
+            .own_identity
+            .get_or_try_init(|| async {
+                gcp_auth::provider().await.map_err(|e| {
+                    ProviderError::Misconfigured(format!("no Google credentials for Ferry: {e}"))
+                })
+            })
+            .await?;
+        let token = provider
+            .token(&[CLOUD_PLATFORM])
+            .await
+            .map_err(|e| unavailable(format!("Ferry's own Google token: {e}")))?;
+        Ok(token.as_str().to_owned())
     }
 
     /// POSTs JSON with retries on 429/5xx/transport errors (3 attempts, ≤ 10 s in all).
@@ -192,41 +223,51 @@ impl CredentialProvider for GcpProvider {
             .await
             .map_err(|_| unavailable("too many concurrent GCP exchanges"))?
             .map_err(|_| ProviderError::Internal("closed".into()))?;
-        let mut extra = serde_json::Map::new();
-        extra.insert(
-            "ferry".into(),
-            serde_json::json!({"issuer": grant.issuer_id, "groups": grant.groups, "attributes": grant.attributes, "target": grant.target_id}),
-        );
-        let assertion = self.signer.sign_assertion(
-            &grant.subject,
-            &self.target.jwt_audience,
-            Duration::from_secs(300),
-            extra,
-        )?;
-        let scope = if self.target.scopes.is_empty() {
-            CLOUD_PLATFORM.to_owned()
-        } else {
-            self.target.scopes.join(" ")
-        };
-        // Google STS: RFC 8693 token exchange, JSON request body.
-        let sts_body = serde_json::json!({
-            "grantType": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "audience": self.target.audience,
-            "scope": if self.target.service_account.is_some() { CLOUD_PLATFORM.to_owned() } else { scope },
-            "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
-            "subjectToken": assertion.token.expose(),
-            "subjectTokenType": "urn:ietf:params:oauth:token-type:jwt",
-        });
-        let url = format!(
-            "{}/v1/token",
-            self.target.sts_endpoint.trim_end_matches('/')
-        );
-        let (federated, sts_request_id): (StsToken, _) =
-            self.post_json(&url, None, &sts_body, grant).await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
             .unwrap_or(0);
+        let (bearer, bearer_expires_in, sts_request_id) = match self.target.mode {
+            Mode::ServiceAccount => (self.own_token().await?, None, None),
+            Mode::WorkloadIdentity => {
+                let mut extra = serde_json::Map::new();
+                extra.insert(
+                    "ferry".into(),
+                    serde_json::json!({"issuer": grant.issuer_id, "groups": grant.groups, "attributes": grant.attributes, "target": grant.target_id}),
+                );
+                let assertion = self.signer.sign_assertion(
+                    &grant.subject,
+                    &self.target.jwt_audience,
+                    Duration::from_secs(300),
+                    extra,
+                )?;
+                let scope = if self.target.scopes.is_empty() {
+                    CLOUD_PLATFORM.to_owned()
+                } else {
+                    self.target.scopes.join(" ")
+                };
+                // Google STS: RFC 8693 token exchange, JSON request body.
+                let sts_body = serde_json::json!({
+                    "grantType": "urn:ietf:params:oauth:grant-type:token-exchange",
+                    "audience": self.target.audience,
+                    "scope": if self.target.service_account.is_some() { CLOUD_PLATFORM.to_owned() } else { scope },
+                    "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
+                    "subjectToken": assertion.token.expose(),
+                    "subjectTokenType": "urn:ietf:params:oauth:token-type:jwt",
+                });
+                let url = format!(
+                    "{}/v1/token",
+                    self.target.sts_endpoint.trim_end_matches('/')
+                );
+                let (federated, rid): (StsToken, _) =
+                    self.post_json(&url, None, &sts_body, grant).await?;
+                (federated.access_token, federated.expires_in, rid)
+            }
+        };
+        let federated = StsToken {
+            access_token: bearer,
+            expires_in: bearer_expires_in,
+        };
         let (token, expires_at, request_id) = match &self.target.service_account {
             None => (
                 federated.access_token,
