@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::TargetConfig;
+use super::{TargetConfig, target_keys};
 
 /// An AWS target's settings, parsed from the target table.
 #[derive(Debug, Clone)]
@@ -78,19 +78,9 @@ fn tag_chars_ok(s: &str) -> bool {
 pub fn parse(target: &TargetConfig) -> Result<AwsSettings, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let t = &target.extra;
-    for key in t.keys() {
-        if !KEYS.contains(&key.as_str()) {
-            problems.push((key.clone(), "unknown key for kind `aws`".to_owned()));
-        }
-    }
-    let string = |k: &str, problems: &mut Vec<(String, String)>| match t.get(k) {
-        None => None,
-        Some(toml::Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            problems.push((k.to_owned(), "must be a string".to_owned()));
-            None
-        }
-    };
+    target_keys::unknown_keys(t, KEYS, "aws", &mut problems);
+    let string =
+        |k: &str, problems: &mut Vec<(String, String)>| target_keys::string(t, k, problems);
     let mode = string("mode", &mut problems).unwrap_or_else(|| "web_identity".to_owned());
     if mode != "web_identity" && mode != "assume_role" {
         problems.push((
@@ -122,9 +112,7 @@ pub fn parse(target: &TargetConfig) -> Result<AwsSettings, Vec<(String, String)>
     let duration = requested.clamp(Duration::from_secs(900), Duration::from_secs(43_200));
     let endpoint = string("endpoint", &mut problems);
     if let Some(e) = &endpoint
-        && url::Url::parse(e)
-            .map(|u| u.scheme() != "https" && u.scheme() != "http")
-            .unwrap_or(true)
+        && !target_keys::is_http_url(e)
     {
         problems.push(("endpoint".into(), format!("`{e}` is not an http(s) URL")));
     }
@@ -190,17 +178,7 @@ pub fn parse(target: &TargetConfig) -> Result<AwsSettings, Vec<(String, String)>
     {
         problems.push(("mode".into(), "`session_tags`, `source_identity` and `external_id` apply to `assume_role` (web identity tags come from the token)".into()));
     }
-    let max_concurrency = match t.get("max_concurrency") {
-        None => 4,
-        Some(toml::Value::Integer(n)) if (1..=256).contains(n) => usize::try_from(*n).unwrap_or(4),
-        Some(_) => {
-            problems.push((
-                "max_concurrency".into(),
-                "must be an integer between 1 and 256".into(),
-            ));
-            4
-        }
-    };
+    let max_concurrency = target_keys::concurrency(t, 4, &mut problems);
     let settings = AwsSettings {
         mode,
         role_arn,

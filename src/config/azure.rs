@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::TargetConfig;
+use super::{TargetConfig, target_keys};
 
 /// An Azure target's settings, parsed from the target table.
 #[derive(Debug, Clone)]
@@ -47,19 +47,9 @@ fn is_guid(s: &str) -> bool {
 pub fn parse(target: &TargetConfig) -> Result<AzureSettings, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let t = &target.extra;
-    for key in t.keys() {
-        if !KEYS.contains(&key.as_str()) {
-            problems.push((key.clone(), "unknown key for kind `azure`".to_owned()));
-        }
-    }
-    let string = |k: &str, problems: &mut Vec<(String, String)>| match t.get(k) {
-        None => None,
-        Some(toml::Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            problems.push((k.to_owned(), "must be a string".to_owned()));
-            None
-        }
-    };
+    target_keys::unknown_keys(t, KEYS, "azure", &mut problems);
+    let string =
+        |k: &str, problems: &mut Vec<(String, String)>| target_keys::string(t, k, problems);
     let mode = string("mode", &mut problems).unwrap_or_else(|| "federated".into());
     if !matches!(
         mode.as_str(),
@@ -107,24 +97,11 @@ pub fn parse(target: &TargetConfig) -> Result<AzureSettings, Vec<(String, String
         ("authority_host", &authority_host),
         ("imds_endpoint", &imds_endpoint),
     ] {
-        if url::Url::parse(v)
-            .map(|u| u.scheme() != "https" && u.scheme() != "http")
-            .unwrap_or(true)
-        {
+        if !target_keys::is_http_url(v) {
             problems.push((k.to_owned(), format!("`{v}` is not an http(s) URL")));
         }
     }
-    let max_concurrency = match t.get("max_concurrency") {
-        None => 8,
-        Some(toml::Value::Integer(n)) if (1..=256).contains(n) => usize::try_from(*n).unwrap_or(8),
-        Some(_) => {
-            problems.push((
-                "max_concurrency".into(),
-                "must be an integer between 1 and 256".into(),
-            ));
-            8
-        }
-    };
+    let max_concurrency = target_keys::concurrency(t, 8, &mut problems);
     let settings = AzureSettings {
         mode,
         tenant_id,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::TargetConfig;
+use super::{TargetConfig, target_keys};
 
 /// A GCP target's settings, parsed from the target table.
 #[derive(Debug, Clone)]
@@ -60,19 +60,9 @@ fn is_service_account(s: &str) -> bool {
 pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let t = &target.extra;
-    for key in t.keys() {
-        if !KEYS.contains(&key.as_str()) {
-            problems.push((key.clone(), "unknown key for kind `gcp`".to_owned()));
-        }
-    }
-    let string = |k: &str, problems: &mut Vec<(String, String)>| match t.get(k) {
-        None => None,
-        Some(toml::Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            problems.push((k.to_owned(), "must be a string".to_owned()));
-            None
-        }
-    };
+    target_keys::unknown_keys(t, KEYS, "gcp", &mut problems);
+    let string =
+        |k: &str, problems: &mut Vec<(String, String)>| target_keys::string(t, k, problems);
     let mode = string("mode", &mut problems).unwrap_or_else(|| "workload_identity".into());
     if mode != "workload_identity" && mode != "service_account" {
         problems.push((
@@ -122,10 +112,7 @@ pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>
     }
     let url = |k: &str, default: &str, problems: &mut Vec<(String, String)>| {
         let v = string(k, problems).unwrap_or_else(|| default.to_owned());
-        if url::Url::parse(&v)
-            .map(|u| u.scheme() != "https" && u.scheme() != "http")
-            .unwrap_or(true)
-        {
+        if !target_keys::is_http_url(&v) {
             problems.push((k.to_owned(), format!("`{v}` is not an http(s) URL")));
         }
         v
@@ -136,17 +123,7 @@ pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>
         "https://iamcredentials.googleapis.com",
         &mut problems,
     );
-    let max_concurrency = match t.get("max_concurrency") {
-        None => 8,
-        Some(toml::Value::Integer(n)) if (1..=256).contains(n) => usize::try_from(*n).unwrap_or(8),
-        Some(_) => {
-            problems.push((
-                "max_concurrency".into(),
-                "must be an integer between 1 and 256".into(),
-            ));
-            8
-        }
-    };
+    let max_concurrency = target_keys::concurrency(t, 8, &mut problems);
     let settings = GcpSettings {
         mode,
         jwt_audience: string("jwt_audience", &mut problems)

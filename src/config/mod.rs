@@ -5,6 +5,7 @@ pub mod aws;
 pub mod azure;
 mod duration;
 pub mod gcp;
+pub mod target_keys;
 mod validate;
 
 use std::collections::BTreeMap;
