@@ -388,6 +388,7 @@ impl Runtime {
                 let ttl = target_ttl(t);
                 let mut values = Vec::new();
                 let mut min_remaining_default = ttl / 2;
+                let signer: Arc<dyn ferry_provider_api::AssertionSigner> = issuer.clone();
                 let provider: Arc<dyn CredentialProvider> = match t.kind.as_str() {
                     "jwt" => Arc::new(JwtProvider::new(
                         Arc::clone(issuer),
@@ -432,10 +433,9 @@ impl Runtime {
                         }
                         // AWS SDKs refresh credentials with less than 15 minutes left:
                         // never hand out cached ones that close to expiry.
-                        min_remaining_default = (ttl / 2)
-                            .max(Duration::from_secs(16 * 60))
-                            .min(ttl.saturating_sub(Duration::from_secs(60)));
-                        let signer: Arc<dyn ferry_provider_api::AssertionSigner> = issuer.clone();
+                        min_remaining_default =
+                            cache_floor(ttl, Duration::from_secs(16 * 60), Duration::from_secs(60));
+                        let signer = Arc::clone(&signer);
                         Arc::new(ferry_provider_aws::AwsProvider::new(
                             ferry_provider_aws::AwsTarget {
                                 id: t.id.clone(),
@@ -466,10 +466,9 @@ impl Runtime {
                             problem: "warning: GCP rejects a `sub` over 127 bytes; canonical subjects may be up to 256 bytes — keep the mappings that reach this target short".into(),
                         });
                         // google-auth refreshes tokens with about 4 minutes left.
-                        min_remaining_default = (ttl / 2)
-                            .max(Duration::from_secs(5 * 60))
-                            .min(ttl.saturating_sub(Duration::from_secs(30)));
-                        let signer: Arc<dyn ferry_provider_api::AssertionSigner> = issuer.clone();
+                        min_remaining_default =
+                            cache_floor(ttl, Duration::from_secs(5 * 60), Duration::from_secs(30));
+                        let signer = Arc::clone(&signer);
                         match ferry_provider_gcp::GcpProvider::new(
                             ferry_provider_gcp::GcpTarget {
                                 id: t.id.clone(),
@@ -530,10 +529,9 @@ impl Runtime {
                             _ => ferry_provider_azure::Mode::Federated,
                         };
                         // Azure SDKs refresh tokens with about 5 minutes left.
-                        min_remaining_default = (ttl / 2)
-                            .max(Duration::from_secs(6 * 60))
-                            .min(ttl.saturating_sub(Duration::from_secs(30)));
-                        let signer: Arc<dyn ferry_provider_api::AssertionSigner> = issuer.clone();
+                        min_remaining_default =
+                            cache_floor(ttl, Duration::from_secs(6 * 60), Duration::from_secs(30));
+                        let signer = Arc::clone(&signer);
                         match ferry_provider_azure::AzureProvider::new(
                             ferry_provider_azure::AzureTarget {
                                 id: t.id.clone(),
@@ -774,4 +772,10 @@ impl Runtime {
     pub fn watched_files(&self) -> &[std::path::PathBuf] {
         &self.watched
     }
+}
+
+/// How long a cached credential must still live to be served: half its lifetime, but at
+/// least the SDKs' refresh threshold (`floor`), and never more than `ttl - slack`.
+fn cache_floor(ttl: Duration, floor: Duration, slack: Duration) -> Duration {
+    (ttl / 2).max(floor).min(ttl.saturating_sub(slack))
 }

@@ -194,11 +194,7 @@ pub fn parse(target: &TargetConfig) -> Result<AwsSettings, Vec<(String, String)>
         source_identity,
         max_concurrency,
     };
-    if problems.is_empty() {
-        Ok(settings)
-    } else {
-        Err(problems)
-    }
+    target_keys::finish(settings, problems)
 }
 
 /// The lifetime an AWS target issues.

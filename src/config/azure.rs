@@ -112,11 +112,7 @@ pub fn parse(target: &TargetConfig) -> Result<AzureSettings, Vec<(String, String
         imds_endpoint,
         max_concurrency,
     };
-    if problems.is_empty() {
-        Ok(settings)
-    } else {
-        Err(problems)
-    }
+    target_keys::finish(settings, problems)
 }
 
 #[cfg(test)]

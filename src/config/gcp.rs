@@ -135,11 +135,7 @@ pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>
         iam_credentials_endpoint,
         max_concurrency,
     };
-    if problems.is_empty() {
-        Ok(settings)
-    } else {
-        Err(problems)
-    }
+    target_keys::finish(settings, problems)
 }
 
 /// The lifetime a GCP target issues.

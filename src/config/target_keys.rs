@@ -45,3 +45,12 @@ pub fn concurrency(t: &toml::Table, default: usize, problems: &mut Problems) -> 
 pub fn is_http_url(v: &str) -> bool {
     url::Url::parse(v).is_ok_and(|u| u.scheme() == "https" || u.scheme() == "http")
 }
+
+/// `Ok(settings)` when nothing is wrong, else every problem.
+pub fn finish<T>(settings: T, problems: Problems) -> Result<T, Problems> {
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(problems)
+    }
+}
