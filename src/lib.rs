@@ -15,16 +15,22 @@ pub mod mapping;
 pub mod metrics;
 pub mod policy;
 pub mod runtime;
+pub mod slots;
 pub mod store;
 pub mod telemetry;
 pub mod verify;
 
 pub use ferry_provider_api as provider_api;
 
+/// SHA-256 of `value`.
+pub fn sha256(value: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(value).into()
+}
+
 /// SHA-256 as lowercase hex: how the audit trail refers to a token or credential.
 pub fn sha256_hex(value: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(value))
+    const_hex::encode(sha256(value))
 }
 
 /// First 16 hex characters of SHA-256: how logs and errors refer to a token or secret.

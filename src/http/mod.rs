@@ -379,30 +379,44 @@ async fn token_inner(
             ApiError::invalid_request("the request body could not be read")
         }
     })?;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-        .map_err(|_| ApiError::invalid_request("the request body is not valid form encoding"))?;
+    // form_urlencoded decodes every body (invalid UTF-8 becomes U+FFFD, as in
+    // serde_urlencoded, which wraps it); the checks on the values are `request::parse`'s.
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let mut req = request::parse(&pairs, client_ip)?;
     req.traceparent = traceparent;
     Ok(exchange::exchange(runtime, &state.services, req, request_id, trace).await?)
 }
 
 fn granted(outcome: ExchangeOutcome) -> Response {
-    let r = outcome.response;
-    let credentials: serde_json::Map<String, serde_json::Value> = r
-        .credentials
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose().to_owned())))
-        .collect();
-    let mut body = json!({
-        "access_token": r.access_token.expose(),
-        "issued_token_type": r.issued_token_type,
-        "token_type": r.token_type,
-        "expires_in": r.expires_in,
-        "credentials": credentials,
-    });
-    if let (Some(scope), Some(obj)) = (r.scope, body.as_object_mut()) {
-        obj.insert("scope".into(), scope.into());
+    /// RFC 8693 §2.2.1, serialized straight from the outcome: the secrets are written
+    /// once, into the body, with no intermediate JSON tree holding copies of them.
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        access_token: &'a str,
+        issued_token_type: &'a str,
+        token_type: &'a str,
+        expires_in: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scope: Option<&'a str>,
+        credentials: Credentials<'a>,
     }
+    struct Credentials<'a>(&'a std::collections::BTreeMap<String, ferry_provider_api::Secret>);
+    impl serde::Serialize for Credentials<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v.expose())))
+        }
+    }
+    let r = &outcome.response;
+    let body = Body {
+        access_token: r.access_token.expose(),
+        issued_token_type: &r.issued_token_type,
+        token_type: &r.token_type,
+        expires_in: r.expires_in,
+        scope: r.scope.as_deref(),
+        credentials: Credentials(&r.credentials),
+    };
     no_store(Json(body).into_response())
 }
 

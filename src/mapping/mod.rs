@@ -9,6 +9,7 @@ use std::sync::Arc;
 use cel::{Context, Env, ExecutionError, Program, Value as CelValue};
 use serde_json::Value;
 
+use crate::slots::{Digest, SlotCache};
 use crate::verify::VerifiedToken;
 
 /// The longest canonical subject, in bytes.
@@ -155,12 +156,43 @@ impl IssuerMapping {
     }
 }
 
+/// SHA-256 over the issuer and every claim except the per-token ones, streamed (no copy
+/// of the claims): the key under which an identity is remembered.
+fn stable_claims_digest(issuer_id: &str, claims: &serde_json::Map<String, Value>) -> Digest {
+    use sha2::{Digest as _, Sha256};
+    struct Hashing<'a>(&'a mut Sha256);
+    impl std::io::Write for Hashing<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Sha256::new();
+    h.update((issuer_id.len() as u64).to_be_bytes());
+    h.update(issuer_id.as_bytes());
+    for (k, v) in claims {
+        if PER_TOKEN_CLAIMS.contains(&k.as_str()) {
+            continue;
+        }
+        // The name length-prefixed, then the value as JSON (self-delimiting).
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        // Writing into a hasher cannot fail; a value that cannot be serialized would
+        // still hash what was written, and JSON values from a parsed token always can.
+        let _ = serde_json::to_writer(Hashing(&mut h), v);
+    }
+    h.finalize().into()
+}
+
 /// All issuers' mappings, with one shared CEL environment.
 pub struct Mapper {
     env: Arc<Env>,
     by_issuer: HashMap<String, IssuerMapping>,
     /// Identities by (issuer, claims without per-token claims); one per config revision.
-    recent: moka::sync::Cache<String, Identity>,
+    recent: SlotCache<Identity>,
 }
 
 impl std::fmt::Debug for Mapper {
@@ -180,10 +212,7 @@ impl Mapper {
                 .into_iter()
                 .map(|m| (m.issuer_id.clone(), m))
                 .collect(),
-            recent: moka::sync::Cache::builder()
-                .max_capacity(50_000)
-                .time_to_live(std::time::Duration::from_secs(600))
-                .build(),
+            recent: SlotCache::new(16_384, std::time::Duration::from_secs(600)),
         }
     }
 
@@ -199,18 +228,9 @@ impl Mapper {
             .by_issuer
             .get(token.issuer_id())
             .ok_or_else(|| MappingError::NoMapping(token.issuer_id().to_owned()))?;
-        let key = mapping.cacheable.then(|| {
-            let stable: serde_json::Map<String, Value> = token
-                .claims()
-                .iter()
-                .filter(|(k, _)| !PER_TOKEN_CLAIMS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let json = serde_json::to_string(&stable).unwrap_or_default();
-            crate::store::CacheKey::from_parts([mapping.issuer_id.as_str(), json.as_str()])
-                .as_str()
-                .to_owned()
-        });
+        let key = mapping
+            .cacheable
+            .then(|| stable_claims_digest(&mapping.issuer_id, token.claims()));
         if let Some(identity) = key.as_ref().and_then(|k| self.recent.get(k)) {
             return Ok(identity);
         }

@@ -14,6 +14,7 @@ use cedar_policy::{
 
 use crate::config::{ConfigErrors, Problem};
 use crate::mapping::Identity;
+use crate::slots::{Digest, SlotCache};
 
 /// How one attribute appears in the derived schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub struct PolicyEngine {
     /// Decisions by their inputs, when no policy reads the request time (then a
     /// decision is a pure function of identity, target, scopes and — if a policy reads
     /// it — the source address). One cache per config revision.
-    decisions: Option<moka::sync::Cache<String, Decision>>,
+    decisions: Option<SlotCache<Decision>>,
     uses_source_ip: bool,
 }
 
@@ -242,12 +243,8 @@ impl PolicyEngine {
                 schema,
                 policies,
                 authorizer: Authorizer::new(),
-                decisions: (!reads_timestamp).then(|| {
-                    moka::sync::Cache::builder()
-                        .max_capacity(50_000)
-                        .time_to_live(std::time::Duration::from_secs(300))
-                        .build()
-                }),
+                decisions: (!reads_timestamp)
+                    .then(|| SlotCache::new(16_384, std::time::Duration::from_secs(300))),
                 uses_source_ip,
                 action,
                 identity_type,
@@ -297,7 +294,7 @@ impl PolicyEngine {
         }
     }
 
-    fn decision_key(&self, input: &AuthzInput<'_>) -> String {
+    fn decision_key(&self, input: &AuthzInput<'_>) -> Digest {
         let id = input.identity;
         let mut groups: Vec<&str> = id.groups.iter().map(String::as_str).collect();
         groups.sort_unstable();
@@ -323,9 +320,7 @@ impl PolicyEngine {
             parts.push(k);
             parts.push(v);
         }
-        crate::store::CacheKey::from_parts(parts)
-            .as_str()
-            .to_owned()
+        crate::slots::digest_parts(parts.into_iter().map(str::as_bytes))
     }
 
     fn try_authorize(&self, input: &AuthzInput<'_>) -> Result<Decision, String> {

@@ -2,6 +2,7 @@
 //! replay and rate limits). `memory` is the embedded default.
 
 pub mod memory;
+pub mod packed;
 pub mod redis;
 pub mod seal;
 
@@ -10,20 +11,34 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_provider_api::Credential;
 
-/// A cache key: the hex SHA-256 of everything that makes two requests the same.
+/// A cache key: the SHA-256 of everything that makes two requests the same (kept as
+/// bytes for in-process maps and as hex for Redis key names).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(String);
+pub struct CacheKey(String, crate::slots::Digest);
 
 impl CacheKey {
     /// Hashes length-prefixed parts, so `("ab","c")` and `("a","bc")` differ.
     pub fn from_parts<'a>(parts: impl IntoIterator<Item = &'a str>) -> Self {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for part in parts {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
-        }
-        Self(hex::encode(h.finalize()))
+        Self::from_digest(crate::slots::digest_parts(
+            parts.into_iter().map(str::as_bytes),
+        ))
+    }
+
+    /// The key for an already computed digest.
+    pub fn from_digest(digest: crate::slots::Digest) -> Self {
+        Self(const_hex::encode(digest), digest)
+    }
+
+    /// The key whose hex digest is `hex` (as stored in a Redis index).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        const_hex::decode_to_array::<_, 32>(hex)
+            .ok()
+            .map(Self::from_digest)
+    }
+
+    /// The digest.
+    pub fn digest(&self) -> crate::slots::Digest {
+        self.1
     }
 
     /// The hex digest.

@@ -304,10 +304,8 @@ impl Store for RedisStore {
         let idx = self.index_key(&field);
         let members: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(&idx)).await?;
         let mut purged = 0;
-        for m in members {
-            let deleted: i64 = self
-                .run(redis::cmd("DEL").arg(self.cred_key(&CacheKey(m))))
-                .await?;
+        for key in members.iter().filter_map(|m| CacheKey::from_hex(m)) {
+            let deleted: i64 = self.run(redis::cmd("DEL").arg(self.cred_key(&key))).await?;
             purged += usize::try_from(deleted).unwrap_or(0);
         }
         self.run::<()>(redis::cmd("DEL").arg(&idx)).await?;

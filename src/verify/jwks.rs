@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::ParsedPublicKey;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use url::Url;
 
@@ -72,8 +73,46 @@ pub struct VerifyingKey {
     pub alg: Option<Algorithm>,
     /// Its key type.
     pub kind: KeyKind,
-    /// The key, ready for verification.
-    pub key: DecodingKey,
+    /// The public key's bytes in aws-lc-rs's input form: RSA `(n, e)`, an uncompressed
+    /// EC point, or the Ed25519 public key.
+    material: KeyMaterial,
+    /// The key parsed once per algorithm it is used with (aws-lc-rs binds a parsed key to
+    /// an algorithm): parsing an RSA key costs a Montgomery set-up per use otherwise.
+    parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; ALGORITHM_SLOTS],
+}
+
+enum KeyMaterial {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Point(Vec<u8>),
+}
+
+/// One parsed key per supported algorithm, indexed by [`alg_slot`].
+const ALGORITHM_SLOTS: usize = 9;
+const ALGORITHMS: [Algorithm; ALGORITHM_SLOTS] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+fn alg_slot(alg: Algorithm) -> Option<usize> {
+    Some(match alg {
+        Algorithm::RS256 => 0,
+        Algorithm::RS384 => 1,
+        Algorithm::RS512 => 2,
+        Algorithm::PS256 => 3,
+        Algorithm::PS384 => 4,
+        Algorithm::PS512 => 5,
+        Algorithm::ES256 => 6,
+        Algorithm::ES384 => 7,
+        Algorithm::EdDSA => 8,
+        _ => return None,
+    })
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -87,6 +126,57 @@ impl std::fmt::Debug for VerifyingKey {
 }
 
 impl VerifyingKey {
+    /// Checks a JWS signature (`signature_b64`, base64url) over `message` with `alg`.
+    /// False for a bad signature, a bad encoding, or an algorithm the key does not fit.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature_b64: &str) -> bool {
+        use base64::Engine as _;
+        if !self.fits(alg) {
+            return false;
+        }
+        let Some(key) = alg_slot(alg)
+            .and_then(|i| self.parsed.get(i))
+            .and_then(|cell| cell.get_or_init(|| self.parse(alg)).as_ref())
+        else {
+            return false;
+        };
+        // The largest signature Ferry accepts: RSA-8192, 1024 bytes.
+        let mut signature = [0u8; 1024];
+        let Ok(len) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(signature_b64.as_bytes(), &mut signature)
+        else {
+            return false;
+        };
+        signature
+            .get(..len)
+            .is_some_and(|sig| key.verify_sig(message, sig).is_ok())
+    }
+
+    fn parse(&self, alg: Algorithm) -> Option<ParsedPublicKey> {
+        use aws_lc_rs::signature as sig;
+        let rsa = |params: &'static sig::RsaParameters| match &self.material {
+            KeyMaterial::Rsa { n, e } => sig::RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(params)
+                .ok(),
+            KeyMaterial::Point(_) => None,
+        };
+        let point = |algorithm: &'static dyn sig::VerificationAlgorithm| match &self.material {
+            KeyMaterial::Point(p) => ParsedPublicKey::new(algorithm, p).ok(),
+            KeyMaterial::Rsa { .. } => None,
+        };
+        match alg {
+            Algorithm::RS256 => rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+            Algorithm::RS384 => rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+            Algorithm::RS512 => rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+            Algorithm::PS256 => rsa(&sig::RSA_PSS_2048_8192_SHA256),
+            Algorithm::PS384 => rsa(&sig::RSA_PSS_2048_8192_SHA384),
+            Algorithm::PS512 => rsa(&sig::RSA_PSS_2048_8192_SHA512),
+            Algorithm::ES256 => point(&sig::ECDSA_P256_SHA256_FIXED),
+            Algorithm::ES384 => point(&sig::ECDSA_P384_SHA384_FIXED),
+            Algorithm::EdDSA => point(&sig::ED25519),
+            _ => None,
+        }
+    }
+
     /// Whether this key can verify a signature made with `alg`.
     pub fn fits(&self, alg: Algorithm) -> bool {
         if self.alg.is_some_and(|pinned| pinned != alg) {
@@ -504,7 +594,8 @@ pub fn parse_jwks(document: &[u8]) -> Result<(Vec<Arc<VerifyingKey>>, usize), Re
     Ok((keys, skipped))
 }
 
-fn to_verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
+/// A verification key from one JWK, or `None` when it is not a usable signature key.
+pub fn to_verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
     if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
         return None;
     }
@@ -526,12 +617,56 @@ fn to_verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
         None => None,
         Some(ka) => Some(key_algorithm(ka)?),
     };
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(VerifyingKey {
+    let material = key_material(&jwk.algorithm)?;
+    let key = VerifyingKey {
         kid: jwk.common.key_id.clone(),
         alg,
         kind,
-        key,
+        material,
+        parsed: Default::default(),
+    };
+    // A key that cannot be parsed for any algorithm it fits is skipped now, like any
+    // other unusable key, rather than failing each token later.
+    let usable = ALGORITHMS.into_iter().filter(|a| key.fits(*a)).any(|a| {
+        alg_slot(a)
+            .and_then(|i| key.parsed.get(i))
+            .is_some_and(|cell| cell.get_or_init(|| key.parse(a)).is_some())
+    });
+    usable.then_some(key)
+}
+
+/// The key's public bytes, decoded from the JWK's base64url members.
+fn key_material(params: &AlgorithmParameters) -> Option<KeyMaterial> {
+    use base64::Engine as _;
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .ok()
+    };
+    Some(match params {
+        AlgorithmParameters::RSA(p) => KeyMaterial::Rsa {
+            n: b64(&p.n)?,
+            e: b64(&p.e)?,
+        },
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (x, y) = (b64(&p.x)?, b64(&p.y)?);
+            let size = match p.curve {
+                EllipticCurve::P256 => 32,
+                EllipticCurve::P384 => 48,
+                _ => return None,
+            };
+            // RFC 7518 §6.2.1.2: coordinates are the full field size.
+            if x.len() != size || y.len() != size {
+                return None;
+            }
+            let mut point = Vec::with_capacity(1 + 2 * size);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            KeyMaterial::Point(point)
+        }
+        AlgorithmParameters::OctetKeyPair(p) => KeyMaterial::Point(b64(&p.x)?),
+        _ => return None,
     })
 }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
+use crate::slots::SlotCache;
 use ferry_provider_api::Secret;
 use jwks::{JwksCache, KeyLookupError, truncate};
 
@@ -36,7 +37,7 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 
 /// A token as presented: trimmed, size-checked, not yet trusted for anything. Its
 /// SHA-256 is computed once, here (the audit trail and the verified-token cache use it).
-pub struct UnverifiedToken(Secret, String);
+pub struct UnverifiedToken(Secret, crate::slots::Digest, String);
 
 impl std::fmt::Debug for UnverifiedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,20 +55,22 @@ impl UnverifiedToken {
         if trimmed.is_empty() {
             return Err(VerifyError::Malformed("the token is empty"));
         }
+        let digest = crate::sha256(trimmed.as_bytes());
         Ok(Self(
             Secret::new(trimmed),
-            crate::sha256_hex(trimmed.as_bytes()),
+            digest,
+            const_hex::encode(digest),
         ))
     }
 
     /// First 16 hex chars of SHA-256 of the token, for logs.
     pub fn fingerprint(&self) -> String {
-        self.1.get(..16).unwrap_or(&self.1).to_owned()
+        self.2.get(..16).unwrap_or(&self.2).to_owned()
     }
 
-    /// Full SHA-256 of the token (hex), for the audit trail and token-result caching.
+    /// Full SHA-256 of the token (hex), for the audit trail.
     pub fn sha256(&self) -> String {
-        self.1.clone()
+        self.2.clone()
     }
 }
 
@@ -231,7 +234,7 @@ pub struct Verifier {
     /// Tokens whose signature already verified, by SHA-256: a pod or CI job presenting
     /// the same token again skips the signature check (claims are re-checked every time,
     /// and the key must still be published).
-    recent: moka::sync::Cache<String, Arc<Recent>>,
+    recent: SlotCache<Arc<Recent>>,
 }
 
 struct Recent {
@@ -259,23 +262,20 @@ impl std::fmt::Debug for Recent {
 impl Verifier {
     /// A verifier over these issuers.
     pub fn new(issuers: Vec<Arc<TrustedIssuer>>, clock: SharedClock) -> Self {
-        Self::with_recent_capacity(issuers, clock, 10_000)
+        Self::with_recent_capacity(issuers, clock, 16_384)
     }
 
     /// A verifier remembering up to `capacity` verified tokens (0: none; benchmarks).
     pub fn with_recent_capacity(
         issuers: Vec<Arc<TrustedIssuer>>,
         clock: SharedClock,
-        capacity: u64,
+        capacity: usize,
     ) -> Self {
         let by_iss = issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect();
         Self {
             by_iss,
             clock,
-            recent: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(std::time::Duration::from_secs(3600))
-                .build(),
+            recent: SlotCache::new(capacity, std::time::Duration::from_secs(3600)),
         }
     }
 
@@ -288,7 +288,7 @@ impl Verifier {
     #[tracing::instrument(skip_all, fields(token = %token.fingerprint()))]
     pub async fn verify(&self, token: &UnverifiedToken) -> Result<VerifiedToken, VerifyError> {
         let sha = token.sha256();
-        if let Some(recent) = self.recent.get(&sha)
+        if let Some(recent) = self.recent.get(&token.1)
             && recent.issuer.jwks.publishes(&recent.kid)
         {
             tracing::trace!(issuer = %recent.issuer.id, "signature verified before; claims re-checked");
@@ -333,9 +333,7 @@ impl Verifier {
         let signed = raw
             .get(..parts.header.len() + 1 + parts.payload.len())
             .ok_or(VerifyError::Malformed("truncated"))?;
-        let ok = jsonwebtoken::crypto::verify(parts.signature, signed.as_bytes(), &key.key, alg)
-            .map_err(|_| VerifyError::BadSignature)?;
-        if !ok {
+        if !key.verify(alg, signed.as_bytes(), parts.signature) {
             return Err(VerifyError::BadSignature);
         }
         tracing::trace!(issuer = %issuer.id, "signature verified");
@@ -343,7 +341,7 @@ impl Verifier {
         let verified = self.check_claims(&issuer, Arc::clone(&claims), sha.clone(), true)?;
         if let Some(kid) = header.kid {
             self.recent.insert(
-                sha,
+                token.1,
                 Arc::new(Recent {
                     issuer,
                     kid,
