@@ -24,12 +24,18 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
     assert!(stdout.contains("E  single-flight (memory): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("E  single-flight (redis): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("\nerrors: 0\n"), "{stdout}");
+    // The memory scenario filled a real `ferry serve` with 2000 credentials, all granted.
+    assert!(
+        stdout.contains("with 2000 cached credentials") && stdout.contains("bytes), 0 error(s)"),
+        "{stdout}"
+    );
     for scenario in [
         "A  baseline",
         "B1 hit, RS256",
         "B4 hit, ES256, same token",
         "C1 hit, RS256",
         "D2 miss, fake upstream 50 ms",
+        "RSS  `ferry serve` (memory store): ready",
     ] {
         assert!(stdout.contains(scenario), "missing {scenario}: {stdout}");
     }

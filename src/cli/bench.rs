@@ -43,6 +43,9 @@ pub struct Args {
     /// Skip the Redis scenarios (they need redis-server).
     #[arg(long)]
     no_redis: bool,
+    /// Skip the memory scenario (a `ferry serve` child filled with cached credentials).
+    #[arg(long)]
+    no_rss: bool,
     /// Run only the scenarios whose label starts with one of these (e.g. `--only B1,C1`);
     /// A always runs, as the baseline the ratios divide by. Useful under a profiler.
     #[arg(long, value_delimiter = ',')]
@@ -207,8 +210,8 @@ fn ferry_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+fn status_kib(status: &str, field: &str) -> u64 {
+    std::fs::read_to_string(status)
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with(field))
@@ -385,6 +388,176 @@ fn start_redis() -> anyhow::Result<(RedisChild, u16)> {
     Ok((guard, port))
 }
 
+struct RssReport {
+    count: usize,
+    ready_kib: u64,
+    warm_kib: u64,
+    full_kib: u64,
+    credential_len: usize,
+    errors: u64,
+}
+
+impl RssReport {
+    #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+    fn per_credential_bytes(&self) -> f64 {
+        self.full_kib.saturating_sub(self.warm_kib) as f64 * 1024.0 / self.count.max(1) as f64
+    }
+}
+
+/// Kills the child when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ferry serve` (this executable) with the memory store and an ES256 `jwt`
+/// target, makes `count` exchanges for distinct subjects (each a cache miss that leaves
+/// one credential cached), and reads the child's resident set size before and after.
+async fn rss_scenario(
+    dir: &Path,
+    issuer: &Issuer,
+    client: &Client,
+    count: usize,
+    connections: usize,
+) -> anyhow::Result<RssReport> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = dir.join("rss.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+             [store]\nbackend = \"memory\"\nmax_entries = {}\n\
+             [signing]\nephemeral = true\nalgorithm = \"ES256\"\n[reload]\nwatch = false\n\
+             [[issuers]]\nid = \"es\"\nissuer = \"{}\"\njwks_file = \"{}\"\naudiences = [\"bench\"]\nalgorithms = [\"ES256\"]\n\
+             [issuers.mapping]\nsubject = 'assertion.sub'\n[issuers.mapping.attributes]\nrepository = 'assertion.repository'\n\
+             [[targets]]\nid = \"api\"\nkind = \"jwt\"\naudience = \"https://api\"\nttl = \"1h\"\n\
+             [policy]\nfiles = [\"{}\"]\n",
+            count.max(100_000) + 1000,
+            issuer.iss,
+            dir.join("es.jwks.json").display(),
+            dir.join("bench.cedar").display()
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let child = ChildGuard(
+        Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let status = format!("/proc/{}/status", child.0.id());
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready =
+            match hyper::Request::get(format!("{base}/readyz")).body(Full::new(Bytes::new())) {
+                Ok(req) => client
+                    .request(req)
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                Err(_) => false,
+            };
+        if ready {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "`ferry serve` did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready_kib = status_kib(&status, "VmRSS:");
+    // Warm: the same identity again and again (one cached credential), so allocator
+    // arenas, connection buffers and code pages are in before the baseline is read.
+    let same = Arc::new(vec![form(&issuer.token("warm")?, "api")]);
+    let url = format!("{base}/oauth2/token");
+    let warm = drive(
+        client,
+        &Load::Post(url.clone(), same),
+        connections,
+        Duration::from_secs(2),
+    )
+    .await;
+    let warm_kib = status_kib(&status, "VmRSS:");
+    let bodies: Vec<Bytes> = (0..count)
+        .map(|i| issuer.token(&format!("rss-{i}")).map(|t| form(&t, "api")))
+        .collect::<Result<_, _>>()?;
+    let credential_len = {
+        let req = hyper::Request::post(url.as_str())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(bodies.first().cloned().unwrap_or_default()))?;
+        let body = client
+            .request(req)
+            .await?
+            .into_body()
+            .collect()
+            .await?
+            .to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body)?
+            .get("access_token")
+            .and_then(serde_json::Value::as_str)
+            .map_or(0, str::len)
+    };
+    let errors = fill(client, &url, Arc::new(bodies), connections).await;
+    let full_kib = status_kib(&status, "VmRSS:");
+    drop(child);
+    Ok(RssReport {
+        count,
+        ready_kib,
+        warm_kib,
+        full_kib,
+        credential_len,
+        errors: warm.errors + errors,
+    })
+}
+
+/// Sends every body once over `connections` connections; returns the failures.
+async fn fill(client: &Client, url: &str, bodies: Arc<Vec<Bytes>>, connections: usize) -> u64 {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, url, bodies, next) = (
+            client.clone(),
+            url.to_owned(),
+            Arc::clone(&bodies),
+            Arc::clone(&next),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0u64;
+            while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let ok = match hyper::Request::post(url.as_str())
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(Full::new(body.clone()))
+                {
+                    Ok(req) => match client.request(req).await {
+                        Ok(res) => {
+                            res.status().is_success() && res.into_body().collect().await.is_ok()
+                        }
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                };
+                errors += u64::from(!ok);
+            }
+            errors
+        }));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        errors += t.await.unwrap_or(1);
+    }
+    errors
+}
+
 /// Cost of one signature verification (RS256 and ES256) in this process: as Ferry does
 /// it (a key parsed once), and through `jsonwebtoken::crypto::verify` (which re-parses
 /// the key on every call) for comparison. Returns ((rs, es) ferry, (rs, es) jsonwebtoken).
@@ -487,8 +660,25 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .collect::<Result<_, _>>()?,
         ))
     };
-    let rs_fresh = fresh(&rs, "api")?;
-    let es_fresh = fresh(&es, "api")?;
+    // With `--only`, token sets no selected scenario uses are left empty (minting 50k
+    // RS256 tokens takes half a minute).
+    let want = |labels: &[&str]| {
+        args.only.is_empty()
+            || labels
+                .iter()
+                .any(|l| args.only.iter().any(|o| l.starts_with(o.as_str())))
+    };
+    let empty = || Arc::new(Vec::new());
+    let rs_fresh = if want(&["B1", "C1"]) {
+        fresh(&rs, "api")?
+    } else {
+        empty()
+    };
+    let es_fresh = if want(&["B2", "C2"]) {
+        fresh(&es, "api")?
+    } else {
+        empty()
+    };
     let rs_same = Arc::new(vec![form(&rs.token("hit")?, "api")]);
     let es_same = Arc::new(vec![form(&es.token("hit")?, "api")]);
     let misses = |target: &str, count: usize| -> anyhow::Result<Arc<Vec<Bytes>>> {
@@ -501,8 +691,16 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .collect::<Result<_, _>>()?,
         ))
     };
-    let miss0 = misses("miss0", n_fresh)?;
-    let miss50 = misses("miss50", if args.quick { 500 } else { 20_000 })?;
+    let miss0 = if want(&["D1"]) {
+        misses("miss0", n_fresh)?
+    } else {
+        empty()
+    };
+    let miss50 = if want(&["D2"]) {
+        misses("miss50", if args.quick { 500 } else { 20_000 })?
+    } else {
+        empty()
+    };
 
     let mut scenarios: Vec<(&str, SocketAddr, Load)> = Vec::new();
     let url = |a: SocketAddr, p: &str| format!("http://{a}{p}");
@@ -640,28 +838,19 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .map(|((name, _, _), t)| summarize(name, t))
         .collect();
 
-    // Memory with 100k cached credentials (JWT-sized), in the memory store.
-    let rss_before = status_kib("VmRSS:");
-    let store = ferry::store::memory::MemoryStore::new(200_000);
-    let cred = Credential {
-        access_token: Secret::new("x".repeat(900)),
-        issued_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
-        token_type: "Bearer".into(),
-        expires_at: SystemClock.now() + 3600,
-        fields: BTreeMap::new(),
-        upstream_request_id: None,
-        token_id: Some("jti".into()),
+    // Memory: a real `ferry serve` child, filled with cached credentials over HTTP.
+    let rss = if args.no_rss {
+        None
+    } else {
+        let count = if args.quick { 2_000 } else { 100_000 };
+        Some(client_rt.block_on(rss_scenario(
+            dir.path(),
+            &es,
+            &client,
+            count,
+            args.connections,
+        ))?)
     };
-    server_rt.block_on(async {
-        use ferry::store::Store as _;
-        for i in 0..100_000u32 {
-            let key = ferry::store::CacheKey::from_parts([i.to_string().as_str()]);
-            let _ = store
-                .put_credential(&key, &cred, Duration::from_secs(3600), &[])
-                .await;
-        }
-    });
-    let rss_after = status_kib("VmRSS:");
 
     let baseline = rows
         .first()
@@ -722,10 +911,25 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         total_errors += errors;
     }
     println!(
-        "peak RSS {} MiB; 100k cached credentials added {:.1} MiB",
-        status_kib("VmHWM:") / 1024,
-        rss_after.saturating_sub(rss_before) as f64 / 1024.0
+        "harness process peak RSS (Ferry, load generator, pre-minted tokens): {} MiB",
+        status_kib("/proc/self/status", "VmHWM:") / 1024
     );
+    if let Some(r) = &rss {
+        total_errors += r.errors;
+        #[expect(clippy::cast_precision_loss, reason = "sizes to MiB")]
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "RSS  `ferry serve` (memory store): ready {:.1} MiB, warm {:.1} MiB, with {} cached credentials {:.1} MiB \
+             ({:.0} bytes per credential; each an ES256 Ferry JWT of {} bytes), {} error(s)",
+            mib(r.ready_kib),
+            mib(r.warm_kib),
+            r.count,
+            mib(r.full_kib),
+            r.per_credential_bytes(),
+            r.credential_len,
+            r.errors
+        );
+    }
     println!(
         "baseline A: {:.0} req/s, {:.1} µs CPU per request",
         baseline.0, baseline.1
