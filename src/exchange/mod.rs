@@ -326,10 +326,8 @@ pub async fn exchange(
     // The revocation check and the cache read go out together (one round trip of
     // latency on a multiplexed connection); a cached credential is used only if the
     // revocation check, and then the replay check, pass.
-    let (revoked, cached_credential) = tokio::join!(
-        svc.store.revoked(&fields, now),
-        cached(svc, &key, min_remaining, bypass)
-    );
+    let (revoked, cached_credential) = svc.store.revoked_and_cached(&fields, now, &key).await;
+    let cached_credential = usable(svc, cached_credential, min_remaining, bypass);
     match revoked {
         Ok(None) => {}
         Ok(Some(r)) => return Err(ExchangeError::Revoked(describe_revocation(&r.target))),
@@ -541,7 +539,22 @@ async fn cached(
     bypass: bool,
 ) -> Result<Option<Credential>, ExchangeError> {
     tracing::trace!(key = %key.as_str().get(..16).unwrap_or(""), "credential cache lookup");
-    match svc.store.get_credential(key).await {
+    usable(
+        svc,
+        svc.store.get_credential(key).await,
+        min_remaining,
+        bypass,
+    )
+}
+
+/// Judges a cache answer: see [`cached`].
+fn usable(
+    svc: &Services,
+    answer: Result<Option<Credential>, crate::store::StoreError>,
+    min_remaining: i64,
+    bypass: bool,
+) -> Result<Option<Credential>, ExchangeError> {
+    match answer {
         Ok(Some(c)) if c.expires_at.saturating_sub(svc.clock.now()) >= min_remaining => Ok(Some(c)),
         Ok(_) => Ok(None),
         Err(e) if bypass => {

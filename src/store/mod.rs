@@ -173,6 +173,22 @@ pub trait Store: Send + Sync + 'static {
     /// The first live revocation among `fields`, if any. Never cached: every call asks.
     async fn revoked(&self, fields: &[String], now: i64) -> Result<Option<Revocation>, StoreError>;
 
+    /// [`Store::revoked`] and [`Store::get_credential`] together: the exchange path asks
+    /// both on every request, and a backend that can send them as one round trip (Redis:
+    /// one pipeline) does. The caller uses the credential only if the revocation check
+    /// passed.
+    async fn revoked_and_cached(
+        &self,
+        fields: &[String],
+        now: i64,
+        key: &CacheKey,
+    ) -> (
+        Result<Option<Revocation>, StoreError>,
+        Result<Option<Credential>, StoreError>,
+    ) {
+        tokio::join!(self.revoked(fields, now), self.get_credential(key))
+    }
+
     /// Every live revocation.
     async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
 

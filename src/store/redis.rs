@@ -43,7 +43,10 @@ pub struct RedisStore {
     timeout: Duration,
     sealer: Arc<Sealer>,
     prefix: String,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    /// The connection once made: read without locking on every command.
+    current: arc_swap::ArcSwapOption<Conn>,
+    /// Held while connecting, so concurrent first calls make one connection.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -59,6 +62,15 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// The first live revocation among HMGET's answers.
+fn first_live(values: Vec<Option<String>>, now: i64) -> Option<Revocation> {
+    values
+        .into_iter()
+        .flatten()
+        .filter_map(|v| serde_json::from_str::<Revocation>(&v).ok())
+        .find(|r| r.expires_at > now)
+}
+
 const UNLOCK: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 impl RedisStore {
@@ -70,15 +82,19 @@ impl RedisStore {
             timeout,
             sealer: Arc::new(sealer),
             prefix: "ferry".into(),
-            conn: tokio::sync::Mutex::new(None),
+            current: arc_swap::ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
-        let mut guard = tokio::time::timeout(self.timeout, self.conn.lock())
+        if let Some(c) = self.current.load().as_deref() {
+            return Ok(c.clone());
+        }
+        let _guard = tokio::time::timeout(self.timeout, self.connecting.lock())
             .await
             .map_err(|_| unavailable("timed out waiting for the connection"))?;
-        if let Some(c) = guard.as_ref() {
+        if let Some(c) = self.current.load().as_deref() {
             return Ok(c.clone());
         }
         let connect = async {
@@ -108,7 +124,7 @@ impl RedisStore {
             .await
             .map_err(|_| unavailable("connect timed out"))?
             .map_err(unavailable)?;
-        *guard = Some(conn.clone());
+        self.current.store(Some(Arc::new(conn.clone())));
         Ok(conn)
     }
 
@@ -152,6 +168,18 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
+    /// A sealed cache value opened; one that does not open (tampered, or sealed with a
+    /// retired key) is a miss.
+    fn open_credential(&self, key_name: &str, sealed: &[u8]) -> Option<Credential> {
+        let Some(plain) = self.sealer.open(key_name.as_bytes(), sealed) else {
+            tracing::warn!("cached credential could not be decrypted; treating as a miss");
+            return None;
+        };
+        serde_json::from_slice::<StoredCredential>(&plain)
+            .ok()
+            .map(Credential::from)
+    }
+
     fn tag(key: &CacheKey) -> &str {
         key.as_str().get(..32).unwrap_or(key.as_str())
     }
@@ -193,17 +221,7 @@ impl Store for RedisStore {
     async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError> {
         let k = self.cred_key(key);
         let sealed: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&k)).await?;
-        let Some(sealed) = sealed else {
-            return Ok(None);
-        };
-        // A value that does not open (tampered, or sealed with a retired key) is a miss.
-        let Some(plain) = self.sealer.open(k.as_bytes(), &sealed) else {
-            tracing::warn!("cached credential could not be decrypted; treating as a miss");
-            return Ok(None);
-        };
-        Ok(serde_json::from_slice::<StoredCredential>(&plain)
-            .ok()
-            .map(Credential::from))
+        Ok(sealed.and_then(|sealed| self.open_credential(&k, &sealed)))
     }
 
     async fn put_credential(
@@ -322,11 +340,59 @@ impl Store for RedisStore {
             cmd.arg(f);
         }
         let values: Vec<Option<String>> = self.run(&cmd).await?;
-        Ok(values
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_str::<Revocation>(&v).ok())
-            .find(|r| r.expires_at > now))
+        Ok(first_live(values, now))
+    }
+
+    async fn revoked_and_cached(
+        &self,
+        fields: &[String],
+        now: i64,
+        key: &CacheKey,
+    ) -> (
+        Result<Option<Revocation>, StoreError>,
+        Result<Option<Credential>, StoreError>,
+    ) {
+        let conn = match self.conn().await {
+            Ok(c) => c,
+            Err(StoreError::Unavailable(m)) => {
+                return (
+                    Err(StoreError::Unavailable(m.clone())),
+                    Err(StoreError::Unavailable(m)),
+                );
+            }
+        };
+        // A cluster routes each key to its own node: ask separately (still concurrently).
+        let Conn::Single(mut single) = conn else {
+            return tokio::join!(self.revoked(fields, now), self.get_credential(key));
+        };
+        let k = self.cred_key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(self.revocations_key());
+        for f in fields {
+            pipe.arg(f);
+        }
+        // HMGET needs a field; a request always has some, but never send a bad command.
+        if fields.is_empty() {
+            pipe.arg("-");
+        }
+        pipe.cmd("GET").arg(&k);
+        let reply = tokio::time::timeout(
+            self.timeout,
+            pipe.query_async::<(Vec<Option<String>>, Option<Vec<u8>>)>(&mut single),
+        )
+        .await;
+        let (values, sealed) = match reply {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return (Err(unavailable(&e)), Err(unavailable(&e))),
+            Err(_) => {
+                let e = "redis call timed out";
+                return (Err(unavailable(e)), Err(unavailable(e)));
+            }
+        };
+        (
+            Ok(first_live(values, now)),
+            Ok(sealed.and_then(|sealed| self.open_credential(&k, &sealed))),
+        )
     }
 
     async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
