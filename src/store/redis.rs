@@ -175,9 +175,12 @@ impl RedisStore {
             tracing::warn!("cached credential could not be decrypted; treating as a miss");
             return None;
         };
-        serde_json::from_slice::<StoredCredential>(&plain)
-            .ok()
-            .map(Credential::from)
+        if plain.first() == Some(&b'{') {
+            return serde_json::from_slice::<StoredCredential>(&plain)
+                .ok()
+                .map(Credential::from);
+        }
+        super::packed::unpack(&plain)
     }
 
     fn tag(key: &CacheKey) -> &str {
@@ -235,7 +238,10 @@ impl Store for RedisStore {
             return Ok(());
         }
         let k = self.cred_key(key);
-        let plain = serde_json::to_vec(&StoredCredential::from(credential)).map_err(unavailable)?;
+        // The packed encoding (`packed.rs`): smaller than JSON (base64 kept decoded) and
+        // cheaper to read on every hit. Its first byte is never `{`, so values an older
+        // Ferry sealed as JSON still open.
+        let plain = super::packed::pack(credential, &[]);
         let sealed = self
             .sealer
             .seal(k.as_bytes(), &plain)
@@ -457,5 +463,54 @@ impl Store for RedisStore {
         } else {
             Err(unavailable("unexpected PING answer"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_provider_api::Secret;
+
+    #[test]
+    fn values_open_in_the_packed_and_in_the_older_json_form() {
+        let Some(sealer) = Sealer::new([5u8; 32], &[]) else {
+            unreachable!("a valid key")
+        };
+        // Never connects: only the sealing half is used.
+        let store = RedisStore::new(
+            Endpoint::Standalone("redis://127.0.0.1:1".into()),
+            Duration::from_secs(1),
+            sealer,
+        );
+        let credential = Credential {
+            access_token: Secret::new("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"),
+            issued_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+            token_type: "Bearer".into(),
+            expires_at: 42,
+            fields: Default::default(),
+            upstream_request_id: None,
+            token_id: Some("jti".into()),
+        };
+        let name = "ferry:{k}:cred";
+        let packed = super::super::packed::pack(&credential, &[]);
+        let json = serde_json::to_vec(&StoredCredential::from(&credential)).unwrap_or_default();
+        for plain in [packed.to_vec(), json] {
+            let sealed = store.sealer.seal(name.as_bytes(), &plain);
+            let opened = sealed.and_then(|s| store.open_credential(name, &s));
+            assert_eq!(
+                opened
+                    .as_ref()
+                    .map(|c| (c.access_token.expose(), c.expires_at)),
+                Some((credential.access_token.expose(), 42))
+            );
+            assert_eq!(opened.and_then(|c| c.token_id).as_deref(), Some("jti"));
+        }
+        // Bound to its key name: under another name it does not open.
+        let sealed = store.sealer.seal(name.as_bytes(), &packed);
+        assert!(
+            sealed
+                .and_then(|s| store.open_credential("ferry:{j}:cred", &s))
+                .is_none()
+        );
     }
 }
