@@ -104,39 +104,42 @@ fn bench_verify(c: &mut Criterion) {
     group.finish();
 }
 
-fn github_mapper() -> Mapper {
+fn github_mapper(cache: usize) -> Mapper {
     let rule = |k: &str, s: &str| Rule::compile(k, s).unwrap();
-    Mapper::new(vec![IssuerMapping::new(
-        "gh".into(),
-        Some(rule(
-            "condition",
-            r#"assertion.repository_owner == "acme" && assertion.ref_type == "branch""#,
-        )),
-        rule(
-            "mapping.subject",
-            r#""github:" + assertion.repository + ":" + assertion.ref"#,
-        ),
-        Some(rule(
-            "mapping.groups",
-            r#"["github", "github:" + assertion.repository_owner] + (assertion.environment == "production" ? ["prod"] : [])"#,
-        )),
-        vec![
-            ("repository".into(), rule("r", "assertion.repository")),
-            ("ref".into(), rule("f", "assertion.ref")),
-            (
-                "environment".into(),
-                rule(
-                    "e",
-                    r#"has(assertion.environment) ? assertion.environment : """#,
+    Mapper::with_cache_capacity(
+        vec![IssuerMapping::new(
+            "gh".into(),
+            Some(rule(
+                "condition",
+                r#"assertion.repository_owner == "acme" && assertion.ref_type == "branch""#,
+            )),
+            rule(
+                "mapping.subject",
+                r#""github:" + assertion.repository + ":" + assertion.ref"#,
+            ),
+            Some(rule(
+                "mapping.groups",
+                r#"["github", "github:" + assertion.repository_owner] + (assertion.environment == "production" ? ["prod"] : [])"#,
+            )),
+            vec![
+                ("repository".into(), rule("r", "assertion.repository")),
+                ("ref".into(), rule("f", "assertion.ref")),
+                (
+                    "environment".into(),
+                    rule(
+                        "e",
+                        r#"has(assertion.environment) ? assertion.environment : """#,
+                    ),
                 ),
-            ),
-            (
-                "workflow_ref".into(),
-                rule("w", "assertion.job_workflow_ref"),
-            ),
-            ("actor".into(), rule("a", "assertion.actor")),
-        ],
-    )])
+                (
+                    "workflow_ref".into(),
+                    rule("w", "assertion.job_workflow_ref"),
+                ),
+                ("actor".into(), rule("a", "assertion.actor")),
+            ],
+        )],
+        cache,
+    )
 }
 
 fn bench_mapping(c: &mut Criterion) {
@@ -158,8 +161,14 @@ fn bench_mapping(c: &mut Criterion) {
         clock(),
     );
     let token = verifier.check_claims_without_signature(claims).unwrap();
-    let mapper = github_mapper();
+    // Evaluated: the CEL rules run (a new workload, or the identity cache off).
+    let mapper = github_mapper(0);
     c.bench_function("mapping/github_actions_rules", |b| {
+        b.iter(|| mapper.map(&token).unwrap())
+    });
+    // Remembered: the same workload again (a fresh token with the same stable claims).
+    let mapper = github_mapper(16_384);
+    c.bench_function("mapping/github_actions_rules_remembered", |b| {
         b.iter(|| mapper.map(&token).unwrap())
     });
 }
@@ -307,6 +316,18 @@ fn bench_cache(c: &mut Criterion) {
             "jti:d".to_owned(),
         ];
         b.iter(|| rt.block_on(redis.revoked(&fields, 0)).unwrap())
+    });
+    c.bench_function("cache/redis_revocation_check_and_get", |b| {
+        let fields = vec![
+            "subject:a".to_owned(),
+            "target:b".to_owned(),
+            "issuer_sub:c".to_owned(),
+            "jti:d".to_owned(),
+        ];
+        b.iter(|| {
+            let (r, c) = rt.block_on(redis.revoked_and_cached(&fields, 0, &key));
+            (r.unwrap(), c.unwrap().unwrap())
+        })
     });
 }
 

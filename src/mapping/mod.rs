@@ -206,13 +206,18 @@ impl std::fmt::Debug for Mapper {
 impl Mapper {
     /// A mapper over these issuers' rules.
     pub fn new(mappings: Vec<IssuerMapping>) -> Self {
+        Self::with_cache_capacity(mappings, 16_384)
+    }
+
+    /// A mapper remembering up to `capacity` identities (0: none; benchmarks).
+    pub fn with_cache_capacity(mappings: Vec<IssuerMapping>, capacity: usize) -> Self {
         Self {
             env: Arc::new(Env::stdlib()),
             by_issuer: mappings
                 .into_iter()
                 .map(|m| (m.issuer_id.clone(), m))
                 .collect(),
-            recent: SlotCache::new(16_384, std::time::Duration::from_secs(600)),
+            recent: SlotCache::new(capacity, std::time::Duration::from_secs(600)),
         }
     }
 
