@@ -220,7 +220,12 @@ fn bench_policy(c: &mut Criterion) {
         timestamp: SystemClock.now(),
     };
     assert!(engine.authorize(&input).allowed);
+    // Evaluated: entities, context, request and the 20 policies (a decision-cache miss).
     c.bench_function("policy/20_policies_allow", |b| {
+        b.iter(|| engine.evaluate(&input))
+    });
+    // Remembered: the same identity, target and scopes again.
+    c.bench_function("policy/20_policies_allow_remembered", |b| {
         b.iter(|| engine.authorize(&input))
     });
 }
