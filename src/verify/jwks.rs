@@ -86,6 +86,19 @@ enum KeyMaterial {
     Point(Vec<u8>),
 }
 
+/// The largest signature Ferry accepts is RSA-8192's 1024 bytes (1366 base64url
+/// characters); the base64 crate wants room for its rounded-up estimate (1026).
+const SIGNATURE_BUFFER: usize = 1032;
+
+/// Decodes a base64url (unpadded) signature into `buffer`.
+fn decode_signature<'a>(b64: &str, buffer: &'a mut [u8; SIGNATURE_BUFFER]) -> Option<&'a [u8]> {
+    use base64::Engine as _;
+    let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(b64.as_bytes(), buffer)
+        .ok()?;
+    buffer.get(..len)
+}
+
 /// One parsed key per supported algorithm, indexed by [`alg_slot`].
 const ALGORITHM_SLOTS: usize = 9;
 const ALGORITHMS: [Algorithm; ALGORITHM_SLOTS] = [
@@ -129,7 +142,6 @@ impl VerifyingKey {
     /// Checks a JWS signature (`signature_b64`, base64url) over `message` with `alg`.
     /// False for a bad signature, a bad encoding, or an algorithm the key does not fit.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature_b64: &str) -> bool {
-        use base64::Engine as _;
         if !self.fits(alg) {
             return false;
         }
@@ -139,15 +151,8 @@ impl VerifyingKey {
         else {
             return false;
         };
-        // The largest signature Ferry accepts: RSA-8192, 1024 bytes.
-        let mut signature = [0u8; 1024];
-        let Ok(len) = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode_slice(signature_b64.as_bytes(), &mut signature)
-        else {
-            return false;
-        };
-        signature
-            .get(..len)
+        let mut buffer = [0u8; SIGNATURE_BUFFER];
+        decode_signature(signature_b64, &mut buffer)
             .is_some_and(|sig| key.verify_sig(message, sig).is_ok())
     }
 
@@ -713,6 +718,22 @@ pub fn spawn_refresher(cache: Arc<JwksCache>) -> tokio::task::JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_up_to_rsa_8192_decode() {
+        use base64::Engine as _;
+        let mut buffer = [0u8; SIGNATURE_BUFFER];
+        for len in [64usize, 256, 512, 1024] {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![7u8; len]);
+            assert_eq!(
+                decode_signature(&b64, &mut buffer).map(<[u8]>::len),
+                Some(len)
+            );
+        }
+        let too_long = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![7u8; 1100]);
+        assert!(decode_signature(&too_long, &mut buffer).is_none());
+        assert!(decode_signature("not base64!", &mut buffer).is_none());
+    }
 
     #[test]
     fn discovery_url_strips_one_slash() -> Result<(), url::ParseError> {
