@@ -258,9 +258,7 @@ async fn drive(client: &Client, load: &Load, connections: usize, duration: Durat
                     }
                     Load::Post(url, bodies) => {
                         let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1);
-                        hyper::Request::post(url.as_str())
-                            .header("content-type", "application/x-www-form-urlencoded")
-                            .body(Full::new(bodies.get(i).cloned().unwrap_or_default()))
+                        form_request(url.as_str(), bodies.get(i).cloned().unwrap_or_default())
                     }
                 };
                 let Ok(req) = req else {
@@ -336,6 +334,13 @@ fn summarize(name: &str, t: &mut Tally) -> Row {
     }
 }
 
+/// A POST of a form body (an exchange request).
+fn form_request(url: &str, body: Bytes) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    hyper::Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(body))
+}
+
 fn form(token: &str, target: &str) -> Bytes {
     Bytes::from(
         serde_urlencoded::to_string([
@@ -351,16 +356,17 @@ fn form(token: &str, target: &str) -> Bytes {
     )
 }
 
-struct RedisChild(Child);
+/// A child process (redis-server, `ferry serve`) killed when dropped.
+struct KillOnDrop(Child);
 
-impl Drop for RedisChild {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn start_redis() -> anyhow::Result<(RedisChild, u16)> {
+fn start_redis() -> anyhow::Result<(KillOnDrop, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -379,7 +385,7 @@ fn start_redis() -> anyhow::Result<(RedisChild, u16)> {
         .stderr(Stdio::null())
         .spawn()
         .context("redis-server is needed for the Redis scenarios (or pass --no-redis)")?;
-    let guard = RedisChild(child);
+    let guard = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
@@ -401,16 +407,6 @@ impl RssReport {
     #[expect(clippy::cast_precision_loss, reason = "a ratio")]
     fn per_credential_bytes(&self) -> f64 {
         self.full_kib.saturating_sub(self.warm_kib) as f64 * 1024.0 / self.count.max(1) as f64
-    }
-}
-
-/// Kills the child when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -445,7 +441,7 @@ async fn rss_scenario(
         ),
     )?;
     let exe = std::env::current_exe()?;
-    let child = ChildGuard(
+    let child = KillOnDrop(
         Command::new(exe)
             .args(["serve", "--config"])
             .arg(&config)
@@ -492,9 +488,7 @@ async fn rss_scenario(
         .map(|i| issuer.token(&format!("rss-{i}")).map(|t| form(&t, "api")))
         .collect::<Result<_, _>>()?;
     let credential_len = {
-        let req = hyper::Request::post(url.as_str())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(bodies.first().cloned().unwrap_or_default()))?;
+        let req = form_request(url.as_str(), bodies.first().cloned().unwrap_or_default())?;
         let body = client
             .request(req)
             .await?
@@ -534,10 +528,7 @@ async fn fill(client: &Client, url: &str, bodies: Arc<Vec<Bytes>>, connections: 
         tasks.push(tokio::spawn(async move {
             let mut errors = 0u64;
             while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let ok = match hyper::Request::post(url.as_str())
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(Full::new(body.clone()))
-                {
+                let ok = match form_request(url.as_str(), body.clone()) {
                     Ok(req) => match client.request(req).await {
                         Ok(res) => {
                             res.status().is_success() && res.into_body().collect().await.is_ok()
@@ -807,9 +798,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 let client = client.clone();
                 let target = target.clone();
                 tasks.push(tokio::spawn(async move {
-                    let req = hyper::Request::post(target.as_str())
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(Full::new(body));
+                    let req = form_request(target.as_str(), body);
                     match req {
                         Ok(req) => client
                             .request(req)

@@ -59,7 +59,14 @@ struct Credentials {
 #[derive(Default)]
 struct Shard {
     map: HashMap<[u8; 32], Packed>,
-    next_sweep: Option<Instant>,
+    last_sweep: Option<Instant>,
+}
+
+/// Every lock in the memory store: a poisoned lock (a panic while it was held) makes the
+/// store unavailable — the caller answers 503 — rather than trusting half-written state.
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StoreError> {
+    m.lock()
+        .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
 }
 
 struct Packed {
@@ -81,11 +88,11 @@ impl Credentials {
 
     fn shard(&self, key: &[u8; 32]) -> Result<std::sync::MutexGuard<'_, Shard>, StoreError> {
         let i = usize::from(key.first().copied().unwrap_or(0)) % self.shards.len().max(1);
-        self.shards
-            .get(i)
-            .ok_or_else(|| StoreError::Unavailable("memory store shard missing".into()))?
-            .lock()
-            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
+        lock(
+            self.shards
+                .get(i)
+                .ok_or_else(|| StoreError::Unavailable("memory store shard missing".into()))?,
+        )
     }
 
     fn get(&self, key: &[u8; 32]) -> Result<Option<Credential>, StoreError> {
@@ -104,9 +111,15 @@ impl Credentials {
     fn insert(&self, key: [u8; 32], bytes: Box<[u8]>, ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut shard = self.shard(&key)?;
-        if shard.next_sweep.is_none_or(|t| t <= now) || shard.map.len() >= self.per_shard {
+        // Expired entries are swept every 30 s, or — when the shard is full — at most once
+        // a second: a full shard of live entries must not cost a scan on every insert.
+        let since = shard.last_sweep.map(|t| now.saturating_duration_since(t));
+        let full = shard.map.len() >= self.per_shard;
+        if since
+            .is_none_or(|d| d >= Duration::from_secs(30) || (full && d >= Duration::from_secs(1)))
+        {
             shard.map.retain(|_, p| p.until > now);
-            shard.next_sweep = Some(now + Duration::from_secs(30));
+            shard.last_sweep = Some(now);
         }
         while shard.map.len() >= self.per_shard && !shard.map.contains_key(&key) {
             let Some(victim) = shard.map.keys().next().copied() else {
@@ -128,9 +141,7 @@ impl Credentials {
     fn purge(&self, hash: u64) -> Result<usize, StoreError> {
         let mut purged = 0;
         for shard in &self.shards {
-            let mut shard = shard
-                .lock()
-                .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
+            let mut shard = lock(shard)?;
             let before = shard.map.len();
             shard
                 .map
@@ -180,9 +191,7 @@ impl MemoryStore {
     }
 
     fn shared(&self) -> Result<std::sync::MutexGuard<'_, Shared>, StoreError> {
-        self.shared
-            .lock()
-            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
+        lock(&self.shared)
     }
 }
 

@@ -131,6 +131,12 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// The answers of [`Store::revoked_and_cached`]: the revocation check, the cache read.
+pub type RevokedAndCached = (
+    Result<Option<Revocation>, StoreError>,
+    Result<Option<Credential>, StoreError>,
+);
+
 /// Where Ferry keeps what replicas share.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -182,10 +188,7 @@ pub trait Store: Send + Sync + 'static {
         fields: &[String],
         now: i64,
         key: &CacheKey,
-    ) -> (
-        Result<Option<Revocation>, StoreError>,
-        Result<Option<Credential>, StoreError>,
-    ) {
+    ) -> RevokedAndCached {
         tokio::join!(self.revoked(fields, now), self.get_credential(key))
     }
 

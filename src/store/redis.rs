@@ -354,10 +354,7 @@ impl Store for RedisStore {
         fields: &[String],
         now: i64,
         key: &CacheKey,
-    ) -> (
-        Result<Option<Revocation>, StoreError>,
-        Result<Option<Credential>, StoreError>,
-    ) {
+    ) -> super::RevokedAndCached {
         let conn = match self.conn().await {
             Ok(c) => c,
             Err(StoreError::Unavailable(m)) => {
