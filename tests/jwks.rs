@@ -183,9 +183,11 @@ async fn jwks_documents_over_256_kib_are_refused() {
 async fn a_repeated_token_is_rechecked_and_dropped_with_its_key() {
     let h = Harness::start().await;
     let token = h.token(|c| c["exp"] = (h.now() + 120).into());
-    assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
-    // Presented again: accepted (from the verified-token cache).
-    assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
+    // The verified-token cache admits a token the second time it verifies; the third
+    // presentation is answered from it.
+    for _ in 0..3 {
+        assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
+    }
     // Claims are re-checked on every use: once expired, refused.
     h.clock.advance(131);
     let r = h.exchange_token(&token, "api", None).await;
@@ -195,7 +197,9 @@ async fn a_repeated_token_is_rechecked_and_dropped_with_its_key() {
     // A key the issuer stops publishing no longer vouches for tokens it signed, even
     // ones verified before.
     let token = h.token(|c| c["sub"] = "rotating".into());
-    assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
+    }
     h.issuer.remove_key("k1");
     let jwks = jwks_of(&h);
     jwks.refresh().await.unwrap();

@@ -13,7 +13,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ferry_provider_api::{Credential, Secret};
 
-const VERSION: u8 = 1;
+/// Written by this version; version 1 (no "same as the access token" code) still reads.
+const VERSION: u8 = 2;
+
+/// A field whose value is the access token itself (a `jwt`, GCP or Azure credential
+/// repeats it as `access_token`) is stored as this one byte instead of a second copy.
+const SAME_AS_ACCESS_TOKEN: u8 = 3;
 
 /// Strings common enough to be stored as a one-byte code (index + 1; 0 means inline).
 const KNOWN: &[&str] = &[
@@ -49,17 +54,23 @@ pub fn pack(credential: &Credential, covered_by: &[String]) -> Box<[u8]> {
     out.extend_from_slice(&fields.to_le_bytes());
     for (k, v) in credential.fields.iter().take(usize::from(fields)) {
         put_str(&mut out, k);
-        put_secret(&mut out, v.expose());
+        if v.expose() == credential.access_token.expose() {
+            out.push(SAME_AS_ACCESS_TOKEN);
+        } else {
+            put_secret(&mut out, v.expose());
+        }
     }
     put_opt(&mut out, credential.upstream_request_id.as_deref());
     put_opt(&mut out, credential.token_id.as_deref());
-    out.into_boxed_slice()
+    // A copy of exactly this size: shrinking the buffer in place would leave the unused
+    // tail as a small hole beside a long-lived entry (≈ 80 bytes per cached credential).
+    Box::from(out.as_slice())
 }
 
 /// Whether the entry is covered by a revocation field with this hash.
 pub fn covers(packed: &[u8], hash: u64) -> bool {
     let mut r = Reader(packed);
-    let (Some([VERSION]), Some(&[n])) = (r.take(1), r.take(1)) else {
+    let (Some(&[1 | VERSION]), Some(&[n])) = (r.take(1), r.take(1)) else {
         return false;
     };
     (0..n).any(|_| r.u64() == Some(hash))
@@ -68,7 +79,7 @@ pub fn covers(packed: &[u8], hash: u64) -> bool {
 /// Decodes an entry; `None` if it is not a valid encoding (never expected).
 pub fn unpack(packed: &[u8]) -> Option<Credential> {
     let mut r = Reader(packed);
-    if r.take(1)? != [VERSION] {
+    if !matches!(r.take(1)?, [1 | VERSION]) {
         return None;
     }
     let n = *r.take(1)?.first()?;
@@ -81,7 +92,13 @@ pub fn unpack(packed: &[u8]) -> Option<Credential> {
     let mut fields = BTreeMap::new();
     for _ in 0..count {
         let k = r.str()?;
-        fields.insert(k, Secret::new(r.secret()?));
+        let v = if r.0.first() == Some(&SAME_AS_ACCESS_TOKEN) {
+            r.take(1)?;
+            access_token.clone()
+        } else {
+            Secret::new(r.secret()?)
+        };
+        fields.insert(k, v);
     }
     let upstream_request_id = r.opt()?;
     let token_id = r.opt()?;
@@ -304,5 +321,38 @@ mod tests {
         assert!(!covers(&packed, field_hash("subject:b")));
         assert!(unpack(packed.get(..packed.len() - 1).unwrap_or_default()).is_none());
         assert!(unpack(&[]).is_none());
+    }
+
+    #[test]
+    fn a_field_repeating_the_access_token_is_stored_once() {
+        let token = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode([1u8; 30]),
+            URL_SAFE_NO_PAD.encode([2u8; 300]),
+            URL_SAFE_NO_PAD.encode([3u8; 64])
+        );
+        let mut c = credential(&token);
+        c.fields
+            .insert("access_token".into(), Secret::new(token.clone()));
+        let packed = pack(&c, &[]);
+        let back = unpack(&packed);
+        assert!(back.as_ref().is_some_and(|b| same(&c, b)));
+        // One decoded copy (394 bytes) plus the other fields, not two.
+        assert!(packed.len() < 394 + 160, "{} bytes", packed.len());
+    }
+
+    #[test]
+    fn version_1_entries_still_read() {
+        let c = credential("eyJh.eyJi.c2ln");
+        let mut packed = pack(&c, &["subject:a".into()]).into_vec();
+        if let Some(v) = packed.first_mut() {
+            *v = 1;
+        }
+        assert!(unpack(&packed).is_some_and(|b| same(&c, &b)));
+        assert!(covers(&packed, field_hash("subject:a")));
+        if let Some(v) = packed.first_mut() {
+            *v = 9;
+        }
+        assert!(unpack(&packed).is_none());
     }
 }
