@@ -1,5 +1,6 @@
 //! RFC 8693 §2.1: the token exchange request, parsed from form parameters.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::verify::{UnverifiedToken, VerifyError};
@@ -65,8 +66,8 @@ fn invalid(msg: impl Into<String>) -> RequestError {
 
 /// Parses form parameters. Unknown parameters are ignored (RFC 6749 §3.2); repeated
 /// ones are an error (RFC 6749 §3.2: "MUST NOT be included more than once").
-pub fn parse(
-    pairs: &[(String, String)],
+pub fn parse<K: AsRef<str>, V: AsRef<str>>(
+    pairs: &[(K, V)],
     client_ip: IpAddr,
 ) -> Result<ExchangeRequest, RequestError> {
     const KNOWN: &[&str] = &[
@@ -82,7 +83,7 @@ pub fn parse(
         "client_id",
     ];
     for name in KNOWN {
-        if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
+        if pairs.iter().filter(|(k, _)| k.as_ref() == *name).count() > 1 {
             return Err(invalid(format!(
                 "parameter `{name}` is repeated; Ferry exchanges for exactly one target"
             )));
@@ -91,8 +92,8 @@ pub fn parse(
     let get = |name: &str| {
         pairs
             .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| k.as_ref() == name)
+            .map(|(_, v)| v.as_ref())
             .filter(|v| !v.is_empty())
     };
 
@@ -154,6 +155,26 @@ pub fn parse(
     })
 }
 
+/// The pairs of an `application/x-www-form-urlencoded` body, decoded exactly as the
+/// `form_urlencoded` crate (the URL Standard) does — `+` is a space, `%XX` a byte,
+/// invalid UTF-8 becomes U+FFFD, empty segments are skipped, a segment without `=` is a
+/// name with an empty value — but a segment with nothing to decode (a JWT never has
+/// anything) is borrowed from the body instead of copied byte by byte.
+pub fn form_pairs(body: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    body.split(|&b| b == b'&')
+        .filter(|segment| !segment.is_empty())
+        .filter_map(|segment| {
+            if memchr::memchr2(b'%', b'+', segment).is_none()
+                && let Ok(text) = std::str::from_utf8(segment)
+            {
+                let (name, value) = text.split_once('=').unwrap_or((text, ""));
+                return Some((Cow::Borrowed(name), Cow::Borrowed(value)));
+            }
+            form_urlencoded::parse(segment).next()
+        })
+        .collect()
+}
+
 /// Validates a W3C Trace Context `traceparent` (version 00): `00-<32 hex>-<16 hex>-<2 hex>`,
 /// trace id and parent id not all zeros. Returns it, normalized to lower case.
 pub fn parse_traceparent(value: &str) -> Option<String> {
@@ -191,6 +212,39 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn form_pairs_decode_as_form_urlencoded_does() {
+        for body in [
+            "a=1&b=2",
+            "subject_token=eyJh.eyJi.c2ln&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt",
+            "scope=read+write&x=%41%42",
+            "&&a=&=b&c&d==e&",
+            "bad=%FF%FE&utf=%C3%A9&raw=\u{e9}",
+            "p=%&q=%4&r=%zz",
+            "",
+        ] {
+            let ours: Vec<(String, String)> = form_pairs(body.as_bytes())
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let reference: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            assert_eq!(ours, reference, "{body:?}");
+        }
+        // Invalid UTF-8 without anything to decode takes the decoding path too.
+        assert_eq!(
+            form_pairs(b"a=\xff"),
+            form_urlencoded::parse(b"a=\xff").collect::<Vec<_>>()
+        );
+        let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let body = format!("subject_token={token}");
+        assert!(matches!(
+            form_pairs(body.as_bytes()).first(),
+            Some((Cow::Borrowed("subject_token"), Cow::Borrowed(t))) if *t == token
+        ));
+    }
 
     fn form(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

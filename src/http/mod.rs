@@ -192,9 +192,19 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
     if let Some(tp) = &traceparent {
         tracing::Span::current().record("traceparent", tp.as_str());
     }
+    // RFC 6749 §4.1.3 / RFC 8693 §2.1: the body is application/x-www-form-urlencoded.
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     let body: Result<Bytes, BytesRejection> =
         <Bytes as axum::extract::FromRequest<()>>::from_request(
-            Request::from_parts(parts.clone(), body),
+            Request::from_parts(parts, body),
             &(),
         )
         .await;
@@ -204,7 +214,7 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
     let result = token_inner(
         &state,
         &runtime,
-        &parts.headers,
+        is_form,
         body,
         ip,
         traceparent,
@@ -229,9 +239,11 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         Ok(outcome) => {
             event.decision = "allow";
             event.cache = Some(if outcome.cache_hit { "hit" } else { "miss" });
-            event.credential_sha256 = Some(crate::sha256_hex(
-                outcome.response.access_token.expose().as_bytes(),
-            ));
+            // Only the audit trail reads it (hashing the credential is not free).
+            event.credential_sha256 = state
+                .audit
+                .is_enabled()
+                .then(|| crate::sha256_hex(outcome.response.access_token.expose().as_bytes()));
             event.upstream_request_id = outcome.upstream_request_id.clone();
             if state.audit.record(&event) {
                 tracing::info!(
@@ -350,20 +362,14 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
 async fn token_inner(
     state: &AppState,
     runtime: &Runtime,
-    headers: &HeaderMap,
+    is_form: bool,
     body: Result<Bytes, BytesRejection>,
     client_ip: IpAddr,
     traceparent: Option<String>,
     request_id: &str,
     trace: &mut ExchangeTrace,
 ) -> Result<ExchangeOutcome, ApiError> {
-    // RFC 6749 §4.1.3 / RFC 8693 §2.1: the body is application/x-www-form-urlencoded.
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    if !is_form {
         return Err(ApiError::invalid_request(
             "the request body must be application/x-www-form-urlencoded",
         ));
@@ -379,11 +385,9 @@ async fn token_inner(
             ApiError::invalid_request("the request body could not be read")
         }
     })?;
-    // form_urlencoded decodes every body (invalid UTF-8 becomes U+FFFD, as in
-    // serde_urlencoded, which wraps it); the checks on the values are `request::parse`'s.
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    // Every body decodes (invalid UTF-8 becomes U+FFFD); the checks on the values are
+    // `request::parse`'s.
+    let pairs = request::form_pairs(&body);
     let mut req = request::parse(&pairs, client_ip)?;
     req.traceparent = traceparent;
     Ok(exchange::exchange(runtime, &state.services, req, request_id, trace).await?)
@@ -417,7 +421,27 @@ fn granted(outcome: ExchangeOutcome) -> Response {
         scope: r.scope.as_deref(),
         credentials: Credentials(&r.credentials),
     };
-    no_store(Json(body).into_response())
+    // Sized up front: the body is mostly the secrets, and growing a small buffer
+    // through several reallocations copied them each time.
+    let secrets: usize = r.access_token.expose().len()
+        + r.credentials
+            .iter()
+            .map(|(k, v)| k.len() + v.expose().len() + 8)
+            .sum::<usize>();
+    let mut bytes = Vec::with_capacity(secrets + 256);
+    match serde_json::to_writer(&mut bytes, &body) {
+        Ok(()) => no_store(
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                bytes,
+            )
+                .into_response(),
+        ),
+        Err(_) => ApiError::server_error(&"the response could not be encoded").into_response(),
+    }
 }
 
 fn json_document(bytes: &[u8]) -> Response {
