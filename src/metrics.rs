@@ -20,10 +20,58 @@ struct Histogram {
     count: u64,
 }
 
+/// Series by (metric name, hash of the label values): a request's update finds its series
+/// without allocating; the owned labels are kept beside the value (a hash shared by two
+/// label sets only makes the list longer than one).
+type Series<V> = BTreeMap<(&'static str, u64), Vec<(Labels, V)>>;
+
 #[derive(Default)]
 struct Inner {
-    counters: BTreeMap<(&'static str, Labels), u64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+    counters: Series<u64>,
+    histograms: Series<Histogram>,
+}
+
+fn labels_hash(labels: &[(&'static str, &str)]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish()
+}
+
+/// The value of the series `name` + `labels`, created with its default if new.
+fn series<'a, V: Default>(
+    map: &'a mut Series<V>,
+    name: &'static str,
+    labels: &[(&'static str, &str)],
+) -> &'a mut V {
+    let list = map.entry((name, labels_hash(labels))).or_default();
+    let same = |l: &Labels| {
+        l.len() == labels.len()
+            && l.iter()
+                .zip(labels)
+                .all(|((k1, v1), (k2, v2))| k1 == k2 && v1 == v2)
+    };
+    let i = match list.iter().position(|(l, _)| same(l)) {
+        Some(i) => i,
+        None => {
+            list.push((owned(labels), V::default()));
+            list.len() - 1
+        }
+    };
+    // `i` is in bounds: found above, or the entry just pushed.
+    #[allow(clippy::indexing_slicing)]
+    &mut list[i].1
+}
+
+/// Every series of `name`, in label order (what the exposition prints).
+fn sorted<'a, V>(map: &'a Series<V>, name: &str) -> Vec<&'a (Labels, V)> {
+    let mut all: Vec<&(Labels, V)> = map
+        .iter()
+        .filter(|((n, _), _)| *n == name)
+        .flat_map(|(_, list)| list)
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
 }
 
 /// The registry.
@@ -95,14 +143,14 @@ impl Metrics {
     /// Adds 1 to a counter.
     pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
         if let Ok(mut inner) = self.inner.lock() {
-            *inner.counters.entry((name, owned(labels))).or_default() += 1;
+            *series(&mut inner.counters, name, labels) += 1;
         }
     }
 
     /// Records one observation, in seconds.
     pub fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
         if let Ok(mut inner) = self.inner.lock() {
-            let h = inner.histograms.entry((name, owned(labels))).or_default();
+            let h = series(&mut inner.histograms, name, labels);
             if h.counts.is_empty() {
                 h.counts = vec![0; BUCKETS.len()];
             }
@@ -123,10 +171,9 @@ impl Metrics {
             .lock()
             .ok()
             .and_then(|inner| {
-                inner
-                    .counters
-                    .iter()
-                    .find(|((n, l), _)| *n == name && *l == key)
+                sorted(&inner.counters, name)
+                    .into_iter()
+                    .find(|(l, _)| *l == key)
                     .map(|(_, v)| *v)
             })
             .unwrap_or(0)
@@ -141,15 +188,10 @@ impl Metrics {
         };
         for (name, kind, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for ((n, labels), v) in &inner.counters {
-                if n == name {
-                    let _ = writeln!(out, "{name}{} {v}", format_labels(labels, None));
-                }
+            for (labels, v) in sorted(&inner.counters, name) {
+                let _ = writeln!(out, "{name}{} {v}", format_labels(labels, None));
             }
-            for ((n, labels), h) in &inner.histograms {
-                if n != name {
-                    continue;
-                }
+            for (labels, h) in sorted(&inner.histograms, name) {
                 for (count, bound) in h.counts.iter().zip(BUCKETS) {
                     let le = bound.to_string();
                     let _ = writeln!(
@@ -254,6 +296,34 @@ mod tests {
             ),
             2
         );
+    }
+
+    #[test]
+    fn each_label_set_is_its_own_series_and_renders_in_order() {
+        let m = Metrics::default();
+        for target in ["b", "a", "c", "a", "b", "a"] {
+            m.inc("ferry_exchanges_total", &[("target", target)]);
+        }
+        m.inc(
+            "ferry_exchanges_total",
+            &[("target", "a"), ("outcome", "x")],
+        );
+        assert_eq!(m.counter("ferry_exchanges_total", &[("target", "a")]), 3);
+        assert_eq!(m.counter("ferry_exchanges_total", &[("target", "b")]), 2);
+        assert_eq!(m.counter("ferry_exchanges_total", &[("target", "c")]), 1);
+        assert_eq!(m.counter("ferry_exchanges_total", &[("target", "d")]), 0);
+        assert_eq!(
+            m.counter(
+                "ferry_exchanges_total",
+                &[("target", "a"), ("outcome", "x")]
+            ),
+            1
+        );
+        let text = m.render("");
+        let a = text.find("{target=\"a\"} 3");
+        let b = text.find("{target=\"b\"} 2");
+        let c = text.find("{target=\"c\"} 1");
+        assert!(a < b && b < c && a.is_some(), "{text}");
     }
 
     #[test]

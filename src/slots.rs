@@ -28,11 +28,14 @@ struct Slot<V> {
     value: V,
 }
 
+/// One slot's content: nothing, or a boxed entry.
+type Entry<V> = Option<Box<Slot<V>>>;
+
 /// A fixed-size, direct-mapped cache from digests to values, with a lifetime per entry.
 pub struct SlotCache<V> {
     /// Boxed entries: an empty slot costs 16 bytes, not the size of an entry (with
     /// 16 384 slots, megabytes of memory touched before anything is cached).
-    slots: Box<[Mutex<Option<Box<Slot<V>>>>]>,
+    slots: Box<[Mutex<Entry<V>>]>,
     /// Per slot, the fingerprint of the last key inserted there for the first time.
     seen: Box<[AtomicU64]>,
     mask: usize,

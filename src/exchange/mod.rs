@@ -295,30 +295,16 @@ pub async fn exchange(
 
     // Revocation: asked of the store on every exchange, never cached; if it cannot be
     // answered, the answer is no (DESIGN §4).
-    let subject_field = RevocationTarget::Subject {
-        subject: identity.subject.clone(),
-    }
-    .field();
-    let issuer_sub_field = token.sub().map(|sub| {
-        RevocationTarget::IssuerSub {
-            issuer: token.issuer_id().to_owned(),
-            sub: sub.to_owned(),
-        }
-        .field()
-    });
-    let target_field = RevocationTarget::Target {
-        target: target.id.clone(),
-    }
-    .field();
-    let mut fields = vec![subject_field.clone(), target_field.clone()];
-    fields.extend(issuer_sub_field.clone());
+    let mut fields = Vec::with_capacity(4);
+    fields.push(RevocationTarget::subject_field(&identity.subject));
+    fields.push(RevocationTarget::target_field(&target.id));
+    fields.extend(
+        token
+            .sub()
+            .map(|sub| RevocationTarget::issuer_sub_field(token.issuer_id(), sub)),
+    );
     if let Some(jti) = token.jti() {
-        fields.push(
-            RevocationTarget::Jti {
-                jti: jti.to_owned(),
-            }
-            .field(),
-        );
+        fields.push(RevocationTarget::jti_field(jti));
     }
     let key = cache_key(rt, &target, &identity, &req.scopes);
     let min_remaining = i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX);
@@ -424,10 +410,13 @@ pub async fn exchange(
         tracing::warn!(error = %e, "could not release the mint lock; it expires by itself");
     }
     let credential = minted?;
-    let mut covered_by = vec![subject_field, target_field];
-    covered_by.extend(issuer_sub_field);
+    // Covered by the same subject, target and issuer/sub revocations as the request
+    // (not its subject token's `jti`: a revoked subject token is refused above), and by a
+    // revocation of the credential's own id.
+    let mut covered_by = fields;
+    covered_by.truncate(if token.sub().is_some() { 3 } else { 2 });
     if let Some(id) = &credential.token_id {
-        covered_by.push(RevocationTarget::Jti { jti: id.clone() }.field());
+        covered_by.push(RevocationTarget::jti_field(id));
     }
     let usable_for = credential
         .expires_at

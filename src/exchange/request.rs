@@ -161,18 +161,27 @@ pub fn parse<K: AsRef<str>, V: AsRef<str>>(
 /// name with an empty value — but a segment with nothing to decode (a JWT never has
 /// anything) is borrowed from the body instead of copied byte by byte.
 pub fn form_pairs(body: &[u8]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    body.split(|&b| b == b'&')
-        .filter(|segment| !segment.is_empty())
-        .filter_map(|segment| {
-            if memchr::memchr2(b'%', b'+', segment).is_none()
-                && let Ok(text) = std::str::from_utf8(segment)
-            {
-                let (name, value) = text.split_once('=').unwrap_or((text, ""));
-                return Some((Cow::Borrowed(name), Cow::Borrowed(value)));
-            }
-            form_urlencoded::parse(segment).next()
-        })
-        .collect()
+    let mut pairs = Vec::with_capacity(8);
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (segment, next) = match memchr::memchr(b'&', rest) {
+            Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i + 1..)),
+            None => (rest, None),
+        };
+        rest = next.unwrap_or_default();
+        if segment.is_empty() {
+            continue;
+        }
+        if memchr::memchr2(b'%', b'+', segment).is_none()
+            && let Ok(text) = std::str::from_utf8(segment)
+        {
+            let (name, value) = text.split_once('=').unwrap_or((text, ""));
+            pairs.push((Cow::Borrowed(name), Cow::Borrowed(value)));
+        } else if let Some(pair) = form_urlencoded::parse(segment).next() {
+            pairs.push(pair);
+        }
+    }
+    pairs
 }
 
 /// Validates a W3C Trace Context `traceparent` (version 00): `00-<32 hex>-<16 hex>-<2 hex>`,

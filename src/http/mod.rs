@@ -222,7 +222,9 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         &mut trace,
     )
     .await;
-    let mut event = AuditEvent {
+    // The audit event is built only when there is an audit trail to write it to.
+    let audited = state.audit.is_enabled();
+    let event = || AuditEvent {
         time: state.services.clock.now(),
         request_id: request_id.clone(),
         client_ip: ip.to_string(),
@@ -235,17 +237,21 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         revision: runtime.revision.clone(),
         ..Default::default()
     };
+    let mut cache_label = None;
     let response = match result {
         Ok(outcome) => {
-            event.decision = "allow";
-            event.cache = Some(if outcome.cache_hit { "hit" } else { "miss" });
-            // Only the audit trail reads it (hashing the credential is not free).
-            event.credential_sha256 = state
-                .audit
-                .is_enabled()
-                .then(|| crate::sha256_hex(outcome.response.access_token.expose().as_bytes()));
-            event.upstream_request_id = outcome.upstream_request_id.clone();
-            if state.audit.record(&event) {
+            cache_label = Some(if outcome.cache_hit { "hit" } else { "miss" });
+            let recorded = !audited
+                || state.audit.record(&AuditEvent {
+                    decision: "allow",
+                    cache: cache_label,
+                    credential_sha256: Some(crate::sha256_hex(
+                        outcome.response.access_token.expose().as_bytes(),
+                    )),
+                    upstream_request_id: outcome.upstream_request_id.clone(),
+                    ..event()
+                });
+            if recorded {
                 tracing::info!(
                     issuer = %outcome.identity.issuer_id,
                     subject = %outcome.identity.subject,
@@ -267,10 +273,14 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
             }
         }
         Err(e) => {
-            event.decision = "deny";
-            event.error = Some(e.code.to_owned());
-            event.reason = Some(e.description.clone());
-            if !state.audit.record(&event) {
+            if audited
+                && !state.audit.record(&AuditEvent {
+                    decision: "deny",
+                    error: Some(e.code.to_owned()),
+                    reason: Some(e.description.clone()),
+                    ..event()
+                })
+            {
                 state.metrics.inc("ferry_audit_write_failures_total", &[]);
             }
             tracing::info!(
@@ -298,7 +308,7 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
     if let Some(subject) = &trace.subject {
         span.record("subject", subject.as_str());
     }
-    if let Some(cache) = event.cache {
+    if let Some(cache) = cache_label {
         span.record("cache", cache);
     }
     let m = &state.metrics;
@@ -321,7 +331,7 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
     if let Some(decision) = trace.policy_decision {
         m.inc("ferry_policy_decisions_total", &[("decision", decision)]);
     }
-    if event.cache.is_some() || trace.provider_outcome.is_some() {
+    if cache_label.is_some() || trace.provider_outcome.is_some() {
         m.inc(
             "ferry_cache_requests_total",
             &[(

@@ -79,15 +79,43 @@ impl RevocationTarget {
     /// The field this revocation is stored under: a hash, so the store holds no
     /// identifiers it does not need.
     pub fn field(&self) -> String {
-        let (kind, parts): (&str, Vec<&str>) = match self {
-            Self::Subject { subject } => ("subject", vec![subject]),
-            Self::IssuerSub { issuer, sub } => ("issuer_sub", vec![issuer, sub]),
-            Self::Jti { jti } => ("jti", vec![jti]),
-            Self::Target { target } => ("target", vec![target]),
-        };
-        let digest = CacheKey::from_parts(parts).0;
-        format!("{kind}:{}", digest.get(..32).unwrap_or(&digest))
+        match self {
+            Self::Subject { subject } => Self::subject_field(subject),
+            Self::IssuerSub { issuer, sub } => Self::issuer_sub_field(issuer, sub),
+            Self::Jti { jti } => Self::jti_field(jti),
+            Self::Target { target } => Self::target_field(target),
+        }
     }
+
+    /// [`field`](Self::field) of a `Subject` revocation, from a borrowed subject.
+    pub fn subject_field(subject: &str) -> String {
+        hashed_field("subject", &[subject])
+    }
+
+    /// [`field`](Self::field) of an `IssuerSub` revocation.
+    pub fn issuer_sub_field(issuer: &str, sub: &str) -> String {
+        hashed_field("issuer_sub", &[issuer, sub])
+    }
+
+    /// [`field`](Self::field) of a `Jti` revocation.
+    pub fn jti_field(jti: &str) -> String {
+        hashed_field("jti", &[jti])
+    }
+
+    /// [`field`](Self::field) of a `Target` revocation.
+    pub fn target_field(target: &str) -> String {
+        hashed_field("target", &[target])
+    }
+}
+
+/// `kind:` and the first 16 bytes (32 hex digits) of the length-prefixed digest of `parts`.
+fn hashed_field(kind: &str, parts: &[&str]) -> String {
+    let digest = crate::slots::digest_parts(parts.iter().map(|p| p.as_bytes()));
+    let mut field = String::with_capacity(kind.len() + 33);
+    field.push_str(kind);
+    field.push(':');
+    field.push_str(&const_hex::encode(digest.get(..16).unwrap_or_default()));
+    field
 }
 
 /// A revocation as stored.
@@ -272,6 +300,49 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revocation_fields_keep_their_stored_form() {
+        // Fields are stored (in Redis, across versions): `kind:` + the first 32 hex
+        // digits of the cache-key digest of the parts.
+        let old = |kind: &str, parts: &[&str]| {
+            let key = CacheKey::from_parts(parts.iter().copied());
+            format!("{kind}:{}", key.as_str().get(..32).unwrap_or_default())
+        };
+        let cases = [
+            (
+                RevocationTarget::Subject {
+                    subject: "repo:a".into(),
+                },
+                old("subject", &["repo:a"]),
+            ),
+            (
+                RevocationTarget::IssuerSub {
+                    issuer: "gh".into(),
+                    sub: "x".into(),
+                },
+                old("issuer_sub", &["gh", "x"]),
+            ),
+            (
+                RevocationTarget::Jti { jti: "j-1".into() },
+                old("jti", &["j-1"]),
+            ),
+            (
+                RevocationTarget::Target {
+                    target: "api".into(),
+                },
+                old("target", &["api"]),
+            ),
+        ];
+        for (target, want) in cases {
+            assert_eq!(target.field(), want);
+            assert_eq!(want.len(), want.find(':').unwrap_or(0) + 33);
+        }
+        assert_ne!(
+            RevocationTarget::issuer_sub_field("ab", "c"),
+            RevocationTarget::issuer_sub_field("a", "bc")
+        );
+    }
 
     #[test]
     fn cache_keys_are_length_prefixed() {
