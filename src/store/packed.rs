@@ -5,7 +5,10 @@
 //! only if encoding the decoded bytes gives back the same string.
 //!
 //! Layout: `covered` revocation-field hashes first (so a revocation can scan entries
-//! without decoding them), then the credential.
+//! without decoding them), then the credential. Version 2 (written now) stores lengths
+//! as LEB128 varints, well-known field names as one byte, a field repeating the access
+//! token as one byte, and a token id that is a canonical UUID as its 16 bytes; version 1
+//! entries (u32 lengths, names inline), which a Redis store may still hold, still read.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ferry_provider_api::{Credential, Secret};
 
-/// Written by this version; version 1 (no "same as the access token" code) still reads.
+/// Written by this version; version 1 still reads.
 const VERSION: u8 = 2;
 
 /// A field whose value is the access token itself (a `jwt`, GCP or Azure credential
@@ -21,12 +24,26 @@ const VERSION: u8 = 2;
 const SAME_AS_ACCESS_TOKEN: u8 = 3;
 
 /// Strings common enough to be stored as a one-byte code (index + 1; 0 means inline).
+/// Append only: stored entries refer to these by position.
 const KNOWN: &[&str] = &[
     "urn:ietf:params:oauth:token-type:jwt",
     "urn:ietf:params:oauth:token-type:access_token",
     "Bearer",
     "N_A",
+    // Field names of the providers' credentials (version 2 on).
+    "access_token",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "expiration",
+    "expires_on",
+    "token_type",
 ];
+
+/// `put_opt` tags: absent, inline text, a canonical UUID as 16 bytes (version 2 on).
+const OPT_NONE: u8 = 0;
+const OPT_TEXT: u8 = 1;
+const OPT_UUID: u8 = 2;
 
 /// An 8-byte hash of a revocation field (the first bytes of its SHA-256). A collision
 /// only makes a revocation purge one more cached credential than it had to.
@@ -53,7 +70,7 @@ pub fn pack(credential: &Credential, covered_by: &[String]) -> Box<[u8]> {
     let fields = u16::try_from(credential.fields.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&fields.to_le_bytes());
     for (k, v) in credential.fields.iter().take(usize::from(fields)) {
-        put_str(&mut out, k);
+        put_known(&mut out, k);
         if v.expose() == credential.access_token.expose() {
             out.push(SAME_AS_ACCESS_TOKEN);
         } else {
@@ -69,8 +86,10 @@ pub fn pack(credential: &Credential, covered_by: &[String]) -> Box<[u8]> {
 
 /// Whether the entry is covered by a revocation field with this hash.
 pub fn covers(packed: &[u8], hash: u64) -> bool {
-    let mut r = Reader(packed);
-    let (Some(&[1 | VERSION]), Some(&[n])) = (r.take(1), r.take(1)) else {
+    let Some((mut r, _)) = Reader::open(packed) else {
+        return false;
+    };
+    let Some(&[n]) = r.take(1) else {
         return false;
     };
     (0..n).any(|_| r.u64() == Some(hash))
@@ -78,10 +97,7 @@ pub fn covers(packed: &[u8], hash: u64) -> bool {
 
 /// Decodes an entry; `None` if it is not a valid encoding (never expected).
 pub fn unpack(packed: &[u8]) -> Option<Credential> {
-    let mut r = Reader(packed);
-    if !matches!(r.take(1)?, [1 | VERSION]) {
-        return None;
-    }
+    let (mut r, version) = Reader::open(packed)?;
     let n = *r.take(1)?.first()?;
     r.take(usize::from(n) * 8)?;
     let expires_at = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
@@ -91,8 +107,8 @@ pub fn unpack(packed: &[u8]) -> Option<Credential> {
     let count = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
     let mut fields = BTreeMap::new();
     for _ in 0..count {
-        let k = r.str()?;
-        let v = if r.0.first() == Some(&SAME_AS_ACCESS_TOKEN) {
+        let k = if version == 1 { r.str()? } else { r.known()? };
+        let v = if r.buf.first() == Some(&SAME_AS_ACCESS_TOKEN) {
             r.take(1)?;
             access_token.clone()
         } else {
@@ -113,8 +129,14 @@ pub fn unpack(packed: &[u8]) -> Option<Credential> {
     })
 }
 
+/// A length as a LEB128 varint: 7 bits per byte, low bits first, high bit = more.
 fn put_len(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    let mut n = len;
+    while n >= 0x80 {
+        out.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
+        n >>= 7;
+    }
+    out.push(u8::try_from(n).unwrap_or(0));
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -134,11 +156,17 @@ fn put_known(out: &mut Vec<u8>, s: &str) {
 
 fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
-        None => out.push(0),
-        Some(s) => {
-            out.push(1);
-            put_str(out, s);
-        }
+        None => out.push(OPT_NONE),
+        Some(s) => match uuid::Uuid::try_parse(s) {
+            Ok(u) if u.hyphenated().to_string() == s => {
+                out.push(OPT_UUID);
+                out.extend_from_slice(u.as_bytes());
+            }
+            _ => {
+                out.push(OPT_TEXT);
+                put_str(out, s);
+            }
+        },
     }
 }
 
@@ -180,22 +208,50 @@ fn as_base64url_segments(s: &str) -> Option<Vec<Vec<u8>>> {
         .collect()
 }
 
-struct Reader<'a>(&'a [u8]);
+struct Reader<'a> {
+    buf: &'a [u8],
+    version: u8,
+}
 
 impl<'a> Reader<'a> {
+    /// A reader past the version byte, and the version (1 or 2; anything else is `None`).
+    fn open(packed: &'a [u8]) -> Option<(Self, u8)> {
+        let (&version, buf) = packed.split_first()?;
+        matches!(version, 1 | VERSION).then_some((Self { buf, version }, version))
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let head = self.0.get(..n)?;
-        self.0 = self.0.get(n..)?;
+        let head = self.buf.get(..n)?;
+        self.buf = self.buf.get(n..)?;
         Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
     }
 
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 
+    fn len(&mut self) -> Option<usize> {
+        if self.version == 1 {
+            return usize::try_from(u32::from_le_bytes(self.take(4)?.try_into().ok()?)).ok();
+        }
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return usize::try_from(n).ok();
+            }
+        }
+        None
+    }
+
     fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
-        self.take(usize::try_from(len).ok()?)
+        let len = self.len()?;
+        self.take(len)
     }
 
     fn str(&mut self) -> Option<String> {
@@ -203,25 +259,29 @@ impl<'a> Reader<'a> {
     }
 
     fn known(&mut self) -> Option<String> {
-        match *self.take(1)?.first()? {
+        match self.byte()? {
             0 => self.str(),
             i => KNOWN.get(usize::from(i) - 1).map(|s| (*s).to_owned()),
         }
     }
 
     fn opt(&mut self) -> Option<Option<String>> {
-        match *self.take(1)?.first()? {
-            0 => Some(None),
+        match self.byte()? {
+            OPT_NONE => Some(None),
+            OPT_UUID if self.version > 1 => {
+                let bytes: [u8; 16] = self.take(16)?.try_into().ok()?;
+                Some(Some(uuid::Uuid::from_bytes(bytes).hyphenated().to_string()))
+            }
             _ => self.str().map(Some),
         }
     }
 
     fn secret(&mut self) -> Option<String> {
-        match *self.take(1)?.first()? {
+        match self.byte()? {
             0 => self.str(),
             1 => {
-                let n = *self.take(1)?.first()?;
-                let mut s = String::new();
+                let n = self.byte()?;
+                let mut s = String::with_capacity(self.buf.len() * 4 / 3 + 8);
                 for i in 0..n {
                     if i > 0 {
                         s.push('.');
@@ -341,18 +401,89 @@ mod tests {
         assert!(packed.len() < 394 + 160, "{} bytes", packed.len());
     }
 
+    /// The version 1 layout, written independently of `pack`: u32 lengths, names inline.
+    fn pack_v1(c: &Credential, covered: &[u64]) -> Vec<u8> {
+        fn text(out: &mut Vec<u8>, t: &[u8]) {
+            out.extend_from_slice(&u32::try_from(t.len()).unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(t);
+        }
+        let mut out = vec![1, u8::try_from(covered.len()).unwrap_or(0)];
+        for h in covered {
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        out.extend_from_slice(&c.expires_at.to_le_bytes());
+        out.push(0);
+        text(&mut out, c.issued_token_type.as_bytes());
+        out.push(3); // "Bearer"
+        let segments: Vec<&str> = c.access_token.expose().split('.').collect();
+        out.push(1);
+        out.push(u8::try_from(segments.len()).unwrap_or(0));
+        for segment in segments {
+            text(
+                &mut out,
+                &URL_SAFE_NO_PAD.decode(segment).unwrap_or_default(),
+            );
+        }
+        out.extend_from_slice(&u16::try_from(c.fields.len()).unwrap_or(0).to_le_bytes());
+        for (k, v) in &c.fields {
+            text(&mut out, k.as_bytes());
+            out.push(0);
+            text(&mut out, v.expose().as_bytes());
+        }
+        out.push(1);
+        text(
+            &mut out,
+            c.upstream_request_id.as_deref().unwrap_or("").as_bytes(),
+        );
+        out.push(1);
+        text(&mut out, c.token_id.as_deref().unwrap_or("").as_bytes());
+        out
+    }
+
     #[test]
     fn version_1_entries_still_read() {
-        let c = credential("eyJh.eyJi.c2ln");
-        let mut packed = pack(&c, &["subject:a".into()]).into_vec();
-        if let Some(v) = packed.first_mut() {
-            *v = 1;
-        }
+        let mut c = credential("eyJh.eyJi.c2ln");
+        c.issued_token_type = "custom:type".into();
+        c.token_id = Some("8c0f3f5e-0d5a-4c2e-9a57-3b2f1c0d9e8f".into());
+        let mut packed = pack_v1(&c, &[field_hash("subject:a")]);
         assert!(unpack(&packed).is_some_and(|b| same(&c, &b)));
         assert!(covers(&packed, field_hash("subject:a")));
         if let Some(v) = packed.first_mut() {
             *v = 9;
         }
         assert!(unpack(&packed).is_none());
+        assert!(!covers(&packed, field_hash("subject:a")));
+    }
+
+    #[test]
+    fn token_ids_and_lengths_take_their_short_forms_only_when_exact() {
+        let mut c = credential(&"x".repeat(300));
+        for id in [
+            "8c0f3f5e-0d5a-4c2e-9a57-3b2f1c0d9e8f",
+            // Not canonical (upper case, no hyphens, braces): kept as text.
+            "8C0F3F5E-0D5A-4C2E-9A57-3B2F1C0D9E8F",
+            "8c0f3f5e0d5a4c2e9a573b2f1c0d9e8f",
+            "{8c0f3f5e-0d5a-4c2e-9a57-3b2f1c0d9e8f}",
+            "not-a-uuid",
+        ] {
+            c.token_id = Some(id.into());
+            let packed = pack(&c, &[]);
+            assert!(unpack(&packed).is_some_and(|b| same(&c, &b)), "{id}");
+        }
+        c.token_id = Some("8c0f3f5e-0d5a-4c2e-9a57-3b2f1c0d9e8f".into());
+        let uuid = pack(&c, &[]).len();
+        c.token_id = Some("8c0f3f5e0d5a4c2e9a573b2f1c0d9e8f".into());
+        assert_eq!(
+            pack(&c, &[]).len(),
+            uuid + 33 - 16,
+            "a canonical UUID takes 16 bytes"
+        );
+        // Lengths over 127 and over 16383 take two and three bytes.
+        for n in [0, 127, 128, 16_383, 16_384, 70_000] {
+            let c = credential(&"y".repeat(n));
+            assert!(unpack(&pack(&c, &[])).is_some_and(|b| same(&c, &b)), "{n}");
+        }
+        // A varint that never ends is refused, not read past the end.
+        assert!(unpack(&[VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 0, 0xff, 0xff]).is_none());
     }
 }
