@@ -15,6 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+/// The allocator the `ferry` binary uses (src/main.rs), so the figures are its figures.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use ferry::clock::{Clock as _, SharedClock, SystemClock};
 use ferry::issuer::keys::{KeyRing, generate_private_pem, signing_key_from_pem};
 use ferry::mapping::{Identity, IssuerMapping, Mapper, Rule};
