@@ -43,7 +43,7 @@ fn series<'a, V: Default>(
     map: &'a mut Series<V>,
     name: &'static str,
     labels: &[(&'static str, &str)],
-) -> &'a mut V {
+) -> Option<&'a mut V> {
     let list = map.entry((name, labels_hash(labels))).or_default();
     let same = |l: &Labels| {
         l.len() == labels.len()
@@ -58,9 +58,7 @@ fn series<'a, V: Default>(
             list.len() - 1
         }
     };
-    // `i` is in bounds: found above, or the entry just pushed.
-    #[allow(clippy::indexing_slicing)]
-    &mut list[i].1
+    list.get_mut(i).map(|(_, v)| v)
 }
 
 /// Every series of `name`, in label order (what the exposition prints).
@@ -142,15 +140,19 @@ const HELP: &[(&str, &str, &str)] = &[
 impl Metrics {
     /// Adds 1 to a counter.
     pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
-        if let Ok(mut inner) = self.inner.lock() {
-            *series(&mut inner.counters, name, labels) += 1;
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(count) = series(&mut inner.counters, name, labels)
+        {
+            *count += 1;
         }
     }
 
     /// Records one observation, in seconds.
     pub fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], seconds: f64) {
         if let Ok(mut inner) = self.inner.lock() {
-            let h = series(&mut inner.histograms, name, labels);
+            let Some(h) = series(&mut inner.histograms, name, labels) else {
+                return;
+            };
             if h.counts.is_empty() {
                 h.counts = vec![0; BUCKETS.len()];
             }

@@ -295,6 +295,7 @@ pub async fn exchange(
 
     // Revocation: asked of the store on every exchange, never cached; if it cannot be
     // answered, the answer is no (DESIGN §4).
+    // In this order: the first two or three also cover the credential minted below.
     let mut fields = Vec::with_capacity(4);
     fields.push(RevocationTarget::subject_field(&identity.subject));
     fields.push(RevocationTarget::target_field(&target.id));
