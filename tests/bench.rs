@@ -33,6 +33,9 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "A  baseline",
         "B1 hit, RS256",
         "B4 hit, ES256, same token",
+        // An audited server: a line per exchange (none would count as an error).
+        "B5 B1 with an audit trail file",
+        "B5 audit trail: ",
         "C1 hit, RS256",
         "D2 miss, fake upstream 50 ms",
         "RSS  `ferry serve` (memory store): ready",

@@ -730,6 +730,18 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "mem",
         &config_text(dir.path(), None),
     ))?;
+    // The same with an audit trail (one hash-chained line per exchange, appended to a
+    // file), as a production config has it; the other scenarios run without one.
+    let audit_log = dir.path().join("audit.log");
+    let audited = server_rt.block_on(start_server(
+        dir.path(),
+        "audited",
+        &format!(
+            "{}\n[audit]\nfile = \"{}\"\n",
+            config_text(dir.path(), None),
+            audit_log.display()
+        ),
+    ))?;
     let red = match &redis {
         Some((_, port)) => Some(server_rt.block_on(start_server(
             dir.path(),
@@ -764,7 +776,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .any(|l| args.only.iter().any(|o| l.starts_with(o.as_str())))
     };
     let empty = || Arc::new(Vec::new());
-    let rs_fresh = if want(&["B1", "C1"]) {
+    let rs_fresh = if want(&["B1", "B5", "C1"]) {
         fresh(&rs, "api")?
     } else {
         empty()
@@ -823,6 +835,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "B4 hit, ES256, same token, memory",
         mem.addr,
         Load::Post(url(mem.addr, "/oauth2/token"), es_same.clone()),
+    ));
+    scenarios.push((
+        "B5 B1 with an audit trail file",
+        audited.addr,
+        Load::Post(url(audited.addr, "/oauth2/token"), rs_fresh.clone()),
     ));
     if let Some(r) = &red {
         scenarios.push((
@@ -924,6 +941,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         single_flight.push((name, fake.calls.load(Ordering::SeqCst) - before, errors));
     }
 
+    // B5 ran with an audit trail: every exchange it made must have left a line.
+    let audit_lines = std::fs::read_to_string(&audit_log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
     let ((rs_cost, es_cost), (rs_jwt, es_jwt)) = verify_cost(&rs, &es)?;
     let redis_rtt = match &redis {
         Some((_, port)) => Some(redis_round_trip_us(*port, 5_000)?),
@@ -1006,6 +1027,19 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         );
         single_flight_ok &= *calls == 1 && *errors == 0;
         total_errors += errors;
+    }
+    if let Some(b5) = rows.iter().find(|r| r.name.starts_with("B5")) {
+        println!(
+            "B5 audit trail: {audit_lines} hash-chained lines appended to a file ({:.1} µs of CPU per exchange over B1's)",
+            b5.cpu_us
+                - rows
+                    .iter()
+                    .find(|r| r.name.starts_with("B1"))
+                    .map_or(b5.cpu_us, |b1| b1.cpu_us)
+        );
+        if audit_lines == 0 {
+            total_errors += 1;
+        }
     }
     println!(
         "harness process peak RSS (Ferry, load generator, pre-minted tokens): {} MiB",
