@@ -103,6 +103,8 @@ pub fn line_hash(prev: &str, body: &Map<String, Value>) -> String {
     hex::encode(h.finalize())
 }
 
+/// The next line of the chain, with its newline: written with one `write_all`, so a line
+/// is one `write(2)` to a file opened for append — never split by another writer's.
 fn seal(chain: &mut ChainState, mut body: Map<String, Value>) -> String {
     chain.seq += 1;
     body.insert("seq".into(), chain.seq.into());
@@ -110,7 +112,9 @@ fn seal(chain: &mut ChainState, mut body: Map<String, Value>) -> String {
     let hash = line_hash(&chain.prev, &body);
     body.insert("hash".into(), Value::String(hash.clone()));
     chain.prev = hash;
-    serde_json::to_string(&body).unwrap_or_default()
+    let mut line = serde_json::to_string(&body).unwrap_or_default();
+    line.push('\n');
+    line
 }
 
 impl ChainFile {
@@ -149,7 +153,7 @@ impl ChainFile {
             "file rotated; prev is the last hash of the previous file".into(),
         );
         let line = seal(&mut self.chain, link);
-        writeln!(self.file, "{line}")?;
+        self.file.write_all(line.as_bytes())?;
         Ok(())
     }
 }
@@ -242,7 +246,7 @@ impl AuditLog {
                 Ok(mut f) => {
                     let written = f.follow_rotation(&self.replica).and_then(|()| {
                         let line = seal(&mut f.chain, body.clone());
-                        writeln!(f.file, "{line}")
+                        f.file.write_all(line.as_bytes())
                     });
                     written.is_ok()
                 }
@@ -253,7 +257,7 @@ impl AuditLog {
             ok &= match self.stdout_chain.lock() {
                 Ok(mut chain) => {
                     let line = seal(&mut chain, body);
-                    writeln!(std::io::stdout().lock(), "{line}").is_ok()
+                    std::io::stdout().lock().write_all(line.as_bytes()).is_ok()
                 }
                 Err(_) => false,
             };
