@@ -36,7 +36,8 @@ pub struct SlotCache<V> {
     /// Boxed entries: an empty slot costs 16 bytes, not the size of an entry (with
     /// 16 384 slots, megabytes of memory touched before anything is cached).
     slots: Box<[Mutex<Entry<V>>]>,
-    /// Per slot, the fingerprint of the last key inserted there for the first time.
+    /// Per slot, the fingerprint of the last key inserted there: an insert whose key
+    /// already has its fingerprint here is stored, any other only leaves its own.
     seen: Box<[AtomicU64]>,
     mask: usize,
     ttl: Duration,
