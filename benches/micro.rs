@@ -318,22 +318,17 @@ fn bench_cache(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // The four revocation fields an exchange checks.
+    let fields = vec![
+        "subject:a".to_owned(),
+        "target:b".to_owned(),
+        "issuer_sub:c".to_owned(),
+        "jti:d".to_owned(),
+    ];
     c.bench_function("cache/redis_revocation_check", |b| {
-        let fields = vec![
-            "subject:a".to_owned(),
-            "target:b".to_owned(),
-            "issuer_sub:c".to_owned(),
-            "jti:d".to_owned(),
-        ];
         b.iter(|| rt.block_on(redis.revoked(&fields, 0)).unwrap())
     });
     c.bench_function("cache/redis_revocation_check_and_get", |b| {
-        let fields = vec![
-            "subject:a".to_owned(),
-            "target:b".to_owned(),
-            "issuer_sub:c".to_owned(),
-            "jti:d".to_owned(),
-        ];
         b.iter(|| {
             let (r, c) = rt.block_on(redis.revoked_and_cached(&fields, 0, &key));
             (r.unwrap(), c.unwrap().unwrap())

@@ -34,6 +34,9 @@ pub struct Target {
     /// The target's own expressions over `identity` (name → rule), e.g. AWS session tags
     /// as `session_tag:<Key>` and `source_identity`.
     pub values: Arc<Vec<(String, Rule)>>,
+    /// The revocation field of this target (`RevocationTarget::target_field`), hashed
+    /// once here rather than on every exchange.
+    pub revocation_field: String,
 }
 
 impl std::fmt::Debug for Target {
@@ -575,6 +578,7 @@ impl Runtime {
                             .unwrap_or(min_remaining_default),
                         provider,
                         values: Arc::new(values),
+                        revocation_field: crate::store::RevocationTarget::target_field(&t.id),
                     }),
                 );
             }
@@ -750,6 +754,7 @@ impl Runtime {
                     min_remaining: t.min_remaining,
                     provider,
                     values: Arc::clone(&t.values),
+                    revocation_field: t.revocation_field.clone(),
                 };
                 self.targets
                     .insert(target_id.to_owned(), Arc::new(replaced));

@@ -298,7 +298,7 @@ pub async fn exchange(
     // In this order: the first two or three also cover the credential minted below.
     let mut fields = Vec::with_capacity(4);
     fields.push(RevocationTarget::subject_field(&identity.subject));
-    fields.push(RevocationTarget::target_field(&target.id));
+    fields.push(target.revocation_field.clone());
     fields.extend(
         token
             .sub()

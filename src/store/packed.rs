@@ -318,6 +318,16 @@ mod tests {
         }
     }
 
+    /// Three base64url segments (30, 300 and 64 bytes decoded: 394), like a signed JWT.
+    fn jwt_shaped() -> String {
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode([1u8; 30]),
+            URL_SAFE_NO_PAD.encode([2u8; 300]),
+            URL_SAFE_NO_PAD.encode([3u8; 64])
+        )
+    }
+
     fn same(a: &Credential, b: &Credential) -> bool {
         a.access_token.expose() == b.access_token.expose()
             && a.issued_token_type == b.issued_token_type
@@ -358,12 +368,7 @@ mod tests {
 
     #[test]
     fn base64_text_is_stored_decoded() {
-        let token = format!(
-            "{}.{}.{}",
-            URL_SAFE_NO_PAD.encode([1u8; 30]),
-            URL_SAFE_NO_PAD.encode([2u8; 300]),
-            URL_SAFE_NO_PAD.encode([3u8; 64])
-        );
+        let token = jwt_shaped();
         let packed = pack(&credential(&token), &[]);
         assert!(
             packed.len() < token.len() * 85 / 100 + 120,
@@ -385,12 +390,7 @@ mod tests {
 
     #[test]
     fn a_field_repeating_the_access_token_is_stored_once() {
-        let token = format!(
-            "{}.{}.{}",
-            URL_SAFE_NO_PAD.encode([1u8; 30]),
-            URL_SAFE_NO_PAD.encode([2u8; 300]),
-            URL_SAFE_NO_PAD.encode([3u8; 64])
-        );
+        let token = jwt_shaped();
         let mut c = credential(&token);
         c.fields
             .insert("access_token".into(), Secret::new(token.clone()));
