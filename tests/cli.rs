@@ -74,6 +74,7 @@ ephemeral = true
 [store]
 backend = "redis"
 url = "http://redis.example.com"
+revocation_max_lag = "5ms"
 
 [[issuers]]
 id = "github"
@@ -145,6 +146,9 @@ fn check_reports_every_problem_as_file_entry_problem() {
         ),
         format!("{f}: store.url: `http://redis.example.com` is not a redis:// or rediss:// URL"),
         format!("{f}: store.encryption_key_file: is required for the redis backend"),
+        format!(
+            "{f}: store.revocation_max_lag: must be `0s` (no local copy) or between 20ms and 10s"
+        ),
     ] {
         assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
     }

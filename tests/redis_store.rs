@@ -122,11 +122,182 @@ async fn two_replicas(
     (h, b, side)
 }
 
+/// The first response with `status`, asking again for up to 3 s (a revocation reaches a
+/// replica's local copy within `store.revocation_max_lag`, 250 ms by default); the last
+/// response if none had it.
+async fn until_status<F, Fut>(status: u16, mut ask: F) -> Resp
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = ask().await;
+        if r.status == status || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn readyz(state: &Arc<ferry::http::AppState>) -> Resp {
+    send(
+        ferry::http::app(Arc::clone(state)),
+        axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Waits (up to 5 s) until the replica's local revocation copy is in use.
+async fn copy_current(state: &ferry::http::AppState) -> bool {
+    let store = &state.services.store;
+    let _ = store.ping().await;
+    for _ in 0..500 {
+        if matches!(store.revocation_copy(), Some(Some(_))) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// `calls` of each command, from `INFO commandstats`.
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_local_revocation_copy_hits_skip_redis_revocations_arrive_and_outages_fail_closed()
+{
+    let mut redis = RedisServer::start();
+    let side = tempfile::tempdir().unwrap();
+    let admin = side.path().join("admin");
+    std::fs::write(&admin, "admin-token-0123456789").unwrap();
+    let (h, b, _side) = two_replicas(
+        &redis.url(),
+        None,
+        &format!(
+            "revocation_max_lag = \"2s\"\n[admin]\ntoken_file = \"{}\"\n",
+            admin.display()
+        ),
+        None,
+    )
+    .await;
+    let a = Arc::clone(&h.state);
+    assert!(copy_current(&a).await, "A's copy becomes current");
+    assert!(copy_current(&b).await, "B's copy becomes current");
+    let ready = readyz(&b).await;
+    assert_eq!(ready.body["store"]["revocation_copy"], "current");
+
+    // A mints a Ferry token; B reads it from Redis once, then serves it from its near
+    // cache: no more GET or HMGET reaches Redis.
+    let token = h.token(|_| {});
+    let first = h.exchange_on(&a, &token, "api", Some("read")).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let ferry_token = first.body["access_token"].as_str().unwrap().to_owned();
+    let on_b = h.exchange_on(&b, &token, "api", Some("read")).await;
+    assert_eq!(on_b.body["access_token"], ferry_token.as_str());
+    let (gets, hmgets) = (command_calls(&redis, "get"), command_calls(&redis, "hmget"));
+    assert!(gets > 0, "B read the credential from Redis once");
+    for _ in 0..3 {
+        let again = h.exchange_on(&b, &token, "api", Some("read")).await;
+        assert_eq!(again.body["access_token"], ferry_token.as_str());
+    }
+    assert_eq!(command_calls(&redis, "get"), gets, "near-cache hits");
+    assert_eq!(
+        command_calls(&redis, "hmget"),
+        hmgets,
+        "revocations checked locally"
+    );
+
+    // RFC 7009 revocation of the Ferry token on A: B's near copy is dropped (the
+    // token's own `jti` is not among the request's fields, so only that purge stops it).
+    let revoke = send(
+        ferry::http::app(Arc::clone(&a)),
+        axum::http::Request::post("/oauth2/revoke")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(format!("token={ferry_token}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(revoke.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let replaced = loop {
+        let r = h.exchange_on(&b, &token, "api", Some("read")).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if r.body["access_token"] != ferry_token.as_str() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(replaced, "B stopped serving the revoked token");
+
+    // A subject revocation recorded on A reaches B.
+    a.services
+        .store
+        .revoke(&a.runtime.load().revocation(
+            ferry::store::RevocationTarget::Subject {
+                subject: "fake:repo:acme/infra:ref:refs/heads/main".into(),
+            },
+            None,
+            h.now(),
+        ))
+        .await
+        .unwrap();
+    let refused = until_status(400, || h.exchange_on(&b, &token, "api", Some("read"))).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert!(refused.description().contains("has been revoked"));
+
+    // Redis goes away: B's copy stops being used, and even a credential B holds near
+    // is not served (fail closed), every time.
+    let other = h.token(|c| c["sub"] = "other".into());
+    for _ in 0..2 {
+        let r = h.exchange_on(&b, &other, "api", None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    redis.kill();
+    let down = until_status(503, || h.exchange_on(&b, &other, "api", None)).await;
+    assert_eq!(down.status, 503, "{:?}", down.body);
+    for _ in 0..5 {
+        assert_eq!(h.exchange_on(&b, &other, "api", None).await.status, 503);
+    }
+    assert_eq!(b.services.store.revocation_copy(), Some(None));
+
+    // Back, without restarting Ferry: the copy is read again (the subject revocation
+    // does not survive a Redis without persistence, but B's copy follows Redis).
+    redis.restart();
+    assert!(copy_current(&b).await, "B's copy is current again");
+    let back = until_status(200, || h.exchange_on(&b, &other, "api", None)).await;
+    assert_eq!(back.status, 200, "{:?}", back.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_the_cache_and_revocations_take_effect_everywhere_at_once() {
     let redis = RedisServer::start();
     let provider = Counting::new(0);
-    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
+    // Without a local copy of the revocation list, every exchange asks Redis, so a
+    // revocation holds everywhere from the moment it is recorded. (With the copy, the
+    // default, it holds within `revocation_max_lag`: the next test.)
+    let (h, b, _side) = two_replicas(
+        &redis.url(),
+        Some(provider.clone()),
+        "revocation_max_lag = \"0s\"",
+        None,
+    )
+    .await;
+    assert_eq!(h.state.services.store.revocation_copy(), None);
     let a = Arc::clone(&h.state);
     let token = h.token(|_| {});
     let r1 = h.exchange_on(&a, &token, "api", None).await;
@@ -360,13 +531,7 @@ async fn a_redis_outage_gives_503s_never_500s_and_ferry_recovers_by_itself() {
         }
         *seen.entry((i / 20, r.status.as_u16())).or_insert(0) += 1;
         if (20..40).contains(&i) {
-            let ready = send(
-                ferry::http::app(Arc::clone(state)),
-                axum::http::Request::get("/readyz")
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await;
+            let ready = readyz(state).await;
             assert_eq!(ready.status, 503, "not ready while Redis is down");
         }
     }
@@ -515,7 +680,11 @@ async fn admin_and_cli_revocations() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["purged"], 1);
     assert_eq!(r.body["revocation"]["kind"], "target");
-    let refused = h.exchange_on(&b, &h.token(|_| {}), "api", None).await;
+    let refused = until_status(400, || async {
+        let token = h.token(|_| {});
+        h.exchange_on(&b, &token, "api", None).await
+    })
+    .await;
     assert_eq!(refused.status, 400);
     assert!(
         refused
@@ -541,14 +710,11 @@ async fn admin_and_cli_revocations() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let victim = h
-        .exchange_on(
-            &a,
-            &h.token(|c| c["sub"] = "cli-victim".into()),
-            "other",
-            None,
-        )
-        .await;
+    let victim = until_status(400, || async {
+        let token = h.token(|c| c["sub"] = "cli-victim".into());
+        h.exchange_on(&a, &token, "other", None).await
+    })
+    .await;
     assert_eq!(victim.status, 400, "{:?}", victim.body);
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args([
@@ -636,13 +802,7 @@ async fn the_store_works_on_a_three_master_cluster() {
             .status,
         400
     );
-    let ready = send(
-        ferry::http::app(Arc::clone(&a)),
-        axum::http::Request::get("/readyz")
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let ready = readyz(&a).await;
     assert_eq!(ready.body["store"]["backend"], "redis-cluster");
     assert_eq!(ready.body["store"]["ok"], true);
     // Keys are spread over the masters, and nothing is in plain text.

@@ -211,6 +211,11 @@ pub struct StoreConfig {
     /// cache). The revocation check is never bypassed.
     #[serde(default = "default_on_cache_error")]
     pub on_cache_error: String,
+    /// Standalone Redis: how old this replica's local copy of the revocation list may be
+    /// and still be used, with a near cache of up to `max_entries` credentials in front of
+    /// Redis. `0s`: no copy, every exchange asks Redis (one round trip).
+    #[serde(default = "d_250ms")]
+    pub revocation_max_lag: ConfigDuration,
 }
 
 impl Default for StoreConfig {
@@ -227,12 +232,16 @@ impl Default for StoreConfig {
             lock_wait: d_10s(),
             negative_ttl: d_30s(),
             on_cache_error: default_on_cache_error(),
+            revocation_max_lag: d_250ms(),
         }
     }
 }
 
 fn default_on_cache_error() -> String {
     "unavailable".into()
+}
+fn d_250ms() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(250))
 }
 fn d_500ms() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_millis(500))

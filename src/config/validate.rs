@@ -138,6 +138,14 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
     if st.timeout.0.is_zero() || st.timeout.0 > Duration::from_secs(10) {
         errs.push(file, "store.timeout", "must be between 1ms and 10s");
     }
+    let lag = st.revocation_max_lag.0;
+    if !lag.is_zero() && !(Duration::from_millis(20)..=Duration::from_secs(10)).contains(&lag) {
+        errs.push(
+            file,
+            "store.revocation_max_lag",
+            "must be `0s` (no local copy) or between 20ms and 10s",
+        );
+    }
     for (name, limit) in [
         ("per_subject", config.rate_limits.per_subject),
         ("per_client", config.rate_limits.per_client),

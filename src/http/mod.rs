@@ -501,7 +501,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             Json(json!({
                 "ready": ready,
                 "revision": runtime.revision,
-                "store": {"backend": state.services.store.backend(), "ok": store_ok},
+                "store": {
+                    "backend": state.services.store.backend(),
+                    "ok": store_ok,
+                    "revocation_copy": match state.services.store.revocation_copy() {
+                        None => "off",
+                        Some(None) => "not current",
+                        Some(Some(_)) => "current",
+                    },
+                },
                 "issuers": issuers,
                 "last_reload_error": last_reload_error,
             })),
@@ -554,6 +562,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         extra,
         "# HELP ferry_signing_key_age_seconds Age of Ferry's active signing key.\n# TYPE ferry_signing_key_age_seconds gauge\nferry_signing_key_age_seconds {age}"
     );
+    if let Some(copy) = state.services.store.revocation_copy() {
+        let _ = writeln!(
+            extra,
+            "# HELP ferry_revocation_copy_current Whether this replica's local copy of the revocation list is in use (1) or every exchange asks Redis (0).\n# TYPE ferry_revocation_copy_current gauge\nferry_revocation_copy_current {}",
+            u8::from(copy.is_some())
+        );
+        if let Some(lag) = copy {
+            let _ = writeln!(
+                extra,
+                "# HELP ferry_revocation_copy_lag_seconds How long ago the copy was last proven current.\n# TYPE ferry_revocation_copy_lag_seconds gauge\nferry_revocation_copy_lag_seconds {:.3}",
+                lag.as_secs_f64()
+            );
+        }
+    }
     let mut response = state.metrics.render(&extra).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

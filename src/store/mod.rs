@@ -2,6 +2,7 @@
 //! replay and rate limits). `memory` is the embedded default.
 
 pub mod memory;
+pub mod mirror;
 pub mod packed;
 pub mod redis;
 pub mod seal;
@@ -237,6 +238,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether this replica keeps a local copy of a shared revocation list
+    /// (`mirror.rs`), and if so how old it is: `None` when it keeps none (every exchange
+    /// asks the store), `Some(None)` when the copy is not current (exchanges ask the store
+    /// until it is), `Some(Some(lag))` when it is in use.
+    fn revocation_copy(&self) -> Option<Option<Duration>> {
+        None
+    }
 }
 
 /// Opens the store `[store]` configures. Redis connects lazily: Ferry starts (not ready)
@@ -277,7 +286,8 @@ pub fn open(
                 endpoint,
             ) {
                 (Some(sealer), Some(endpoint)) if errs.is_empty() => Ok(std::sync::Arc::new(
-                    redis::RedisStore::new(endpoint, st.timeout.0, sealer),
+                    redis::RedisStore::new(endpoint, st.timeout.0, sealer)
+                        .with_mirror(st.revocation_max_lag.0, st.max_entries),
                 )),
                 _ => {
                     if errs.is_empty() {

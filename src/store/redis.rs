@@ -7,20 +7,26 @@
 //! - `ferry:{c}:deny` — a brief upstream denial (its error code)
 //! - `ferry:idx:<field>` — cache keys a revocation field covers (for purging)
 //! - `ferry:{revocations}` — hash: revocation field → JSON record (one slot, one HMGET)
+//! - channel `ferry:{revocations}:events` — each new revocation record, published in the
+//!   same transaction as its `HSET`, for the replicas' local copies (`mirror.rs`)
+//! - channel `ferry:{revocations}:heartbeat:<uuid>` — one replica's heartbeats to itself
 //! - `ferry:replay:<sha256>` — single-use token ids (SET NX EX)
 //! - `ferry:rl:<sha256>:<window>` — fixed-window rate-limit counters
 //!
 //! Nothing in Redis is a token or credential in plain text; fields are hashes.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_provider_api::Credential;
+use futures_util::StreamExt;
 use redis::FromRedisValue;
 
+use super::mirror::Mirror;
 use super::seal::{Sealer, StoredCredential};
-use super::{CacheKey, RateDecision, Revocation, Store, StoreError};
+use super::{CacheKey, RateDecision, Revocation, RevocationTarget, Store, StoreError};
 
 /// Where the Redis store connects.
 #[derive(Debug, Clone)]
@@ -47,6 +53,11 @@ pub struct RedisStore {
     current: arc_swap::ArcSwapOption<Conn>,
     /// Held while connecting, so concurrent first calls make one connection.
     connecting: tokio::sync::Mutex<()>,
+    /// The local copy of the revocation list and the near cache (standalone Redis, when
+    /// `store.revocation_max_lag` is not zero).
+    mirror: Option<Arc<Mirror>>,
+    /// Whether the task that keeps `mirror` current has been started.
+    mirror_started: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -54,6 +65,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("cluster", &matches!(self.endpoint, Endpoint::Cluster(_)))
             .field("sealer", &self.sealer)
+            .field("mirror", &self.mirror)
             .finish_non_exhaustive()
     }
 }
@@ -84,7 +96,41 @@ impl RedisStore {
             prefix: "ferry".into(),
             current: arc_swap::ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            mirror: None,
+            mirror_started: AtomicBool::new(false),
         }
+    }
+
+    /// Keeps a local copy of the revocation list and a near cache of up to `max_entries`
+    /// credentials, used while the copy is provably at most `max_lag` old (`mirror.rs`).
+    /// A cluster has no copy: its pub/sub spans shards differently, so every exchange
+    /// there asks Redis.
+    #[must_use]
+    pub fn with_mirror(mut self, max_lag: Duration, max_entries: u64) -> Self {
+        if !max_lag.is_zero() && matches!(self.endpoint, Endpoint::Standalone(_)) {
+            self.mirror = Some(Arc::new(Mirror::new(max_lag, max_entries)));
+        }
+        self
+    }
+
+    /// Starts the task that keeps the copy current, once, from within the runtime.
+    fn start_mirror(&self) {
+        let (Some(mirror), Endpoint::Standalone(url)) = (&self.mirror, &self.endpoint) else {
+            return;
+        };
+        if self.mirror_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.mirror_started.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn(follow_revocations(
+            url.clone(),
+            self.timeout,
+            self.prefix.clone(),
+            Arc::downgrade(mirror),
+        ));
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
@@ -183,6 +229,34 @@ impl RedisStore {
         super::packed::unpack(&plain)
     }
 
+    /// A cached credential and how long Redis keeps it: the time it stays usable (it
+    /// was stored for exactly that), so a near copy lapses when the shared one does and
+    /// the next request finds whatever replaced it.
+    async fn get_credential_and_ttl(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<(Credential, Duration)>, StoreError> {
+        let k = self.cred_key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
+        let reply: (Option<Vec<u8>>, i64) = match self.conn().await? {
+            Conn::Single(mut c) => tokio::time::timeout(self.timeout, pipe.query_async(&mut c))
+                .await
+                .map_err(|_| unavailable("redis call timed out"))?
+                .map_err(unavailable)?,
+            Conn::Cluster(mut c) => tokio::time::timeout(self.timeout, pipe.query_async(&mut c))
+                .await
+                .map_err(|_| unavailable("redis call timed out"))?
+                .map_err(unavailable)?,
+        };
+        // PTTL is -1 for a key without expiry (Ferry never writes one): not kept near.
+        let ttl = Duration::from_millis(u64::try_from(reply.1).unwrap_or(0));
+        Ok(reply
+            .0
+            .and_then(|sealed| self.open_credential(&k, &sealed))
+            .map(|c| (c, ttl)))
+    }
+
     fn tag(key: &CacheKey) -> &str {
         key.as_str().get(..32).unwrap_or(key.as_str())
     }
@@ -200,7 +274,7 @@ impl RedisStore {
     }
 
     fn revocations_key(&self) -> String {
-        format!("{}:{{revocations}}", self.prefix)
+        revocations_key(&self.prefix)
     }
 
     fn index_key(&self, field: &str) -> String {
@@ -210,6 +284,155 @@ impl RedisStore {
 
 fn secs(d: Duration) -> u64 {
     d.as_secs().max(1)
+}
+
+fn revocations_key(prefix: &str) -> String {
+    format!("{prefix}:{{revocations}}")
+}
+
+fn events_channel(prefix: &str) -> String {
+    format!("{prefix}:{{revocations}}:events")
+}
+
+/// Keeps `mirror` current for as long as its store lives: subscribe, read the list, then
+/// apply what the subscription announces; again after any failure, with back-off. While
+/// it is not following, the copy is not current and exchanges ask Redis.
+async fn follow_revocations(url: String, timeout: Duration, prefix: String, mirror: Weak<Mirror>) {
+    let mut failures: u32 = 0;
+    loop {
+        let mut followed = false;
+        let outcome = follow_once(&url, timeout, &prefix, &mirror, &mut followed).await;
+        let Some(m) = mirror.upgrade() else { return };
+        m.lose();
+        drop(m);
+        let Err(e) = outcome else { return };
+        if followed {
+            failures = 0;
+        }
+        if failures == 0 {
+            tracing::warn!(
+                error = %e,
+                "revocation mirror stopped following Redis; every exchange asks Redis until it is back"
+            );
+        } else {
+            tracing::debug!(error = %e, "revocation mirror: still not following Redis");
+        }
+        failures = failures.saturating_add(1);
+        let backoff = Duration::from_millis(50).saturating_mul(1 << failures.min(6));
+        tokio::time::sleep(backoff.min(Duration::from_secs(2))).await;
+    }
+}
+
+/// One subscription, until it fails (`Err`) or the store is dropped (`Ok`).
+async fn follow_once(
+    url: &str,
+    timeout: Duration,
+    prefix: &str,
+    mirror: &Weak<Mirror>,
+    followed: &mut bool,
+) -> Result<(), String> {
+    async fn within<T, E: std::fmt::Display>(
+        timeout: Duration,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Err(_) => Err(format!("{what}: timed out")),
+        }
+    }
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let connect = timeout.saturating_mul(2);
+    let mut pubsub = within(connect, "subscribe", client.get_async_pubsub()).await?;
+    let events = events_channel(prefix);
+    let beats = format!(
+        "{prefix}:{{revocations}}:heartbeat:{}",
+        uuid::Uuid::new_v4()
+    );
+    within(timeout, "subscribe", pubsub.subscribe(&events)).await?;
+    within(timeout, "subscribe", pubsub.subscribe(&beats)).await?;
+    // The sink must live as long as the stream, or the connection closes.
+    let (_sink, mut stream) = pubsub.split();
+    let mut conn = within(
+        connect,
+        "connect",
+        client.get_multiplexed_async_connection(),
+    )
+    .await?;
+    // Read after subscribing: a revocation committed in between is in both, and applying
+    // one twice is harmless.
+    let all: Vec<(String, String)> = within(
+        timeout,
+        "read revocations",
+        redis::cmd("HGETALL")
+            .arg(revocations_key(prefix))
+            .query_async(&mut conn),
+    )
+    .await?;
+    let all: Vec<Revocation> = all
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_str(v).ok())
+        .collect();
+    let (interval, max_lag) = {
+        let Some(m) = mirror.upgrade() else {
+            return Ok(());
+        };
+        m.reset(&all).await;
+        (m.heartbeat_interval(), m.max_lag())
+    };
+    // Heartbeats that stop coming back mean a stalled connection: make a new one.
+    let stalled_after = max_lag.saturating_mul(4).max(timeout.saturating_mul(2));
+    let mut last_returned = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return Err("the subscription closed".into());
+                };
+                let Some(m) = mirror.upgrade() else {
+                    return Ok(());
+                };
+                if msg.get_channel_name() == events {
+                    match serde_json::from_slice::<Revocation>(msg.get_payload_bytes()) {
+                        Ok(r) => m.apply(&r).await,
+                        // Not ours to judge: a record we cannot read is still in the hash,
+                        // and the direct check would read it the same way (as no record).
+                        Err(_) => tracing::warn!("revocation mirror: unreadable announcement ignored"),
+                    }
+                } else if msg.get_channel_name() == beats
+                    && let Some(sent) = std::str::from_utf8(msg.get_payload_bytes())
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                {
+                    m.heartbeat_returned(sent);
+                    last_returned = Instant::now();
+                    if !*followed {
+                        *followed = true;
+                        tracing::info!("revocation mirror is following Redis");
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let Some(m) = mirror.upgrade() else {
+                    return Ok(());
+                };
+                if last_returned.elapsed() > stalled_after {
+                    return Err("heartbeats stopped coming back".into());
+                }
+                let sent = m.heartbeat(Instant::now());
+                drop(m);
+                within(
+                    timeout,
+                    "heartbeat",
+                    redis::cmd("PUBLISH").arg(&beats).arg(sent).query_async::<i64>(&mut conn),
+                )
+                .await?;
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -258,6 +481,9 @@ impl Store for RedisStore {
                 .await?;
             self.run::<()>(redis::cmd("EXPIRE").arg(&idx).arg(secs(ttl)).arg("GT"))
                 .await?;
+        }
+        if let Some(m) = &self.mirror {
+            m.put(key, credential, ttl, covered_by).await?;
         }
         Ok(())
     }
@@ -313,8 +539,48 @@ impl Store for RedisStore {
         let field = revocation.target.field();
         let record = serde_json::to_string(revocation).map_err(unavailable)?;
         let hash = self.revocations_key();
-        self.run::<()>(redis::cmd("HSET").arg(&hash).arg(&field).arg(record))
-            .await?;
+        // Here at once, whatever Redis says (refusing more is the safe side).
+        if let Some(m) = &self.mirror {
+            m.apply(revocation).await;
+        }
+        // Purge before announcing: a replica that reads a credential from Redis after it
+        // has applied the announcement then finds it gone. (A revoked Ferry token's `jti`
+        // is not among a request's fields; only the purge keeps it from being served, and
+        // no one can cache that credential again.)
+        let idx = self.index_key(&field);
+        let members: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(&idx)).await?;
+        let mut purged = 0;
+        for key in members.iter().filter_map(|m| CacheKey::from_hex(m)) {
+            let deleted: i64 = self.run(redis::cmd("DEL").arg(self.cred_key(&key))).await?;
+            purged += usize::try_from(deleted).unwrap_or(0);
+        }
+        self.run::<()>(redis::cmd("DEL").arg(&idx)).await?;
+        // Recorded and announced in one transaction, so a replica whose heartbeat returns
+        // after the record exists has also received the announcement.
+        let mut tx = redis::pipe();
+        tx.atomic()
+            .cmd("HSET")
+            .arg(&hash)
+            .arg(&field)
+            .arg(&record)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(events_channel(&self.prefix))
+            .arg(&record)
+            .ignore();
+        match self.conn().await? {
+            Conn::Single(mut c) => {
+                tokio::time::timeout(self.timeout, tx.query_async::<()>(&mut c))
+                    .await
+                    .map_err(|_| unavailable("redis call timed out"))?
+                    .map_err(unavailable)?;
+            }
+            // A cluster keeps no local copies, so there is no one to tell.
+            Conn::Cluster(_) => {
+                self.run::<()>(redis::cmd("HSET").arg(&hash).arg(&field).arg(&record))
+                    .await?;
+            }
+        }
         // Drop expired revocations while we are here.
         let all: Vec<(String, String)> = self.run(redis::cmd("HGETALL").arg(&hash)).await?;
         for (f, v) in all {
@@ -325,14 +591,6 @@ impl Store for RedisStore {
                 self.run::<()>(redis::cmd("HDEL").arg(&hash).arg(f)).await?;
             }
         }
-        let idx = self.index_key(&field);
-        let members: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(&idx)).await?;
-        let mut purged = 0;
-        for key in members.iter().filter_map(|m| CacheKey::from_hex(m)) {
-            let deleted: i64 = self.run(redis::cmd("DEL").arg(self.cred_key(&key))).await?;
-            purged += usize::try_from(deleted).unwrap_or(0);
-        }
-        self.run::<()>(redis::cmd("DEL").arg(&idx)).await?;
         Ok(purged)
     }
 
@@ -355,6 +613,34 @@ impl Store for RedisStore {
         now: i64,
         key: &CacheKey,
     ) -> super::RevokedAndCached {
+        if let Some(m) = &self.mirror {
+            self.start_mirror();
+            if m.is_current() {
+                if let Some(r) = m.revoked(fields, now).await {
+                    return (Ok(Some(r)), Ok(None));
+                }
+                if let Some(c) = m.get(key).await {
+                    return (Ok(None), Ok(Some(c)));
+                }
+                let generation = m.generation();
+                return match self.get_credential_and_ttl(key).await {
+                    Ok(Some((c, ttl))) => {
+                        // Covered as a minted one is (exchange: subject, target,
+                        // issuer/sub), plus the request's jti and the credential's own id.
+                        let mut covered_by = fields.to_vec();
+                        if let Some(id) = &c.token_id {
+                            covered_by.push(RevocationTarget::jti_field(id));
+                        }
+                        if !ttl.is_zero() {
+                            m.fill(generation, key, &c, ttl, &covered_by).await;
+                        }
+                        (Ok(None), Ok(Some(c)))
+                    }
+                    Ok(None) => (Ok(None), Ok(None)),
+                    Err(e) => (Ok(None), Err(e)),
+                };
+            }
+        }
         let conn = match self.conn().await {
             Ok(c) => c,
             Err(StoreError::Unavailable(m)) => {
@@ -453,7 +739,14 @@ impl Store for RedisStore {
         })
     }
 
+    fn revocation_copy(&self) -> Option<Option<Duration>> {
+        let m = self.mirror.as_ref()?;
+        let now = Instant::now();
+        Some(m.lag_at(now).filter(|_| m.is_current_at(now)))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
+        self.start_mirror();
         let pong: String = self.run(&redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
