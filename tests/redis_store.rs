@@ -284,6 +284,39 @@ async fn with_the_local_revocation_copy_hits_skip_redis_revocations_arrive_and_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_whose_heartbeats_stall_is_not_used_and_exchanges_ask_redis() {
+    let redis = RedisServer::start();
+    let (h, b, _side) =
+        two_replicas(&redis.url(), None, "revocation_max_lag = \"100ms\"", None).await;
+    assert!(copy_current(&b).await);
+    let token = h.token(|_| {});
+    assert_eq!(h.exchange_on(&b, &token, "api", None).await.status, 200);
+    // Writes pause (PUBLISH is one, so heartbeats stop coming back) while the connection
+    // stays open and reads still answer: a silent stall, not a closed subscription.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]), "OK");
+    let paused = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let hmgets = command_calls(&redis, "hmget");
+    let r = h.exchange_on(&b, &token, "api", None).await;
+    assert!(
+        paused.elapsed() < Duration::from_millis(1900),
+        "still paused"
+    );
+    assert_eq!(
+        b.services.store.revocation_copy(),
+        Some(None),
+        "not current"
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        command_calls(&redis, "hmget"),
+        hmgets + 1,
+        "the exchange asked Redis about revocation"
+    );
+    assert!(copy_current(&b).await, "current again once writes resume");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_the_cache_and_revocations_take_effect_everywhere_at_once() {
     let redis = RedisServer::start();
     let provider = Counting::new(0);
