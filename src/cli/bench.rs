@@ -1109,6 +1109,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         args.quick,
     );
     println!("errors: {total_errors}");
+    // Servers first: a Redis that goes away under a live server is an outage it reports.
+    drop(server_rt);
     drop(redis);
     let ok = total_errors == 0 && single_flight_ok;
     Ok(if ok {
