@@ -237,6 +237,21 @@ impl Default for StoreConfig {
     }
 }
 
+impl StoreConfig {
+    /// Whether `other` opens the same store: the settings read when the store is opened
+    /// (at start-up), as opposed to those each exchange reads from the live config.
+    pub fn opens_the_same_store(&self, other: &Self) -> bool {
+        self.backend == other.backend
+            && self.max_entries == other.max_entries
+            && self.url == other.url
+            && self.cluster == other.cluster
+            && self.encryption_key_file == other.encryption_key_file
+            && self.previous_encryption_key_files == other.previous_encryption_key_files
+            && self.timeout == other.timeout
+            && self.revocation_max_lag == other.revocation_max_lag
+    }
+}
+
 fn default_on_cache_error() -> String {
     "unavailable".into()
 }
@@ -571,3 +586,23 @@ impl Config {
 }
 
 pub use validate::{SIGNING_ALGORITHMS, is_scope_token, target_ttl};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_settings_read_at_open_are_told_apart_from_live_ones() {
+        let base = StoreConfig::default();
+        let mut live = base.clone();
+        live.lock_wait = ConfigDuration::secs(3);
+        live.on_cache_error = "bypass".into();
+        assert!(base.opens_the_same_store(&live), "read by each exchange");
+        let mut lag = base.clone();
+        lag.revocation_max_lag = ConfigDuration::secs(0);
+        assert!(!base.opens_the_same_store(&lag));
+        let mut url = base.clone();
+        url.url = Some("redis://127.0.0.1:6380".into());
+        assert!(!base.opens_the_same_store(&url));
+    }
+}

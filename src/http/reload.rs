@@ -61,6 +61,11 @@ impl AppState {
                 {
                     tracing::warn!("[audit] changes take effect at the next restart");
                 }
+                if !old.config.store.opens_the_same_store(&runtime.config.store) {
+                    tracing::warn!(
+                        "[store] connection settings (backend, url, cluster, keys, timeout, max_entries, revocation_max_lag) take effect at the next restart"
+                    );
+                }
                 self.runtime.store(Arc::new(runtime));
                 self.reload.set_error(None);
                 self.metrics
