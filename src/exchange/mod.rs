@@ -293,7 +293,8 @@ pub async fn exchange(
         });
     }
 
-    // Revocation: asked of the store on every exchange, never cached; if it cannot be
+    // Revocation: asked of the store on every exchange (Redis answers from a local copy
+    // only while that is provably at most `revocation_max_lag` old); if it cannot be
     // answered, the answer is no (DESIGN §4).
     // In this order: the first two or three also cover the credential minted below.
     let mut fields = Vec::with_capacity(4);

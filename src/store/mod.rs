@@ -210,8 +210,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::revoked`] and [`Store::get_credential`] together: the exchange path asks
     /// both on every request, and a backend that can send them as one round trip (Redis:
-    /// one pipeline) does. The caller uses the credential only if the revocation check
-    /// passed.
+    /// one pipeline) does. Redis answers from its local copy and near cache instead while
+    /// the copy is provably current (`mirror.rs`); never from a copy that is not. The
+    /// caller uses the credential only if the revocation check passed.
     async fn revoked_and_cached(
         &self,
         fields: &[String],
