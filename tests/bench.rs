@@ -37,6 +37,10 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "B5 B1 with an audit trail file",
         "B5 audit trail: ",
         "C1 hit, RS256",
+        // C3 with and without the local revocation copy, and whether it was in use.
+        "C3 hit, RS256, same token, redis",
+        "C4 C3 with no local revocation copy",
+        "C1-C3 local revocation copy at the end of the run: ",
         "D2 miss, fake upstream 50 ms",
         "RSS  `ferry serve` (memory store): ready",
         // The goals are reported against the run's own figures (met or not is not
