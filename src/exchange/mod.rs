@@ -406,34 +406,39 @@ pub async fn exchange(
         }
     };
     let minted = mint(rt, svc, &target, &identity, &req, &key, request_id, trace).await;
+    if let Ok(credential) = &minted {
+        // Covered by the same subject, target and issuer/sub revocations as the request
+        // (not its subject token's `jti`: a revoked subject token is refused above), and
+        // by a revocation of the credential's own id.
+        let mut covered_by = fields;
+        covered_by.truncate(if token.sub().is_some() { 3 } else { 2 });
+        if let Some(id) = &credential.token_id {
+            covered_by.push(RevocationTarget::jti_field(id));
+        }
+        let usable_for = credential
+            .expires_at
+            .saturating_sub(svc.clock.now())
+            .saturating_sub(min_remaining);
+        if usable_for > 0 {
+            let ttl = Duration::from_secs(u64::try_from(usable_for).unwrap_or(0));
+            if let Err(e) = svc
+                .store
+                .put_credential(&key, credential, ttl, &covered_by)
+                .await
+            {
+                tracing::warn!(error = %e, "credential cache unavailable; not cached");
+            }
+        }
+    }
+    // Released only once the result is cached (or the denial remembered, in `mint`): a
+    // waiter that sees the lock gone reads the cache next, and must find the credential
+    // there rather than take the lock and mint a second one.
     if let Some(t) = lock_token
         && let Err(e) = svc.store.unlock(&key, &t).await
     {
         tracing::warn!(error = %e, "could not release the mint lock; it expires by itself");
     }
     let credential = minted?;
-    // Covered by the same subject, target and issuer/sub revocations as the request
-    // (not its subject token's `jti`: a revoked subject token is refused above), and by a
-    // revocation of the credential's own id.
-    let mut covered_by = fields;
-    covered_by.truncate(if token.sub().is_some() { 3 } else { 2 });
-    if let Some(id) = &credential.token_id {
-        covered_by.push(RevocationTarget::jti_field(id));
-    }
-    let usable_for = credential
-        .expires_at
-        .saturating_sub(svc.clock.now())
-        .saturating_sub(min_remaining);
-    if usable_for > 0 {
-        let ttl = Duration::from_secs(u64::try_from(usable_for).unwrap_or(0));
-        if let Err(e) = svc
-            .store
-            .put_credential(&key, &credential, ttl, &covered_by)
-            .await
-        {
-            tracing::warn!(error = %e, "credential cache unavailable; not cached");
-        }
-    }
     span.record("cache", "miss");
     Ok(outcome(
         svc,
