@@ -140,6 +140,13 @@ where
     }
 }
 
+/// An `[admin]` section whose token (`admin-token-0123456789`) is in a file in `dir`.
+fn admin_section(dir: &std::path::Path) -> String {
+    let file = dir.join("admin");
+    std::fs::write(&file, "admin-token-0123456789").unwrap();
+    format!("\n[admin]\ntoken_file = \"{}\"\n", file.display())
+}
+
 async fn readyz(state: &Arc<ferry::http::AppState>) -> Resp {
     send(
         ferry::http::app(Arc::clone(state)),
@@ -180,15 +187,11 @@ async fn with_the_local_revocation_copy_hits_skip_redis_revocations_arrive_and_o
 {
     let mut redis = RedisServer::start();
     let side = tempfile::tempdir().unwrap();
-    let admin = side.path().join("admin");
-    std::fs::write(&admin, "admin-token-0123456789").unwrap();
+    let admin = admin_section(side.path());
     let (h, b, _side) = two_replicas(
         &redis.url(),
         None,
-        &format!(
-            "revocation_max_lag = \"2s\"\n[admin]\ntoken_file = \"{}\"\n",
-            admin.display()
-        ),
+        &format!("revocation_max_lag = \"2s\"\n{admin}"),
         None,
     )
     .await;
@@ -618,15 +621,8 @@ async fn upstream_denials_are_cached_briefly() {
 async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
     let redis = RedisServer::start();
     let side = tempfile::tempdir().unwrap();
-    let admin = side.path().join("admin");
-    std::fs::write(&admin, "admin-token-0123456789").unwrap();
-    let (h, b, _side) = two_replicas(
-        &redis.url(),
-        None,
-        &format!("\n[admin]\ntoken_file = \"{}\"\n", admin.display()),
-        None,
-    )
-    .await;
+    let admin = admin_section(side.path());
+    let (h, b, _side) = two_replicas(&redis.url(), None, &admin, None).await;
     let a = Arc::clone(&h.state);
     let r = h
         .exchange_on(&a, &h.token(|_| {}), "api", Some("read"))
@@ -687,15 +683,8 @@ async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
 async fn admin_and_cli_revocations() {
     let redis = RedisServer::start();
     let side = tempfile::tempdir().unwrap();
-    let admin = side.path().join("admin");
-    std::fs::write(&admin, "admin-token-0123456789").unwrap();
-    let (h, b, _side) = two_replicas(
-        &redis.url(),
-        None,
-        &format!("\n[admin]\ntoken_file = \"{}\"\n", admin.display()),
-        None,
-    )
-    .await;
+    let admin = admin_section(side.path());
+    let (h, b, _side) = two_replicas(&redis.url(), None, &admin, None).await;
     let a = Arc::clone(&h.state);
     assert_eq!(
         h.exchange_on(&a, &h.token(|_| {}), "api", None)

@@ -112,7 +112,8 @@ impl Issuer {
     }
 }
 
-fn config_text(dir: &Path, redis: Option<(&str, &Path)>) -> String {
+/// The bench config; `redis` is (url, key file, more `[store]` lines).
+fn config_text(dir: &Path, redis: Option<(&str, &Path, &str)>) -> String {
     let issuer = |id: &str, iss: &str, alg: &str| {
         format!(
             "[[issuers]]\nid = \"{id}\"\nissuer = \"{iss}\"\njwks_file = \"{}\"\naudiences = [\"bench\"]\nalgorithms = [\"{alg}\"]\n[issuers.mapping]\nsubject = 'assertion.sub'\n[issuers.mapping.attributes]\nrepository = 'assertion.repository'\n\n",
@@ -120,8 +121,8 @@ fn config_text(dir: &Path, redis: Option<(&str, &Path)>) -> String {
         )
     };
     let store = match redis {
-        Some((url, key)) => format!(
-            "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"{}\"\n",
+        Some((url, key, more)) => format!(
+            "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"{}\"\n{more}",
             key.display()
         ),
         None => "[store]\nbackend = \"memory\"\n".to_owned(),
@@ -755,20 +756,18 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // without the copy (`revocation_max_lag = "0s"`: every exchange asks Redis).
     let redis_server = |name: &str, extra: &str| -> anyhow::Result<Option<Server>> {
         match &redis {
-            Some((_, port)) => Ok(Some(
-                server_rt.block_on(start_server(
+            Some((_, port)) => Ok(Some(server_rt.block_on(start_server(
+                dir.path(),
+                name,
+                &config_text(
                     dir.path(),
-                    name,
-                    &config_text(
-                        dir.path(),
-                        Some((
-                            &format!("redis://127.0.0.1:{port}"),
-                            &dir.path().join("store.key"),
-                        )),
-                    )
-                    .replacen("[store]\n", &format!("[store]\n{extra}"), 1),
-                ))?,
-            )),
+                    Some((
+                        &format!("redis://127.0.0.1:{port}"),
+                        &dir.path().join("store.key"),
+                        extra,
+                    )),
+                ),
+            ))?)),
             None => Ok(None),
         }
     };

@@ -410,11 +410,11 @@ pub async fn exchange(
         // Covered by the same subject, target and issuer/sub revocations as the request
         // (not its subject token's `jti`: a revoked subject token is refused above), and
         // by a revocation of the credential's own id.
-        let mut covered_by = fields;
-        covered_by.truncate(if token.sub().is_some() { 3 } else { 2 });
-        if let Some(id) = &credential.token_id {
-            covered_by.push(RevocationTarget::jti_field(id));
-        }
+        let identity_fields = if token.sub().is_some() { 3 } else { 2 };
+        let covered_by = crate::store::covering_fields(
+            fields.get(..identity_fields).unwrap_or(&fields),
+            credential,
+        );
         let usable_for = credential
             .expires_at
             .saturating_sub(svc.clock.now())

@@ -145,15 +145,18 @@ impl Mirror {
         }
     }
 
-    /// The first live revocation among `fields`, from the copy.
-    pub async fn revoked(&self, fields: &[String], now: i64) -> Option<Revocation> {
-        match self.local.load().revoked(fields, now).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.lose();
-                None
-            }
+    /// The first live revocation among `fields`, from the copy. An error means the copy
+    /// cannot answer (it is then no longer current): ask Redis, never take it as a no.
+    pub async fn revoked(
+        &self,
+        fields: &[String],
+        now: i64,
+    ) -> Result<Option<Revocation>, StoreError> {
+        let answer = self.local.load().revoked(fields, now).await;
+        if answer.is_err() {
+            self.lose();
         }
+        answer
     }
 
     /// A near-cached credential.
@@ -260,11 +263,11 @@ mod tests {
         m.put(&key, &credential(500), Duration::from_secs(60), &covered)
             .await?;
         assert!(m.get(&key).await.is_some());
-        assert!(m.revoked(&covered, 10).await.is_none());
+        assert!(m.revoked(&covered, 10).await?.is_none());
         m.apply(&revocation("repo:a", 100)).await;
         assert!(m.get(&key).await.is_none(), "the near copy was purged");
-        assert!(m.revoked(&covered, 10).await.is_some());
-        assert!(m.revoked(&covered, 100).await.is_none(), "expired");
+        assert!(m.revoked(&covered, 10).await?.is_some());
+        assert!(m.revoked(&covered, 100).await?.is_none(), "expired");
 
         m.put(&key, &credential(500), Duration::from_secs(60), &[])
             .await?;
@@ -287,10 +290,10 @@ mod tests {
         assert!(m.get(&key).await.is_some());
         m.reset(&[revocation("repo:b", 100)]).await;
         assert!(m.get(&key).await.is_none(), "nothing survives a reset");
-        assert!(m.revoked(&covered, 10).await.is_none());
+        assert!(m.revoked(&covered, 10).await?.is_none());
         assert!(
             m.revoked(&[RevocationTarget::subject_field("repo:b")], 10)
-                .await
+                .await?
                 .is_some(),
             "the list read after subscribing is the copy"
         );

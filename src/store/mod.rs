@@ -109,6 +109,18 @@ impl RevocationTarget {
     }
 }
 
+/// The revocation fields a cached credential is indexed under, so revoking any of them
+/// purges it: `request_fields` (those of the request that minted or read it) and the
+/// credential's own id (a Ferry token's `jti`).
+pub fn covering_fields(request_fields: &[String], credential: &Credential) -> Vec<String> {
+    let mut covered_by = Vec::with_capacity(request_fields.len() + 1);
+    covered_by.extend_from_slice(request_fields);
+    if let Some(id) = &credential.token_id {
+        covered_by.push(RevocationTarget::jti_field(id));
+    }
+    covered_by
+}
+
 /// `kind:` and the first 16 bytes (32 hex digits) of the length-prefixed digest of `parts`.
 fn hashed_field(kind: &str, parts: &[&str]) -> String {
     let digest = crate::slots::digest_parts(parts.iter().map(|p| p.as_bytes()));

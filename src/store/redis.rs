@@ -26,7 +26,7 @@ use redis::FromRedisValue;
 
 use super::mirror::Mirror;
 use super::seal::{Sealer, StoredCredential};
-use super::{CacheKey, RateDecision, Revocation, RevocationTarget, Store, StoreError};
+use super::{CacheKey, RateDecision, Revocation, Store, StoreError};
 
 /// Where the Redis store connects.
 #[derive(Debug, Clone)]
@@ -118,7 +118,11 @@ impl RedisStore {
         let (Some(mirror), Endpoint::Standalone(url)) = (&self.mirror, &self.endpoint) else {
             return;
         };
-        if self.mirror_started.swap(true, Ordering::AcqRel) {
+        // A load first: this runs on every exchange, and a swap would write the shared
+        // cache line each time.
+        if self.mirror_started.load(Ordering::Acquire)
+            || self.mirror_started.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -615,8 +619,11 @@ impl Store for RedisStore {
     ) -> super::RevokedAndCached {
         if let Some(m) = &self.mirror {
             self.start_mirror();
-            if m.is_current() {
-                if let Some(r) = m.revoked(fields, now).await {
+            // A copy that is not current, or cannot answer, is not asked: Redis is.
+            if m.is_current()
+                && let Ok(revoked) = m.revoked(fields, now).await
+            {
+                if let Some(r) = revoked {
                     return (Ok(Some(r)), Ok(None));
                 }
                 if let Some(c) = m.get(key).await {
@@ -625,12 +632,9 @@ impl Store for RedisStore {
                 let generation = m.generation();
                 return match self.get_credential_and_ttl(key).await {
                     Ok(Some((c, ttl))) => {
-                        // Covered as a minted one is (exchange: subject, target,
-                        // issuer/sub), plus the request's jti and the credential's own id.
-                        let mut covered_by = fields.to_vec();
-                        if let Some(id) = &c.token_id {
-                            covered_by.push(RevocationTarget::jti_field(id));
-                        }
+                        // Every field of the request covers it (a superset of what the
+                        // exchange indexes a minted one under; near entries cost no index).
+                        let covered_by = super::covering_fields(fields, &c);
                         if !ttl.is_zero() {
                             m.fill(generation, key, &c, ttl, &covered_by).await;
                         }
