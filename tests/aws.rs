@@ -197,8 +197,8 @@ fn b64json(part: &str) -> serde_json::Value {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn web_identity_and_assume_role_reach_sts_with_every_field() {
+/// moto, the recording proxy in front of it, and Ferry with the AWS targets.
+async fn aws_harness() -> (Moto, Proxy, Harness) {
     set_aws_env();
     let moto = start_moto();
     let (proxy, port) = start_proxy(&moto).await;
@@ -208,6 +208,12 @@ async fn web_identity_and_assume_role_reach_sts_with_every_field() {
         &format!("{POLICY}\n{AWS_POLICY}"),
     )
     .await;
+    (moto, proxy, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_identity_and_assume_role_reach_sts_with_every_field() {
+    let (moto, proxy, h) = aws_harness().await;
     let now = h.now();
 
     // web_identity: keyless.
@@ -313,15 +319,7 @@ async fn web_identity_and_assume_role_reach_sts_with_every_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sts_denials_and_throttling_map_to_oauth_errors() {
-    set_aws_env();
-    let moto = start_moto();
-    let (proxy, port) = start_proxy(&moto).await;
-    let h = Harness::with(
-        &[Algorithm::RS256],
-        move |t| t + &aws_targets(port),
-        &format!("{POLICY}\n{AWS_POLICY}"),
-    )
-    .await;
+    let (_moto, proxy, h) = aws_harness().await;
 
     *proxy.answer.lock().unwrap() = Answer::Deny;
     let r = h
@@ -359,5 +357,90 @@ async fn sts_denials_and_throttling_map_to_oauth_errors() {
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "bounded by the attempt and operation timeouts"
+    );
+}
+
+/// `ferry exchange` as an AWS SDK's `credential_process`: the SDK's own provider runs the
+/// command, parses what it prints and gets the credentials Ferry issued; `--format env`
+/// gives the same to a shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_exchange_feeds_an_aws_sdk_as_its_credential_process() {
+    use aws_credential_types::provider::ProvideCredentials as _;
+
+    let (_moto, proxy, h) = aws_harness().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = h.router();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let token = h.token(|_| {});
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let command = format!(
+        "'{ferry}' exchange --url {url} --target aws-web --token-file '{}' --format credential-process",
+        token_file.display()
+    );
+    let creds = aws_config::credential_process::CredentialProcessProvider::new(command)
+        .provide_credentials()
+        .await
+        .expect("the SDK reads what ferry exchange prints");
+    assert_eq!(*proxy.calls.lock().unwrap(), 1);
+
+    // The same credential, now from Ferry's cache: what the SDK got is what Ferry issued.
+    let r = h.exchange_token(&token, "aws-web", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(*proxy.calls.lock().unwrap(), 1, "served from the cache");
+    let issued = &r.body["credentials"];
+    assert_eq!(
+        creds.access_key_id(),
+        issued["access_key_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        creds.secret_access_key(),
+        issued["secret_access_key"].as_str().unwrap()
+    );
+    assert_eq!(
+        creds.session_token(),
+        Some(issued["session_token"].as_str().unwrap())
+    );
+    assert_eq!(
+        creds.expiry(),
+        Some(humantime::parse_rfc3339(issued["expiration"].as_str().unwrap()).unwrap())
+    );
+
+    // `--format env`, evaluated by a real shell.
+    let script = format!(
+        "eval \"$('{ferry}' exchange --url {url} --target aws-web --token-file - --format env)\" && printf '%s|%s|%s' \"$AWS_ACCESS_KEY_ID\" \"$AWS_SESSION_TOKEN\" \"$AWS_CREDENTIAL_EXPIRATION\""
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        child.stdin.take().unwrap().write_all(token.as_bytes())?;
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "{}|{}|{}",
+            issued["access_key_id"].as_str().unwrap(),
+            issued["session_token"].as_str().unwrap(),
+            issued["expiration"].as_str().unwrap()
+        )
     );
 }

@@ -580,3 +580,221 @@ fn explain_reports_every_stage() {
     );
     assert!(stdout.contains("policy   skipped"), "{stdout}");
 }
+
+/// Runs `cmd` with `input` (and a newline) on its standard input.
+fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{input}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `ferry exchange` with `args`, the token on standard input.
+fn exchange_client(args: &[&str], token: &str) -> Output {
+    with_stdin(
+        ferry()
+            .arg("exchange")
+            .args(args)
+            .args(["--token-file", "-"]),
+        token,
+    )
+}
+
+/// Asserts that `ferry exchange` failed (exit 1, nothing on standard output) with
+/// `needle` in its message; returns the message.
+fn client_failed(out: &Output, needle: &str) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(needle), "{err}");
+    assert!(out.stdout.is_empty());
+    err
+}
+
+#[test]
+fn the_exchange_client_prints_credentials_and_reports_refusals_without_the_token() {
+    let mut server = Server::start("config/dev.toml");
+    let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
+    let url = server.base.clone();
+
+    // JSON: Ferry's token response.
+    let out = exchange_client(
+        &["--url", &url, "--target", "internal-api", "--scope", "read"],
+        &token,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["scope"], "read");
+    let issued = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(body["credentials"]["access_token"], issued.as_str());
+
+    // env, evaluated by a real shell: the same (cached) token.
+    let script = format!(
+        "eval \"$('{}' exchange --url {url} --target internal-api --scope read --token-file - --format env)\" && printf '%s' \"$FERRY_ACCESS_TOKEN\"",
+        env!("CARGO_BIN_EXE_ferry")
+    );
+    let out = with_stdin(
+        Command::new("sh").args(["-c", &script]).current_dir(repo()),
+        &token,
+    );
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), issued);
+
+    // A refusal: exit 1, Ferry's error and request id, and neither token.
+    let internal_api = |scope: &str, format: &str| {
+        exchange_client(
+            &[
+                "--url",
+                &url,
+                "--target",
+                "internal-api",
+                "--scope",
+                scope,
+                "--format",
+                format,
+            ],
+            &token,
+        )
+    };
+    let out = internal_api("write", "json");
+    let err = client_failed(&out, "Ferry refused: invalid_target: ");
+    assert!(err.contains("(request id "), "{err}");
+    assert!(!err.contains(&token) && !err.contains(&issued), "{err}");
+
+    // credential-process needs an AWS target; a jwt target is refused by the client.
+    let out = internal_api("read", "credential-process");
+    client_failed(&out, "needs an AWS target");
+    server.stop();
+
+    // Nothing listening: retried, then a clear error (bounded: 1 retry, 0.5 s).
+    let out = exchange_client(
+        &["--url", &url, "--target", "internal-api", "--retries", "1"],
+        &token,
+    );
+    let err = client_failed(&out, "cannot reach Ferry at");
+    assert!(err.contains("trying again"), "{err}");
+    assert!(!err.contains(&token), "{err}");
+
+    // Plain http to anything but loopback is refused before anything is sent.
+    let out = exchange_client(
+        &[
+            "--url",
+            "http://ferry.example.com",
+            "--target",
+            "internal-api",
+        ],
+        &token,
+    );
+    client_failed(&out, "in the clear");
+}
+
+/// A one-thread HTTP peer answering each request with the next of `answers`
+/// (status line, extra headers, body), closing each connection; returns the count served.
+fn scripted_peer(
+    answers: Vec<(&'static str, &'static str, &'static str)>,
+) -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut served = 0;
+        for (status, headers, body) in answers {
+            let Ok((stream, _)) = listener.accept() else {
+                break;
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut request_body = vec![0; length];
+            let _ = reader.read_exact(&mut request_body);
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            served += 1;
+        }
+        served
+    });
+    (url, handle)
+}
+
+#[test]
+fn the_exchange_client_retries_what_is_temporary_and_only_that() {
+    const SUBJECT: &str = "eyJ.subject.token";
+    let ok = r#"{"access_token":"eyJ.a.b","issued_token_type":"urn:ietf:params:oauth:token-type:jwt","token_type":"Bearer","expires_in":300,"credentials":{"access_token":"eyJ.a.b"}}"#;
+    // 503 with Retry-After: 1, then 429, then the answer: three requests, exit 0.
+    let (url, peer) = scripted_peer(vec![
+        (
+            "503 Service Unavailable",
+            "retry-after: 1\r\nx-request-id: r-1\r\n",
+            r#"{"error":"temporarily_unavailable","error_description":"the store is down"}"#,
+        ),
+        (
+            "429 Too Many Requests",
+            "retry-after: 0\r\n",
+            r#"{"error":"slow_down","error_description":"rate limit"}"#,
+        ),
+        ("200 OK", "", ok),
+    ]);
+    let started = Instant::now();
+    let out = exchange_client(&["--url", &url, "--target", "api"], SUBJECT);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(peer.join().unwrap(), 3);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "temporarily_unavailable: the store is down (request id r-1); trying again in 1s"
+        ),
+        "{err}"
+    );
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["access_token"], "eyJ.a.b");
+
+    // A refusal is final: one request, no retry, exit 1.
+    let (url, peer) = scripted_peer(vec![(
+        "400 Bad Request",
+        "",
+        r#"{"error":"invalid_request","error_description":"token expired"}"#,
+    )]);
+    let out = exchange_client(&["--url", &url, "--target", "api"], SUBJECT);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Ferry refused: invalid_request: token expired"),
+        "{err}"
+    );
+    assert!(!err.contains("trying again"), "{err}");
+    assert_eq!(peer.join().unwrap(), 1);
+
+    // 200 with something that is not a token response is an error, not empty output.
+    let (url, peer) = scripted_peer(vec![("200 OK", "", r#"{"hello":"world"}"#)]);
+    let out = exchange_client(&["--url", &url, "--target", "api"], SUBJECT);
+    client_failed(&out, "without a token response");
+    assert_eq!(peer.join().unwrap(), 1);
+}

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod check;
 mod dev;
+mod exchange;
 mod explain;
 mod keys;
 mod revoke;
@@ -46,6 +47,8 @@ enum Command {
     Check(check::Args),
     /// Show each stage's outcome for a token or claims file, issuing nothing.
     Explain(explain::Args),
+    /// Exchange a token file for a target's credentials (a client of a running Ferry).
+    Exchange(exchange::Args),
     /// Manage Ferry's signing keys.
     #[command(subcommand)]
     Keys(keys::Command),
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a, cli.log_format),
         Command::Check(a) => check::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Exchange(a) => exchange::run(a),
         Command::Keys(c) => keys::run(c),
         Command::Audit(c) => audit::run(c),
         Command::Bench(a) => bench::run(a),
