@@ -52,11 +52,50 @@ pub struct AuditEvent {
 }
 
 /// Where lines go.
+///
+/// Lines are written by group commit: a decision joins a queue, and whichever request
+/// finds no write under way becomes the writer — it seals everything queued (its own
+/// line included) and appends the batch with one `write(2)` per sink, outside the lock,
+/// while later decisions queue behind it. Each request still gets its answer only after
+/// its own line is written (fail closed), but a worker thread never blocks on another's
+/// file write, and a busy replica makes one write and one rotation check per batch
+/// instead of per line. A writer writes one batch and hands the next to the first
+/// request waiting, so no request writes for long on others' behalf.
 pub struct AuditLog {
     replica: String,
     stdout: bool,
-    file: Option<Mutex<ChainFile>>,
-    stdout_chain: Mutex<ChainState>,
+    /// Whether `file` is set (read without the lock).
+    has_file: bool,
+    state: Mutex<Commit>,
+}
+
+/// The group-commit state.
+struct Commit {
+    /// The sinks, taken out by the writer while it writes (`None` then).
+    sinks: Option<Sinks>,
+    /// Lines waiting for the next batch, oldest first.
+    queue: Vec<Queued>,
+    /// Whether a writer is at work (or has been handed the next batch).
+    writing: bool,
+}
+
+struct Sinks {
+    file: Option<ChainFile>,
+    stdout_chain: ChainState,
+}
+
+struct Queued {
+    body: Map<String, Value>,
+    /// Where its outcome goes; `None` for the writer's own line.
+    done: Option<tokio::sync::oneshot::Sender<Turn>>,
+}
+
+/// What a queued request is told.
+enum Turn {
+    /// Its line was written (true) or could not be (false).
+    Written(bool),
+    /// It is the writer of the next batch (its own line is in it).
+    Write,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -94,7 +133,7 @@ fn file_identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
 }
 
 /// The hash of a line: SHA-256 over `prev`, a newline, and the line's JSON without
-/// `hash` (keys sorted, as serde_json writes a `Map`).
+/// `hash`, keys in the line's order (a `Map` keeps insertion order: `preserve_order`).
 pub fn line_hash(prev: &str, body: &Map<String, Value>) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
@@ -103,18 +142,43 @@ pub fn line_hash(prev: &str, body: &Map<String, Value>) -> String {
     hex::encode(h.finalize())
 }
 
-/// The next line of the chain, with its newline: written with one `write_all`, so a line
-/// is one `write(2)` to a file opened for append — never split by another writer's.
-fn seal(chain: &mut ChainState, mut body: Map<String, Value>) -> String {
+/// The next line of the chain, with its newline: `body`, then `seq` and `prev`, then
+/// `hash` over all of that — byte for byte what `serde_json` writes for the `Map` built
+/// by inserting those keys in that order (with its `preserve_order` feature, which this
+/// build has, a `Map` keeps insertion order), which is what [`line_hash`] and `ferry audit
+/// verify` hash. Serialized once. The chain's own keys win over same-named ones in `body`.
+fn seal(chain: &mut ChainState, body: &Map<String, Value>) -> String {
     chain.seq += 1;
-    body.insert("seq".into(), chain.seq.into());
-    body.insert("prev".into(), Value::String(chain.prev.clone()));
-    let hash = line_hash(&chain.prev, &body);
-    body.insert("hash".into(), Value::String(hash.clone()));
+    let mut json = Vec::with_capacity(1024);
+    json.push(b'{');
+    // Writing strings, numbers and parsed JSON values into a Vec cannot fail.
+    for (k, v) in body {
+        if matches!(k.as_str(), "seq" | "prev" | "hash") {
+            continue;
+        }
+        let _ = serde_json::to_writer(&mut json, k);
+        json.push(b':');
+        let _ = serde_json::to_writer(&mut json, v);
+        json.push(b',');
+    }
+    json.extend_from_slice(b"\"seq\":");
+    let _ = serde_json::to_writer(&mut json, &chain.seq);
+    json.extend_from_slice(b",\"prev\":");
+    let _ = serde_json::to_writer(&mut json, &chain.prev);
+
+    let mut hashed = Sha256::new();
+    hashed.update(chain.prev.as_bytes());
+    hashed.update(b"\n");
+    hashed.update(&json);
+    hashed.update(b"}");
+    let hash = hex::encode(hashed.finalize());
+
+    json.extend_from_slice(b",\"hash\":\"");
+    json.extend_from_slice(hash.as_bytes());
+    json.extend_from_slice(b"\"}\n");
     chain.prev = hash;
-    let mut line = serde_json::to_string(&body).unwrap_or_default();
-    line.push('\n');
-    line
+    // serde_json writes UTF-8.
+    String::from_utf8(json).unwrap_or_default()
 }
 
 impl ChainFile {
@@ -152,7 +216,7 @@ impl ChainFile {
             "note".into(),
             "file rotated; prev is the last hash of the previous file".into(),
         );
-        let line = seal(&mut self.chain, link);
+        let line = seal(&mut self.chain, &link);
         self.file.write_all(line.as_bytes())?;
         Ok(())
     }
@@ -197,16 +261,23 @@ impl AuditLog {
     /// An audit log writing to `file` and/or stdout, tagging lines with `replica`.
     pub fn open(file: Option<&Path>, stdout: bool, replica: String) -> std::io::Result<Self> {
         let file = match file {
-            Some(p) => Some(Mutex::new(ChainFile::open(p)?)),
+            Some(p) => Some(ChainFile::open(p)?),
             None => None,
         };
         Ok(Self {
             replica,
             stdout,
-            file,
-            stdout_chain: Mutex::new(ChainState {
-                prev: GENESIS.into(),
-                seq: 0,
+            has_file: file.is_some(),
+            state: Mutex::new(Commit {
+                sinks: Some(Sinks {
+                    file,
+                    stdout_chain: ChainState {
+                        prev: GENESIS.into(),
+                        seq: 0,
+                    },
+                }),
+                queue: Vec::new(),
+                writing: false,
             }),
         })
     }
@@ -216,21 +287,23 @@ impl AuditLog {
         Self {
             replica: String::new(),
             stdout: false,
-            file: None,
-            stdout_chain: Mutex::new(ChainState {
-                prev: GENESIS.into(),
-                seq: 0,
+            has_file: false,
+            state: Mutex::new(Commit {
+                sinks: None,
+                queue: Vec::new(),
+                writing: false,
             }),
         }
     }
 
     /// Whether anything is recorded.
     pub fn is_enabled(&self) -> bool {
-        self.stdout || self.file.is_some()
+        self.stdout || self.has_file
     }
 
-    /// Appends one line per sink. Returns false when a sink could not be written.
-    pub fn record(&self, event: &AuditEvent) -> bool {
+    /// Appends one line per sink and returns once it is written: false when a sink could
+    /// not be written.
+    pub async fn record(&self, event: &AuditEvent) -> bool {
         if !self.is_enabled() {
             return true;
         }
@@ -240,29 +313,142 @@ impl AuditLog {
         body.insert("type".into(), "decision".into());
         body.insert("replica".into(), Value::String(self.replica.clone()));
         body.insert("time_rfc3339".into(), Value::String(rfc3339(event.time)));
-        let mut ok = true;
-        if let Some(file) = &self.file {
-            ok &= match file.lock() {
-                Ok(mut f) => {
-                    let written = f.follow_rotation(&self.replica).and_then(|()| {
-                        let line = seal(&mut f.chain, body.clone());
-                        f.file.write_all(line.as_bytes())
-                    });
-                    written.is_ok()
-                }
-                Err(_) => false,
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let Ok(mut state) = self.state.lock() else {
+                return false;
             };
+            if state.writing {
+                state.queue.push(Queued {
+                    body,
+                    done: Some(tx),
+                });
+            } else {
+                state.writing = true;
+                state.queue.push(Queued { body, done: None });
+                drop(state);
+                return self.write_turn();
+            }
+        }
+        let mut waiting = Waiting {
+            log: self,
+            rx,
+            answered: false,
+        };
+        let turn = (&mut waiting.rx).await;
+        waiting.answered = true;
+        match turn {
+            Ok(Turn::Written(ok)) => ok,
+            Ok(Turn::Write) => self.write_turn(),
+            Err(_) => false,
+        }
+    }
+
+    /// As the writer: writes the queued batch (which holds the caller's own line), then
+    /// hands the next batch to the first request still waiting — or, when none is left
+    /// to take it, writes that batch too. Returns whether the caller's line was written.
+    fn write_turn(&self) -> bool {
+        let mut own = false;
+        loop {
+            let (batch, sinks) = {
+                let Ok(mut state) = self.state.lock() else {
+                    return false;
+                };
+                (std::mem::take(&mut state.queue), state.sinks.take())
+            };
+            let Some(mut sinks) = sinks else {
+                return false;
+            };
+            let ok = self.write_batch(&mut sinks, &batch);
+            for q in batch {
+                match q.done {
+                    Some(tx) => {
+                        let _ = tx.send(Turn::Written(ok));
+                    }
+                    None => own = ok,
+                }
+            }
+            let Ok(mut state) = self.state.lock() else {
+                return false;
+            };
+            state.sinks = Some(sinks);
+            // Hand over to the oldest waiter whose request is still there; its line
+            // stays queued, now as the new writer's own.
+            let mut handed = false;
+            for q in &mut state.queue {
+                if let Some(tx) = q.done.take() {
+                    match tx.send(Turn::Write) {
+                        Ok(()) => {
+                            handed = true;
+                            break;
+                        }
+                        // Its request is gone; its line is still written, by whoever
+                        // writes next.
+                        Err(_) => continue,
+                    }
+                }
+            }
+            if handed {
+                return own;
+            }
+            if state.queue.is_empty() {
+                state.writing = false;
+                return own;
+            }
+            // Only lines of requests that have gone are left: write them now.
+        }
+    }
+
+    /// Seals and appends a batch to each sink, one write each. Returns false when a sink
+    /// failed (every line of the batch is then reported as not written).
+    fn write_batch(&self, sinks: &mut Sinks, batch: &[Queued]) -> bool {
+        let mut ok = true;
+        if let Some(f) = &mut sinks.file {
+            ok &= f.follow_rotation(&self.replica).is_ok()
+                && append(&mut f.chain, batch, |lines| f.file.write_all(lines));
         }
         if self.stdout {
-            ok &= match self.stdout_chain.lock() {
-                Ok(mut chain) => {
-                    let line = seal(&mut chain, body);
-                    std::io::stdout().lock().write_all(line.as_bytes()).is_ok()
-                }
-                Err(_) => false,
-            };
+            ok &= append(&mut sinks.stdout_chain, batch, |lines| {
+                std::io::stdout().lock().write_all(lines)
+            });
         }
         ok
+    }
+}
+
+/// Seals `batch` onto `chain` and writes it with one `write`; when that fails the chain
+/// is left as it was, so the next line links to the last one written.
+fn append(
+    chain: &mut ChainState,
+    batch: &[Queued],
+    write: impl FnOnce(&[u8]) -> std::io::Result<()>,
+) -> bool {
+    let before = chain.clone();
+    let mut lines = String::new();
+    for q in batch {
+        lines.push_str(&seal(chain, &q.body));
+    }
+    let ok = write(lines.as_bytes()).is_ok();
+    if !ok {
+        *chain = before;
+    }
+    ok
+}
+
+/// A request waiting for its turn. If it is dropped (the client went away) after being
+/// told to write the next batch, it writes that batch before it goes, so the queue never
+/// stalls.
+struct Waiting<'a> {
+    log: &'a AuditLog,
+    rx: tokio::sync::oneshot::Receiver<Turn>,
+    answered: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered && matches!(self.rx.try_recv(), Ok(Turn::Write)) {
+            self.log.write_turn();
+        }
     }
 }
 
@@ -351,13 +537,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_chain_verifies_and_tampering_is_located() -> Result<(), Box<dyn std::error::Error>> {
+    #[tokio::test]
+    async fn a_chain_verifies_and_tampering_is_located() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("audit.log");
         let log = AuditLog::open(Some(&path), false, "r1".into())?;
         for n in 0..5 {
-            assert!(log.record(&event(n)));
+            assert!(log.record(&event(n)).await);
         }
         assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(5));
 
@@ -408,25 +594,25 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn restart_continues_the_chain_and_rotation_links_files()
+    #[tokio::test]
+    async fn restart_continues_the_chain_and_rotation_links_files()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("audit.log");
         {
             let log = AuditLog::open(Some(&path), false, "r1".into())?;
-            log.record(&event(1));
-            log.record(&event(2));
+            assert!(log.record(&event(1)).await);
+            assert!(log.record(&event(2)).await);
         }
         let log = AuditLog::open(Some(&path), false, "r1".into())?;
-        log.record(&event(3));
+        assert!(log.record(&event(3)).await);
         assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(3));
 
         // logrotate moves the file away; the next line starts a new file with a link.
         let rotated = dir.path().join("audit.log.1");
         std::fs::rename(&path, &rotated)?;
-        log.record(&event(4));
-        log.record(&event(5));
+        assert!(log.record(&event(4)).await);
+        assert!(log.record(&event(5)).await);
         let new_text = std::fs::read_to_string(&path)?;
         assert!(
             new_text
@@ -438,6 +624,111 @@ mod tests {
         assert_eq!(verify_files(&[rotated.clone(), path.clone()]), Ok(3 + 3));
         // Out of order, the link does not match.
         assert!(verify_files(&[path.clone(), rotated.clone()]).is_err());
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_decisions_are_all_written_once_in_one_chain()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("audit.log");
+        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false, "r1".into())?);
+        let tasks: Vec<_> = (0..400)
+            .map(|n| {
+                let log = std::sync::Arc::clone(&log);
+                tokio::spawn(async move { log.record(&event(n)).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await?);
+        }
+        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(400));
+        let text = std::fs::read_to_string(&path)?;
+        let mut ids: Vec<String> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let m: Map<String, Value> = serde_json::from_str(line)?;
+            assert_eq!(m.get("seq").and_then(Value::as_u64), Some(i as u64 + 1));
+            // The line is exactly serde_json's form of its own content.
+            assert_eq!(serde_json::to_string(&m)?, line);
+            ids.push(
+                m.get("request_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 400);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_request_that_goes_away_when_handed_the_next_batch_still_writes_it()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(Some(&path), false, "r1".into())?;
+        // Someone is writing: this decision queues.
+        log.state.lock().map_err(|_| "poisoned")?.writing = true;
+        let first = event(1);
+        let mut queued = Box::pin(log.record(&first));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), &mut queued)
+                .await
+                .is_err()
+        );
+        // The writer hands it the next batch, and its request is dropped before it runs.
+        {
+            let mut state = log.state.lock().map_err(|_| "poisoned")?;
+            let tx = state
+                .queue
+                .first_mut()
+                .and_then(|q| q.done.take())
+                .ok_or("queued")?;
+            assert!(tx.send(Turn::Write).is_ok());
+        }
+        drop(queued);
+        // Its line was written on the way out, and the queue is free again.
+        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(1));
+        assert!(!log.state.lock().map_err(|_| "poisoned")?.writing);
+        assert!(log.record(&event(2)).await);
+        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(2));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_the_chain_at_the_last_line_written()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut chain = ChainState {
+            prev: GENESIS.into(),
+            seq: 0,
+        };
+        let batch = [Queued {
+            body: match serde_json::to_value(event(1))? {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+            done: None,
+        }];
+        assert!(!append(&mut chain, &batch, |_| Err(std::io::Error::other(
+            "disk full"
+        ))));
+        assert_eq!((chain.seq, chain.prev.as_str()), (0, GENESIS));
+        let mut written = Vec::new();
+        assert!(append(&mut chain, &batch, |b| {
+            written.extend_from_slice(b);
+            Ok(())
+        }));
+        assert_eq!(chain.seq, 1);
+        let line: Map<String, Value> = serde_json::from_slice(&written)?;
+        assert_eq!(line.get("prev").and_then(Value::as_str), Some(GENESIS));
+        let mut without_hash = line.clone();
+        without_hash.remove("hash");
+        assert_eq!(
+            line.get("hash").and_then(Value::as_str),
+            Some(line_hash(GENESIS, &without_hash).as_str())
+        );
         Ok(())
     }
 }

@@ -242,15 +242,18 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         Ok(outcome) => {
             cache_label = Some(if outcome.cache_hit { "hit" } else { "miss" });
             let recorded = !audited
-                || state.audit.record(&AuditEvent {
-                    decision: "allow",
-                    cache: cache_label,
-                    credential_sha256: Some(crate::sha256_hex(
-                        outcome.response.access_token.expose().as_bytes(),
-                    )),
-                    upstream_request_id: outcome.upstream_request_id.clone(),
-                    ..event()
-                });
+                || state
+                    .audit
+                    .record(&AuditEvent {
+                        decision: "allow",
+                        cache: cache_label,
+                        credential_sha256: Some(crate::sha256_hex(
+                            outcome.response.access_token.expose().as_bytes(),
+                        )),
+                        upstream_request_id: outcome.upstream_request_id.clone(),
+                        ..event()
+                    })
+                    .await;
             if recorded {
                 tracing::info!(
                     issuer = %outcome.identity.issuer_id,
@@ -274,12 +277,15 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         }
         Err(e) => {
             if audited
-                && !state.audit.record(&AuditEvent {
-                    decision: "deny",
-                    error: Some(e.code.to_owned()),
-                    reason: Some(e.description.clone()),
-                    ..event()
-                })
+                && !state
+                    .audit
+                    .record(&AuditEvent {
+                        decision: "deny",
+                        error: Some(e.code.to_owned()),
+                        reason: Some(e.description.clone()),
+                        ..event()
+                    })
+                    .await
             {
                 state.metrics.inc("ferry_audit_write_failures_total", &[]);
             }
