@@ -36,6 +36,8 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         // An audited server: a line per exchange (none would count as an error).
         "B5 B1 with an audit trail file",
         "B5 audit trail: ",
+        // Its concurrent requests' lines, written by group commit, form one chain.
+        "hash-chained lines appended to a file, the chain verifies (",
         "C1 hit, RS256",
         // C3 with and without the local revocation copy, and whether it was in use.
         "C3 hit, RS256, same token, redis",
@@ -50,6 +52,7 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "B1 CPU per fresh-token hit",
         "C1 CPU per fresh-token hit",
         "B3 same token again",
+        "its mean latency by Little's law (16 connections / ",
         "RSS < 100 MB with 2000 cached credentials",
     ] {
         assert!(stdout.contains(scenario), "missing {scenario}: {stdout}");
