@@ -85,7 +85,7 @@ struct Sinks {
 }
 
 struct Queued {
-    body: Map<String, Value>,
+    body: OpenObject,
     /// Where its outcome goes; `None` for the writer's own line.
     done: Option<tokio::sync::oneshot::Sender<Turn>>,
 }
@@ -142,25 +142,44 @@ pub fn line_hash(prev: &str, body: &Map<String, Value>) -> String {
     hex::encode(h.finalize())
 }
 
+/// A JSON object without its closing `}`, e.g. `{"time":1,"decision":"allow"`: a line's
+/// content before the chain's keys are added.
+struct OpenObject(Vec<u8>);
+
+impl OpenObject {
+    /// `value` (which serializes as a JSON object without `seq`, `prev` or `hash` keys)
+    /// followed by `extra` string fields.
+    fn new(value: &impl serde::Serialize, extra: &[(&str, &str)]) -> Option<Self> {
+        let mut json = serde_json::to_vec(value).ok()?;
+        if json.pop() != Some(b'}') {
+            return None;
+        }
+        for (k, v) in extra {
+            if json.last() != Some(&b'{') {
+                json.push(b',');
+            }
+            // Writing strings into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut json, k);
+            json.push(b':');
+            let _ = serde_json::to_writer(&mut json, v);
+        }
+        Some(Self(json))
+    }
+}
+
 /// The next line of the chain, with its newline: `body`, then `seq` and `prev`, then
 /// `hash` over all of that — byte for byte what `serde_json` writes for the `Map` built
 /// by inserting those keys in that order (with its `preserve_order` feature, which this
 /// build has, a `Map` keeps insertion order), which is what [`line_hash`] and `ferry audit
-/// verify` hash. Serialized once. The chain's own keys win over same-named ones in `body`.
-fn seal(chain: &mut ChainState, body: &Map<String, Value>) -> String {
+/// verify` hash. The body was serialized once, by the request, outside any lock.
+fn seal(chain: &mut ChainState, body: &OpenObject) -> String {
     chain.seq += 1;
-    let mut json = Vec::with_capacity(1024);
-    json.push(b'{');
-    // Writing strings, numbers and parsed JSON values into a Vec cannot fail.
-    for (k, v) in body {
-        if matches!(k.as_str(), "seq" | "prev" | "hash") {
-            continue;
-        }
-        let _ = serde_json::to_writer(&mut json, k);
-        json.push(b':');
-        let _ = serde_json::to_writer(&mut json, v);
+    let mut json = Vec::with_capacity(body.0.len() + 180);
+    json.extend_from_slice(&body.0);
+    if json.last() != Some(&b'{') {
         json.push(b',');
     }
+    // Writing a number and a string into a Vec cannot fail.
     json.extend_from_slice(b"\"seq\":");
     let _ = serde_json::to_writer(&mut json, &chain.seq);
     json.extend_from_slice(b",\"prev\":");
@@ -209,13 +228,17 @@ impl ChainFile {
         }
         self.file = open_append(&self.path)?;
         self.identity = self.file.metadata().ok().as_ref().and_then(file_identity);
-        let mut link = Map::new();
-        link.insert("type".into(), "link".into());
-        link.insert("replica".into(), replica.into());
-        link.insert(
-            "note".into(),
-            "file rotated; prev is the last hash of the previous file".into(),
-        );
+        let link = OpenObject::new(
+            &serde_json::json!({"type": "link"}),
+            &[
+                ("replica", replica),
+                (
+                    "note",
+                    "file rotated; prev is the last hash of the previous file",
+                ),
+            ],
+        )
+        .ok_or_else(|| std::io::Error::other("cannot serialize the link line"))?;
         let line = seal(&mut self.chain, &link);
         self.file.write_all(line.as_bytes())?;
         Ok(())
@@ -307,12 +330,16 @@ impl AuditLog {
         if !self.is_enabled() {
             return true;
         }
-        let Ok(Value::Object(mut body)) = serde_json::to_value(event) else {
+        let Some(body) = OpenObject::new(
+            event,
+            &[
+                ("type", "decision"),
+                ("replica", &self.replica),
+                ("time_rfc3339", &rfc3339(event.time)),
+            ],
+        ) else {
             return false;
         };
-        body.insert("type".into(), "decision".into());
-        body.insert("replica".into(), Value::String(self.replica.clone()));
-        body.insert("time_rfc3339".into(), Value::String(rfc3339(event.time)));
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let Ok(mut state) = self.state.lock() else {
@@ -705,10 +732,7 @@ mod tests {
             seq: 0,
         };
         let batch = [Queued {
-            body: match serde_json::to_value(event(1))? {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            },
+            body: OpenObject::new(&event(1), &[("type", "decision")]).ok_or("serializes")?,
             done: None,
         }];
         assert!(!append(&mut chain, &batch, |_| Err(std::io::Error::other(
