@@ -375,24 +375,28 @@ impl AuditLog {
     /// hands the next batch to the first request still waiting — or, when none is left
     /// to take it, writes that batch too. Returns whether the caller's line was written.
     fn write_turn(&self) -> bool {
-        let mut own = false;
+        // The caller's line is in the first batch; later ones hold only lines of requests
+        // that have gone, and their outcome is not the caller's.
+        let mut own: Option<bool> = None;
         loop {
-            let (batch, sinks) = {
+            let (batch, mut sinks) = {
                 let Ok(mut state) = self.state.lock() else {
                     return false;
                 };
-                (std::mem::take(&mut state.queue), state.sinks.take())
-            };
-            let Some(mut sinks) = sinks else {
-                return false;
+                let Some(sinks) = state.sinks.take() else {
+                    // Nowhere to write (cannot happen while a log is enabled): fail every
+                    // queued line rather than leave the queue waiting for a writer.
+                    state.queue.clear();
+                    state.writing = false;
+                    return false;
+                };
+                (std::mem::take(&mut state.queue), sinks)
             };
             let ok = self.write_batch(&mut sinks, &batch);
+            own.get_or_insert(ok);
             for q in batch {
-                match q.done {
-                    Some(tx) => {
-                        let _ = tx.send(Turn::Written(ok));
-                    }
-                    None => own = ok,
+                if let Some(tx) = q.done {
+                    let _ = tx.send(Turn::Written(ok));
                 }
             }
             let Ok(mut state) = self.state.lock() else {
@@ -416,11 +420,11 @@ impl AuditLog {
                 }
             }
             if handed {
-                return own;
+                return own.unwrap_or(false);
             }
             if state.queue.is_empty() {
                 state.writing = false;
-                return own;
+                return own.unwrap_or(false);
             }
             // Only lines of requests that have gone are left: write them now.
         }
@@ -753,6 +757,34 @@ mod tests {
             line.get("hash").and_then(Value::as_str),
             Some(line_hash(GENESIS, &without_hash).as_str())
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_line_that_cannot_be_written_is_refused_and_the_chain_resumes_after_it()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(Some(&path), false, "r1".into())?;
+        let swap = |file: File| -> Result<(), Box<dyn std::error::Error>> {
+            let mut state = log.state.lock().map_err(|_| "poisoned")?;
+            let sinks = state.sinks.as_mut().ok_or("sinks")?;
+            sinks.file.as_mut().ok_or("file")?.file = file;
+            Ok(())
+        };
+        // The same file, opened read-only: every write fails (as on a full disk).
+        swap(File::open(&path)?)?;
+        assert!(!log.record(&event(1)).await, "fail closed");
+        assert!(!log.record(&event(2)).await);
+        assert_eq!(std::fs::read_to_string(&path)?, "");
+        // Writable again: the chain starts where the last written line left it.
+        swap(open_append(&path)?)?;
+        assert!(log.record(&event(3)).await);
+        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(1));
+        let line: Map<String, Value> =
+            serde_json::from_str(std::fs::read_to_string(&path)?.trim())?;
+        assert_eq!(line.get("seq").and_then(Value::as_u64), Some(1));
+        assert_eq!(line.get("request_id").and_then(Value::as_str), Some("r3"));
         Ok(())
     }
 }

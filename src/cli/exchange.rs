@@ -7,7 +7,7 @@
 //! standard output: errors name the failing step and Ferry's `error_description`, never
 //! a token or a secret.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -102,7 +102,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let response = rt.block_on(post(&client, &endpoint, form, args.retries))?;
     let now = SystemTime::now();
     let text = render(&response, args.format, now)?;
-    print!("{text}");
+    // Not `print!`, which panics when standard output is closed.
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write the credentials to standard output")?;
     Ok(ExitCode::SUCCESS)
 }
 
