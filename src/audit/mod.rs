@@ -568,11 +568,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_chain_verifies_and_tampering_is_located() -> Result<(), Box<dyn std::error::Error>> {
+    /// An audit log (replica `r1`) writing to `audit.log` in a fresh directory.
+    fn temp_log() -> std::io::Result<(tempfile::TempDir, PathBuf, AuditLog)> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("audit.log");
         let log = AuditLog::open(Some(&path), false, "r1".into())?;
+        Ok((dir, path, log))
+    }
+
+    #[tokio::test]
+    async fn a_chain_verifies_and_tampering_is_located() -> Result<(), Box<dyn std::error::Error>> {
+        let (_dir, path, log) = temp_log()?;
         for n in 0..5 {
             assert!(log.record(&event(n)).await);
         }
@@ -661,9 +667,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_decisions_are_all_written_once_in_one_chain()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("audit.log");
-        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false, "r1".into())?);
+        let (_dir, path, log) = temp_log()?;
+        let log = std::sync::Arc::new(log);
         let tasks: Vec<_> = (0..400)
             .map(|n| {
                 let log = std::sync::Arc::clone(&log);
@@ -697,9 +702,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_goes_away_when_handed_the_next_batch_still_writes_it()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("audit.log");
-        let log = AuditLog::open(Some(&path), false, "r1".into())?;
+        let (_dir, path, log) = temp_log()?;
         // Someone is writing: this decision queues.
         log.state.lock().map_err(|_| "poisoned")?.writing = true;
         let first = event(1);
@@ -763,9 +766,7 @@ mod tests {
     #[tokio::test]
     async fn a_line_that_cannot_be_written_is_refused_and_the_chain_resumes_after_it()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("audit.log");
-        let log = AuditLog::open(Some(&path), false, "r1".into())?;
+        let (_dir, path, log) = temp_log()?;
         let swap = |file: File| -> Result<(), Box<dyn std::error::Error>> {
             let mut state = log.state.lock().map_err(|_| "poisoned")?;
             let sinks = state.sinks.as_mut().ok_or("sinks")?;

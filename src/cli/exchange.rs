@@ -115,7 +115,7 @@ fn token_endpoint(base: &str) -> anyhow::Result<Url> {
     let mut url = Url::parse(base).with_context(|| format!("--url `{base}` is not a URL"))?;
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(&url) => {}
+        "http" if ferry::verify::fetch::is_loopback(&url) => {}
         "http" => bail!(
             "--url `{base}`: plain http would send the token in the clear; use https (http is allowed only to a loopback address)"
         ),
@@ -130,15 +130,6 @@ fn token_endpoint(base: &str) -> anyhow::Result<Url> {
     }
     url.join("oauth2/token")
         .with_context(|| format!("--url `{base}`: cannot append oauth2/token"))
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
 }
 
 /// The token, without surrounding whitespace (token files usually end with a newline).

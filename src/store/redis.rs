@@ -192,6 +192,21 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
+    /// [`run`](Self::run) for a pipeline (or a `MULTI` transaction).
+    async fn run_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        let fut = async {
+            match &mut conn {
+                Conn::Single(c) => pipe.query_async::<T>(c).await,
+                Conn::Cluster(c) => pipe.query_async::<T>(c).await,
+            }
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| unavailable("redis call timed out"))?
+            .map_err(unavailable)
+    }
+
     async fn script<T: FromRedisValue>(
         &self,
         script: &redis::Script,
@@ -243,16 +258,7 @@ impl RedisStore {
         let k = self.cred_key(key);
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
-        let reply: (Option<Vec<u8>>, i64) = match self.conn().await? {
-            Conn::Single(mut c) => tokio::time::timeout(self.timeout, pipe.query_async(&mut c))
-                .await
-                .map_err(|_| unavailable("redis call timed out"))?
-                .map_err(unavailable)?,
-            Conn::Cluster(mut c) => tokio::time::timeout(self.timeout, pipe.query_async(&mut c))
-                .await
-                .map_err(|_| unavailable("redis call timed out"))?
-                .map_err(unavailable)?,
-        };
+        let reply: (Option<Vec<u8>>, i64) = self.run_pipe(&pipe).await?;
         // PTTL is -1 for a key without expiry (Ferry never writes one): not kept near.
         let ttl = Duration::from_millis(u64::try_from(reply.1).unwrap_or(0));
         Ok(reply
@@ -572,15 +578,10 @@ impl Store for RedisStore {
             .arg(events_channel(&self.prefix))
             .arg(&record)
             .ignore();
-        match self.conn().await? {
-            Conn::Single(mut c) => {
-                tokio::time::timeout(self.timeout, tx.query_async::<()>(&mut c))
-                    .await
-                    .map_err(|_| unavailable("redis call timed out"))?
-                    .map_err(unavailable)?;
-            }
+        match self.endpoint {
+            Endpoint::Standalone(_) => self.run_pipe::<()>(&tx).await?,
             // A cluster keeps no local copies, so there is no one to tell.
-            Conn::Cluster(_) => {
+            Endpoint::Cluster(_) => {
                 self.run::<()>(redis::cmd("HSET").arg(&hash).arg(&field).arg(&record))
                     .await?;
             }
@@ -645,19 +646,10 @@ impl Store for RedisStore {
                 };
             }
         }
-        let conn = match self.conn().await {
-            Ok(c) => c,
-            Err(StoreError::Unavailable(m)) => {
-                return (
-                    Err(StoreError::Unavailable(m.clone())),
-                    Err(StoreError::Unavailable(m)),
-                );
-            }
-        };
         // A cluster routes each key to its own node: ask separately (still concurrently).
-        let Conn::Single(mut single) = conn else {
+        if matches!(self.endpoint, Endpoint::Cluster(_)) {
             return tokio::join!(self.revoked(fields, now), self.get_credential(key));
-        };
+        }
         let k = self.cred_key(key);
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET").arg(self.revocations_key());
@@ -669,17 +661,16 @@ impl Store for RedisStore {
             pipe.arg("-");
         }
         pipe.cmd("GET").arg(&k);
-        let reply = tokio::time::timeout(
-            self.timeout,
-            pipe.query_async::<(Vec<Option<String>>, Option<Vec<u8>>)>(&mut single),
-        )
-        .await;
+        let reply = self
+            .run_pipe::<(Vec<Option<String>>, Option<Vec<u8>>)>(&pipe)
+            .await;
         let (values, sealed) = match reply {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return (Err(unavailable(&e)), Err(unavailable(&e))),
-            Err(_) => {
-                let e = "redis call timed out";
-                return (Err(unavailable(e)), Err(unavailable(e)));
+            Ok(r) => r,
+            Err(StoreError::Unavailable(m)) => {
+                return (
+                    Err(StoreError::Unavailable(m.clone())),
+                    Err(StoreError::Unavailable(m)),
+                );
             }
         };
         (
