@@ -8,19 +8,26 @@
     clippy::indexing_slicing
 )]
 
-#[test]
-fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
+/// `ferry bench --quick --connections 16` plus `more`; asserts it exits 0, returns stdout.
+fn quick_bench(more: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["bench", "--quick", "--connections", "16"])
+        .args(more)
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
+    let stdout = quick_bench(&[]);
     assert!(stdout.contains("E  single-flight (memory): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("E  single-flight (redis): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("\nerrors: 0\n"), "{stdout}");
@@ -30,6 +37,10 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "{stdout}"
     );
     for scenario in [
+        // The default generator: wrk's layout, and it does not preempt Ferry.
+        "load generator: raw HTTP/1.1 (a connection per task, wrk's way) client, 2 threads in this process, SCHED_BATCH (its wake-ups do not preempt Ferry",
+        // How often Ferry's threads were preempted, per request.
+        "preempt/req",
         "A  baseline",
         "B1 hit, RS256",
         "B4 hit, ES256, same token",
@@ -57,4 +68,31 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
     ] {
         assert!(stdout.contains(scenario), "missing {scenario}: {stdout}");
     }
+}
+
+/// The other generator and policy (what earlier runs used) still work, for comparison.
+#[test]
+fn ferry_bench_quick_runs_with_the_pooled_client_under_normal_scheduling() {
+    let stdout = quick_bench(&[
+        "--generator",
+        "hyper",
+        "--load-policy",
+        "normal",
+        "--only",
+        "B1",
+        "--no-rss",
+        "--no-redis",
+    ]);
+    assert!(
+        stdout.contains(
+            "load generator: hyper-util pooled client, 2 threads in this process, normal scheduling"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("B1 hit, RS256, fresh token, memory"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("C1 hit"), "{stdout}");
+    assert!(stdout.contains("\nerrors: 0\n"), "{stdout}");
 }

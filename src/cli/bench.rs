@@ -50,6 +50,46 @@ pub struct Args {
     /// A always runs, as the baseline the ratios divide by. Useful under a profiler.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Linux scheduling policy of the load generator's threads. `batch` (default): its
+    /// wake-ups do not preempt Ferry's threads in the middle of a request, as a generator
+    /// on another host could not; `normal`: it competes as an equal, and every response
+    /// it wakes up for may preempt the server (BENCHMARKS.md compares the two).
+    #[arg(long, value_enum, default_value_t = LoadPolicy::Batch)]
+    load_policy: LoadPolicy,
+    /// The client that drives the load: `raw` (default; wrk's way) or `hyper` (the
+    /// pooled client earlier runs used; BENCHMARKS.md compares the two).
+    #[arg(long, value_enum, default_value_t = Generator::Raw)]
+    generator: Generator,
+}
+
+/// How the load generator's threads are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoadPolicy {
+    /// `SCHED_BATCH`: never preempts on wake-up.
+    Batch,
+    /// `SCHED_OTHER`, like Ferry's own threads.
+    Normal,
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (Linux): the scheduler treats it as
+/// CPU-bound and does not let its wake-ups preempt the thread that is running.
+fn set_batch_policy() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `sched_setscheduler` only reads `param` during the call; pid 0 is the
+        // calling thread.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "SCHED_BATCH is Linux-only",
+    ))
 }
 
 /// A fake upstream: sleeps, counts, returns a credential without signing anything.
@@ -189,9 +229,11 @@ async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Serv
     Ok(Server { addr, fakes, store })
 }
 
-/// Ferry's CPU time so far: the `ferry-srv` threads of this process.
-fn ferry_cpu() -> Duration {
+/// Ferry's CPU time so far and how often its threads were preempted (involuntary
+/// context switches): the `ferry-srv` threads of this process.
+fn ferry_threads() -> (Duration, u64) {
     let mut ticks = 0u64;
+    let mut preempted = 0u64;
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
@@ -206,13 +248,19 @@ fn ferry_cpu() -> Duration {
                 let s = f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 ticks += u + s;
             }
+            preempted += status_value(&task.path().join("status"), "nonvoluntary_ctxt_switches:");
         }
     }
     // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    (Duration::from_millis(ticks * 10), preempted)
 }
 
 fn status_kib(status: &str, field: &str) -> u64 {
+    status_value(Path::new(status), field)
+}
+
+/// A numeric field of a `/proc/.../status` file (0 when absent).
+fn status_value(status: &Path, field: &str) -> u64 {
     std::fs::read_to_string(status)
         .unwrap_or_default()
         .lines()
@@ -228,6 +276,7 @@ struct Tally {
     errors: u64,
     elapsed: Duration,
     cpu: Duration,
+    preempted: u64,
 }
 
 type Client = hyper_util::client::legacy::Client<
@@ -241,10 +290,305 @@ enum Load {
     Post(String, Arc<Vec<Bytes>>),
 }
 
-async fn drive(client: &Client, load: &Load, connections: usize, duration: Duration) -> Tally {
+impl Load {
+    fn url(&self) -> &str {
+        match self {
+            Load::Get(url) | Load::Post(url, _) => url,
+        }
+    }
+}
+
+/// Which client drives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Generator {
+    /// One task per connection that writes each request with one `write` and parses the
+    /// response itself (as wrk does): a few µs of CPU per request, and no state shared
+    /// between connections.
+    Raw,
+    /// hyper-util's pooled client: one pool shared by all connections, and a task per
+    /// connection beside each request's own.
+    Hyper,
+}
+
+/// How a scenario's requests are sent.
+#[derive(Clone)]
+struct Driver {
+    generator: Generator,
+    client: Client,
+    /// Put the raw generator's threads under `SCHED_BATCH`.
+    batch: bool,
+    /// Why a generator thread could not take `SCHED_BATCH`, per thread that could not.
+    policy_failures: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Driver {
+    /// Applies the load policy to the calling (generator) thread.
+    fn apply_policy(&self) {
+        if self.batch
+            && let Err(e) = set_batch_policy()
+            && let Ok(mut f) = self.policy_failures.lock()
+        {
+            f.push(e.to_string());
+        }
+    }
+}
+
+async fn drive(driver: &Driver, load: &Load, connections: usize, duration: Duration) -> Tally {
+    match driver.generator {
+        Generator::Raw => {
+            let (driver, load) = (driver.clone(), load.clone());
+            tokio::task::spawn_blocking(move || drive_raw(&driver, &load, connections, duration))
+                .await
+                .unwrap_or_else(|_| Tally {
+                    errors: 1,
+                    ..Tally::default()
+                })
+        }
+        Generator::Hyper => drive_hyper(&driver.client, load, connections, duration).await,
+    }
+}
+
+/// The raw generator, laid out as wrk lays out its threads: two threads, each with its
+/// own single-threaded event loop and its own half of the connections (no work moves
+/// between them, so no connection waits behind another thread's queue).
+fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duration) -> Tally {
+    const THREADS: usize = 2;
     let deadline = Instant::now() + duration;
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu0 = ferry_cpu();
+    let (cpu0, preempted0) = ferry_threads();
+    let started = Instant::now();
+    let mut total = Tally::default();
+    std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for k in 0..THREADS {
+            let share = connections / THREADS + usize::from(k < connections % THREADS);
+            let next = Arc::clone(&next);
+            let spawned = std::thread::Builder::new()
+                .name("bench-load".into())
+                .spawn_scoped(scope, move || {
+                    driver.apply_policy();
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return Tally {
+                            errors: 1,
+                            ..Tally::default()
+                        };
+                    };
+                    rt.block_on(async {
+                        let mut set = tokio::task::JoinSet::new();
+                        for _ in 0..share {
+                            set.spawn(raw_connection(load.clone(), Arc::clone(&next), deadline));
+                        }
+                        let mut t = Tally::default();
+                        while let Some(done) = set.join_next().await {
+                            match done {
+                                Ok(c) => {
+                                    t.latencies_us.extend(c.latencies_us);
+                                    t.errors += c.errors;
+                                }
+                                Err(_) => t.errors += 1,
+                            }
+                        }
+                        t
+                    })
+                });
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(_) => total.errors += 1,
+            }
+        }
+        for handle in threads {
+            match handle.join() {
+                Ok(t) => {
+                    total.latencies_us.extend(t.latencies_us);
+                    total.errors += t.errors;
+                }
+                Err(_) => total.errors += 1,
+            }
+        }
+    });
+    total.elapsed = started.elapsed();
+    let (cpu1, preempted1) = ferry_threads();
+    total.cpu = cpu1.saturating_sub(cpu0);
+    total.preempted = preempted1.saturating_sub(preempted0);
+    total
+}
+
+/// One connection of the raw generator, sending requests until the deadline.
+async fn raw_connection(load: Load, next: Arc<AtomicUsize>, deadline: Instant) -> Tally {
+    let mut t = Tally::default();
+    let Some((addr, host, path)) = split_url(load.url()) else {
+        t.errors += 1;
+        return t;
+    };
+    let mut conn = RawConnection::new(addr);
+    let mut request = Vec::with_capacity(4096);
+    while Instant::now() < deadline {
+        request.clear();
+        match &load {
+            Load::Get(_) => raw_head(&mut request, "GET", &host, &path, None),
+            Load::Post(_, bodies) => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1);
+                let body = bodies.get(i).map_or(&[][..], |b| &b[..]);
+                raw_head(&mut request, "POST", &host, &path, Some(body.len()));
+                request.extend_from_slice(body);
+            }
+        }
+        let sent = Instant::now();
+        match conn.round_trip(&request).await {
+            Ok(status) if (200..300).contains(&status) => {
+                let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                t.latencies_us.push(us);
+            }
+            _ => t.errors += 1,
+        }
+    }
+    t
+}
+
+/// `http://127.0.0.1:port/path` → (address, `host:port`, `/path`).
+fn split_url(url: &str) -> Option<(SocketAddr, String, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((host.parse().ok()?, host.to_owned(), format!("/{path}")))
+}
+
+/// An HTTP/1.1 request head, appended to `out`.
+fn raw_head(out: &mut Vec<u8>, method: &str, host: &str, path: &str, body: Option<usize>) {
+    use std::io::Write as _;
+    let _ = write!(out, "{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+    if let Some(len) = body {
+        let _ = write!(
+            out,
+            "content-type: application/x-www-form-urlencoded\r\ncontent-length: {len}\r\n"
+        );
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One keep-alive HTTP/1.1 connection of the raw generator; reconnects after an error or
+/// a `connection: close`.
+struct RawConnection {
+    addr: SocketAddr,
+    stream: Option<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl RawConnection {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stream: None,
+            buf: Vec::with_capacity(16 * 1024),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sends one request and reads its whole response; returns the status. Bounded: a
+    /// response that takes longer than the timeout (10 s), or whose head or body is over
+    /// 1 MiB, is an error.
+    async fn round_trip(&mut self, request: &[u8]) -> Result<u16, ()> {
+        let result = tokio::time::timeout(self.timeout, self.try_round_trip(request))
+            .await
+            .unwrap_or(Err(()));
+        if !matches!(result, Ok((_, true))) {
+            self.stream = None;
+        }
+        result.map(|(status, _)| status)
+    }
+
+    /// (status, whether the connection stays open).
+    async fn try_round_trip(&mut self, request: &[u8]) -> Result<(u16, bool), ()> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        const LIMIT: usize = 1 << 20;
+        if self.stream.is_none() {
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|_| ())?;
+            stream.set_nodelay(true).map_err(|_| ())?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().ok_or(())?;
+        stream.write_all(request).await.map_err(|_| ())?;
+        self.buf.clear();
+        let (status, head_len, body_len, keep_alive) = loop {
+            if stream.read_buf(&mut self.buf).await.map_err(|_| ())? == 0 {
+                return Err(());
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&self.buf) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    let header = |name: &str| {
+                        response
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .and_then(|h| std::str::from_utf8(h.value).ok())
+                    };
+                    // Ferry answers with a length; anything else is not what was asked.
+                    let body_len = header("content-length")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .ok_or(())?;
+                    let close =
+                        header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                    break (response.code.ok_or(())?, head_len, body_len, !close);
+                }
+                Ok(httparse::Status::Partial) if self.buf.len() < LIMIT => {}
+                _ => return Err(()),
+            }
+        };
+        let total = head_len.checked_add(body_len).ok_or(())?;
+        if total > LIMIT {
+            return Err(());
+        }
+        while self.buf.len() < total {
+            if stream.read_buf(&mut self.buf).await.map_err(|_| ())? == 0 {
+                return Err(());
+            }
+        }
+        // Nothing else was asked for, so nothing else may have arrived.
+        if self.buf.len() != total {
+            return Err(());
+        }
+        Ok((status, keep_alive))
+    }
+}
+
+/// Sums the per-connection tallies of a scenario run.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+    started: Instant,
+    cpu0: Duration,
+    preempted0: u64,
+) -> Tally {
+    let mut total = Tally::default();
+    for task in tasks {
+        if let Ok(t) = task.await {
+            total.latencies_us.extend(t.latencies_us);
+            total.errors += t.errors;
+        }
+    }
+    total.elapsed = started.elapsed();
+    let (cpu1, preempted1) = ferry_threads();
+    total.cpu = cpu1.saturating_sub(cpu0);
+    total.preempted = preempted1.saturating_sub(preempted0);
+    total
+}
+
+/// The hyper generator.
+async fn drive_hyper(
+    client: &Client,
+    load: &Load,
+    connections: usize,
+    duration: Duration,
+) -> Tally {
+    let deadline = Instant::now() + duration;
+    let next = Arc::new(AtomicUsize::new(0));
+    let (cpu0, preempted0) = ferry_threads();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -285,16 +629,7 @@ async fn drive(client: &Client, load: &Load, connections: usize, duration: Durat
             t
         }));
     }
-    let mut total = Tally::default();
-    for task in tasks {
-        if let Ok(t) = task.await {
-            total.latencies_us.extend(t.latencies_us);
-            total.errors += t.errors;
-        }
-    }
-    total.elapsed = started.elapsed();
-    total.cpu = ferry_cpu().saturating_sub(cpu0);
-    total
+    collect(tasks, started, cpu0, preempted0).await
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -319,6 +654,7 @@ struct Row {
     p999: f64,
     errors: u64,
     cpu_us: f64,
+    preempted: f64,
 }
 
 #[expect(clippy::cast_precision_loss, reason = "counts to rates")]
@@ -333,6 +669,7 @@ fn summarize(name: &str, t: &mut Tally) -> Row {
         p999: percentile(&t.latencies_us, 0.999),
         errors: t.errors,
         cpu_us: t.cpu.as_secs_f64() * 1e6 / (n + t.errors as f64).max(1.0),
+        preempted: t.preempted as f64 / (n + t.errors as f64).max(1.0),
     }
 }
 
@@ -544,10 +881,11 @@ impl RssReport {
 async fn rss_scenario(
     dir: &Path,
     issuer: &Issuer,
-    client: &Client,
+    driver: &Driver,
     count: usize,
     connections: usize,
 ) -> anyhow::Result<RssReport> {
+    let client = &driver.client;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -605,7 +943,7 @@ async fn rss_scenario(
     let same = Arc::new(vec![form(&issuer.token("warm")?, "api")]);
     let url = format!("{base}/oauth2/token");
     let warm = drive(
-        client,
+        driver,
         &Load::Post(url.clone(), same),
         connections,
         Duration::from_secs(2),
@@ -743,11 +1081,27 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .thread_name("ferry-srv")
         .enable_all()
         .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench-load")
-        .enable_all()
-        .build()?;
+    // The generator's threads take the policy as they start (these, which run the hyper
+    // generator, and the raw generator's own); a thread that could not is counted, and
+    // the report says so.
+    let policy_failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let client_rt = {
+        let failures = Arc::clone(&policy_failures);
+        let batch = args.load_policy == LoadPolicy::Batch;
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-load")
+            .on_thread_start(move || {
+                if batch
+                    && let Err(e) = set_batch_policy()
+                    && let Ok(mut f) = failures.lock()
+                {
+                    f.push(e.to_string());
+                }
+            })
+            .enable_all()
+            .build()?
+    };
 
     let mem = server_rt.block_on(start_server(
         dir.path(),
@@ -916,21 +1270,28 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(args.connections)
             .build_http();
+    let driver = Driver {
+        generator: args.generator,
+        client: client.clone(),
+        batch: args.load_policy == LoadPolicy::Batch,
+        policy_failures: Arc::clone(&policy_failures),
+    };
     // Warm up: first hits populate the caches.
     client_rt.block_on(async {
         for (_, _, load) in &scenarios {
-            drive(&client, load, 4, Duration::from_millis(200)).await;
+            drive(&driver, load, 4, Duration::from_millis(200)).await;
         }
     });
     let mut tallies: Vec<Tally> = vec![Tally::default(); scenarios.len()];
     for _ in 0..rounds {
         for (i, (_, _, load)) in scenarios.iter().enumerate() {
-            let t = client_rt.block_on(drive(&client, load, args.connections, per_run));
+            let t = client_rt.block_on(drive(&driver, load, args.connections, per_run));
             if let Some(acc) = tallies.get_mut(i) {
                 acc.latencies_us.extend(t.latencies_us);
                 acc.errors += t.errors;
                 acc.elapsed += t.elapsed;
                 acc.cpu += t.cpu;
+                acc.preempted += t.preempted;
             }
         }
     }
@@ -1002,7 +1363,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Some(client_rt.block_on(rss_scenario(
             dir.path(),
             &es,
-            &client,
+            &driver,
             count,
             args.connections,
         ))?)
@@ -1019,13 +1380,35 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         rounds,
         if args.quick { " (quick)" } else { "" }
     );
+    let failed_policy = policy_failures
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or_default();
+    println!(
+        "load generator: {} client, 2 threads in this process, {}",
+        match args.generator {
+            Generator::Raw => "raw HTTP/1.1 (a connection per task, wrk's way)",
+            Generator::Hyper => "hyper-util pooled",
+        },
+        match (args.load_policy, failed_policy.first()) {
+            (LoadPolicy::Batch, None) =>
+                "SCHED_BATCH (its wake-ups do not preempt Ferry; --load-policy normal to compare)"
+                    .to_owned(),
+            (LoadPolicy::Batch, Some(e)) => format!(
+                "SCHED_BATCH REFUSED on {} thread(s) ({e}): they ran as normal threads",
+                failed_policy.len()
+            ),
+            (LoadPolicy::Normal, _) =>
+                "normal scheduling (its wake-ups may preempt Ferry mid-request)".to_owned(),
+        }
+    );
     println!(
         "one signature verify in this process: RS256 {rs_cost:.1} µs, ES256 {es_cost:.1} µs \
          (key parsed once, as Ferry does; jsonwebtoken::crypto::verify, re-parsing the key: \
          RS256 {rs_jwt:.1} µs, ES256 {es_jwt:.1} µs)\n"
     );
     println!(
-        "{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9}",
+        "{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9} {:>9}",
         "scenario",
         "req/s",
         "p50 ms",
@@ -1034,7 +1417,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "errors",
         "cpu µs/req",
         "x A rps",
-        "cpu/verify"
+        "cpu/verify",
+        "preempt/req"
     );
     let mut total_errors = 0;
     for r in &rows {
@@ -1045,7 +1429,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             rs_cost
         };
         println!(
-            "{:<38} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1} {:>7.2} {:>9.2}",
+            "{:<38} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1} {:>7.2} {:>9.2} {:>9.3}",
             r.name,
             r.rps,
             r.p50,
@@ -1054,7 +1438,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             r.errors,
             r.cpu_us,
             r.rps / baseline.0.max(1e-9),
-            r.cpu_us / verify.max(1e-9)
+            r.cpu_us / verify.max(1e-9),
+            r.preempted
         );
     }
     println!();
@@ -1138,4 +1523,128 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn urls_split_into_address_host_and_path() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8080/oauth2/token"),
+            Some((
+                "127.0.0.1:8080".parse().unwrap(),
+                "127.0.0.1:8080".to_owned(),
+                "/oauth2/token".to_owned()
+            ))
+        );
+        assert_eq!(split_url("https://127.0.0.1:8080/"), None);
+        assert_eq!(split_url("http://localhost:8080/"), None);
+        let mut head = Vec::new();
+        raw_head(&mut head, "POST", "h:1", "/p", Some(3));
+        assert_eq!(
+            head,
+            b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+
+    /// A peer that answers each request on each accepted connection with the next of
+    /// `answers` (each written in pieces of `piece` bytes); returns how many connections
+    /// it accepted.
+    async fn peer(
+        answers: Vec<&'static [u8]>,
+        piece: usize,
+    ) -> (SocketAddr, tokio::task::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            let mut accepted = 0;
+            while let Ok(Ok((mut conn, _))) =
+                tokio::time::timeout(Duration::from_millis(500), listener.accept()).await
+            {
+                accepted += 1;
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await
+                    else {
+                        break;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let Some(answer) = answers.next() else { break };
+                    for chunk in answer.chunks(piece.max(1)) {
+                        let _ = conn.write_all(chunk).await;
+                        let _ = conn.flush().await;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+            accepted
+        });
+        (addr, task)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+
+    #[tokio::test]
+    async fn the_raw_generator_reads_responses_in_pieces_and_keeps_the_connection() {
+        let (addr, accepted) = peer(
+            vec![
+                OK,
+                OK,
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            ],
+            7,
+        )
+        .await;
+        let mut conn = RawConnection::new(addr);
+        assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Ok(200));
+        assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Ok(200));
+        // A status is a status: the caller decides that 503 is an error.
+        assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Ok(503));
+        drop(conn);
+        assert_eq!(accepted.await.ok(), Some(1), "one keep-alive connection");
+    }
+
+    #[tokio::test]
+    async fn the_raw_generator_reconnects_after_close_and_refuses_what_it_cannot_frame() {
+        let (addr, accepted) = peer(
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                // No length: not what Ferry sends, so an error.
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                // More than was asked for.
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+                OK,
+            ],
+            64,
+        )
+        .await;
+        let mut conn = RawConnection::new(addr);
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(conn.round_trip(get).await, Ok(200));
+        assert_eq!(conn.round_trip(get).await, Err(()));
+        assert_eq!(conn.round_trip(get).await, Err(()));
+        assert_eq!(conn.round_trip(get).await, Ok(200));
+        drop(conn);
+        // After the close and after each error, a new connection.
+        assert_eq!(accepted.await.ok(), Some(4));
+    }
+
+    #[tokio::test]
+    async fn the_raw_generator_gives_up_on_a_silent_peer() {
+        let (addr, _accepted) = peer(Vec::new(), 1).await;
+        let mut conn = RawConnection::new(addr);
+        conn.timeout = Duration::from_millis(100);
+        let started = Instant::now();
+        assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Err(()));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }
