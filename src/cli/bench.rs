@@ -221,7 +221,7 @@ async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Serv
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let _ = axum::serve(
-            listener,
+            ferry::http::listener(listener),
             app(state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await;
@@ -301,9 +301,9 @@ impl Load {
 /// Which client drives the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Generator {
-    /// One task per connection that writes each request with one `write` and parses the
-    /// response itself (as wrk does): a few µs of CPU per request, and no state shared
-    /// between connections.
+    /// Two threads, each with its own event loop and half of the connections; each
+    /// connection writes its request with one `write` and parses the response itself
+    /// (as wrk does), sharing no state with the others.
     Raw,
     /// hyper-util's pooled client: one pool shared by all connections, and a task per
     /// connection beside each request's own.
@@ -317,7 +317,8 @@ struct Driver {
     client: Client,
     /// Put the raw generator's threads under `SCHED_BATCH`.
     batch: bool,
-    /// Why a generator thread could not take `SCHED_BATCH`, per thread that could not.
+    /// Why a generator thread could not take `SCHED_BATCH`, once per thread start that
+    /// could not (the raw generator starts its threads for each scenario run).
     policy_failures: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -409,11 +410,7 @@ fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duratio
             }
         }
     });
-    total.elapsed = started.elapsed();
-    let (cpu1, preempted1) = ferry_threads();
-    total.cpu = cpu1.saturating_sub(cpu0);
-    total.preempted = preempted1.saturating_sub(preempted0);
-    total
+    finish(total, started, cpu0, preempted0)
 }
 
 /// One connection of the raw generator, sending requests until the deadline.
@@ -442,7 +439,11 @@ async fn raw_connection(load: Load, next: Arc<AtomicUsize>, deadline: Instant) -
                 let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
                 t.latencies_us.push(us);
             }
-            _ => t.errors += 1,
+            // A server that refuses or drops connections is not hammered in a loop.
+            _ => {
+                t.errors += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
     t
@@ -572,6 +573,12 @@ async fn collect(
             total.errors += t.errors;
         }
     }
+    finish(total, started, cpu0, preempted0)
+}
+
+/// A scenario run's tally with its wall time, and Ferry's CPU and preemptions since
+/// `cpu0`/`preempted0` were read.
+fn finish(mut total: Tally, started: Instant, cpu0: Duration, preempted0: u64) -> Tally {
     total.elapsed = started.elapsed();
     let (cpu1, preempted1) = ferry_threads();
     total.cpu = cpu1.saturating_sub(cpu0);
@@ -1395,7 +1402,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 "SCHED_BATCH (its wake-ups do not preempt Ferry; --load-policy normal to compare)"
                     .to_owned(),
             (LoadPolicy::Batch, Some(e)) => format!(
-                "SCHED_BATCH REFUSED on {} thread(s) ({e}): they ran as normal threads",
+                "SCHED_BATCH REFUSED ({e}) at {} generator thread start(s): those threads ran under the normal policy",
                 failed_policy.len()
             ),
             (LoadPolicy::Normal, _) =>

@@ -80,7 +80,7 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, %revision, "ferry serving");
         axum::serve(
-            listener,
+            ferry::http::listener(listener),
             app(state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown_signal())
