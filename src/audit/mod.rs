@@ -135,10 +135,18 @@ fn file_identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
 /// The hash of a line: SHA-256 over `prev`, a newline, and the line's JSON without
 /// `hash`, keys in the line's order (a `Map` keeps insertion order: `preserve_order`).
 pub fn line_hash(prev: &str, body: &Map<String, Value>) -> String {
+    chain_hash(prev, &[&serde_json::to_vec(body).unwrap_or_default()])
+}
+
+/// The one definition of a line's hash, for the writer and the verifier: SHA-256 over
+/// `prev`, a newline, and the line's JSON without `hash` (given in pieces).
+fn chain_hash(prev: &str, json: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(b"\n");
-    h.update(serde_json::to_string(body).unwrap_or_default().as_bytes());
+    for piece in json {
+        h.update(piece);
+    }
     hex::encode(h.finalize())
 }
 
@@ -185,12 +193,7 @@ fn seal(chain: &mut ChainState, body: &OpenObject) -> String {
     json.extend_from_slice(b",\"prev\":");
     let _ = serde_json::to_writer(&mut json, &chain.prev);
 
-    let mut hashed = Sha256::new();
-    hashed.update(chain.prev.as_bytes());
-    hashed.update(b"\n");
-    hashed.update(&json);
-    hashed.update(b"}");
-    let hash = hex::encode(hashed.finalize());
+    let hash = chain_hash(&chain.prev, &[&json, b"}"]);
 
     json.extend_from_slice(b",\"hash\":\"");
     json.extend_from_slice(hash.as_bytes());

@@ -315,19 +315,25 @@ enum Generator {
 struct Driver {
     generator: Generator,
     client: Client,
-    /// Put the raw generator's threads under `SCHED_BATCH`.
+    scheduling: LoadScheduling,
+}
+
+/// The load policy, applied by each generator thread as it starts.
+#[derive(Clone)]
+struct LoadScheduling {
+    /// Put generator threads under `SCHED_BATCH`.
     batch: bool,
     /// Why a generator thread could not take `SCHED_BATCH`, once per thread start that
     /// could not (the raw generator starts its threads for each scenario run).
-    policy_failures: Arc<std::sync::Mutex<Vec<String>>>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-impl Driver {
+impl LoadScheduling {
     /// Applies the load policy to the calling (generator) thread.
-    fn apply_policy(&self) {
+    fn apply(&self) {
         if self.batch
             && let Err(e) = set_batch_policy()
-            && let Ok(mut f) = self.policy_failures.lock()
+            && let Ok(mut f) = self.failures.lock()
         {
             f.push(e.to_string());
         }
@@ -367,7 +373,7 @@ fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duratio
             let spawned = std::thread::Builder::new()
                 .name("bench-load".into())
                 .spawn_scoped(scope, move || {
-                    driver.apply_policy();
+                    driver.scheduling.apply();
                     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -1091,21 +1097,16 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // The generator's threads take the policy as they start (these, which run the hyper
     // generator, and the raw generator's own); a thread that could not is counted, and
     // the report says so.
-    let policy_failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let scheduling = LoadScheduling {
+        batch: args.load_policy == LoadPolicy::Batch,
+        failures: Arc::default(),
+    };
     let client_rt = {
-        let failures = Arc::clone(&policy_failures);
-        let batch = args.load_policy == LoadPolicy::Batch;
+        let scheduling = scheduling.clone();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("bench-load")
-            .on_thread_start(move || {
-                if batch
-                    && let Err(e) = set_batch_policy()
-                    && let Ok(mut f) = failures.lock()
-                {
-                    f.push(e.to_string());
-                }
-            })
+            .on_thread_start(move || scheduling.apply())
             .enable_all()
             .build()?
     };
@@ -1280,8 +1281,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let driver = Driver {
         generator: args.generator,
         client: client.clone(),
-        batch: args.load_policy == LoadPolicy::Batch,
-        policy_failures: Arc::clone(&policy_failures),
+        scheduling: scheduling.clone(),
     };
     // Warm up: first hits populate the caches.
     client_rt.block_on(async {
@@ -1387,7 +1387,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         rounds,
         if args.quick { " (quick)" } else { "" }
     );
-    let failed_policy = policy_failures
+    let failed_policy = scheduling
+        .failures
         .lock()
         .map(|f| f.clone())
         .unwrap_or_default();

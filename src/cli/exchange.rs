@@ -112,7 +112,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// `{url}/oauth2/token`, keeping any path prefix (Ferry behind a proxy at `/ferry/`).
 fn token_endpoint(base: &str) -> anyhow::Result<Url> {
-    let mut url = Url::parse(base).with_context(|| format!("--url `{base}` is not a URL"))?;
+    // Not echoed: the text may hold a password.
+    let mut url = Url::parse(base).map_err(|e| anyhow!("--url is not a URL: {e}"))?;
+    // A password in the URL would be sent with every request and shown in every error
+    // that names the URL (DESIGN §4: no secrets in logs); Ferry's token endpoint takes
+    // none, so such a URL is refused without repeating it.
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!("--url holds a user name or password; give Ferry's URL without them");
+    }
     match url.scheme() {
         "https" => {}
         "http" if ferry::verify::fetch::is_loopback(&url) => {}
@@ -469,6 +476,11 @@ mod tests {
         assert!(e("ftp://ferry.example.com").is_err());
         assert!(e("https://ferry.example.com/?x=1").is_err());
         assert!(e("not a url").is_err());
+        let err = e("https://ci:hunter2@ferry.example.com")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user name or password"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,39 @@ enum Conn {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+/// Either connection as one: a command, pipeline or script runs on a `Conn` the same way
+/// whichever it is (a cluster connection still routes each command to its node).
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis-backed store.
 pub struct RedisStore {
     endpoint: Endpoint,
@@ -178,33 +211,26 @@ impl RedisStore {
         Ok(conn)
     }
 
-    async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn().await?;
-        let fut = async {
-            match &mut conn {
-                Conn::Single(c) => cmd.query_async::<T>(c).await,
-                Conn::Cluster(c) => cmd.query_async::<T>(c).await,
-            }
-        };
-        tokio::time::timeout(self.timeout, fut)
+    /// A call on the store's connection, bounded by its timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| unavailable("redis call timed out"))?
             .map_err(unavailable)
     }
 
+    async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        self.bounded(cmd.query_async::<T>(&mut conn)).await
+    }
+
     /// [`run`](Self::run) for a pipeline (or a `MULTI` transaction).
     async fn run_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
-        let fut = async {
-            match &mut conn {
-                Conn::Single(c) => pipe.query_async::<T>(c).await,
-                Conn::Cluster(c) => pipe.query_async::<T>(c).await,
-            }
-        };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| unavailable("redis call timed out"))?
-            .map_err(unavailable)
+        self.bounded(pipe.query_async::<T>(&mut conn)).await
     }
 
     async fn script<T: FromRedisValue>(
@@ -221,16 +247,7 @@ impl RedisStore {
         for a in args {
             invocation.arg(*a);
         }
-        let fut = async {
-            match &mut conn {
-                Conn::Single(c) => invocation.invoke_async::<T>(c).await,
-                Conn::Cluster(c) => invocation.invoke_async::<T>(c).await,
-            }
-        };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| unavailable("redis call timed out"))?
-            .map_err(unavailable)
+        self.bounded(invocation.invoke_async::<T>(&mut conn)).await
     }
 
     /// A sealed cache value opened; one that does not open (tampered, or sealed with a
