@@ -64,10 +64,30 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "C1 CPU per fresh-token hit",
         "B3 same token again",
         "its mean latency by Little's law (16 connections / ",
+        // The kernel's receive time of each response, beside the generator's read.
+        "p99 arr ms",
+        "unread ms",
+        "at the kernel's receive time of each response (without the generator's own wait for a core): p99 ",
         "RSS < 100 MB with 2000 cached credentials",
     ] {
         assert!(stdout.contains(scenario), "missing {scenario}: {stdout}");
     }
+    let (arrival_p99, unread) = arrival_columns(&stdout, "B1 hit, RS256, fresh token, memory");
+    let arrival_p99: f64 = arrival_p99.parse().expect("a receive-time p99 for B1");
+    let unread: f64 = unread.parse().expect("a mean unread time for B1");
+    assert!(arrival_p99 > 0.0 && unread >= 0.0, "{stdout}");
+}
+
+/// The last two columns of a scenario's row: p99 at the kernel's receive time, and
+/// the mean time answers waited unread.
+fn arrival_columns<'a>(stdout: &'a str, scenario: &str) -> (&'a str, &'a str) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(scenario))
+        .unwrap_or_else(|| panic!("no {scenario} row: {stdout}"));
+    let mut fields = line.split_whitespace().rev();
+    let unread = fields.next().unwrap_or_default();
+    (fields.next().unwrap_or_default(), unread)
 }
 
 /// The other generator and policy (what earlier runs used) still work, for comparison.
@@ -95,4 +115,11 @@ fn ferry_bench_quick_runs_with_the_pooled_client_under_normal_scheduling() {
     );
     assert!(!stdout.contains("C1 hit"), "{stdout}");
     assert!(stdout.contains("\nerrors: 0\n"), "{stdout}");
+    // The pooled client has no receive times to report.
+    assert_eq!(
+        arrival_columns(&stdout, "B1 hit, RS256, fresh token, memory"),
+        ("-", "-"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("at the kernel's receive time"), "{stdout}");
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -272,11 +272,25 @@ fn status_value(status: &Path, field: &str) -> u64 {
 
 #[derive(Default, Clone)]
 struct Tally {
+    /// Each answered request's latency, from just before its write to the end of the
+    /// generator's read of the response.
     latencies_us: Vec<u32>,
+    /// The same to the kernel's receive time of the response (raw generator only): the
+    /// latency without the generator's own wait for a core once the answer is there.
+    arrival_us: Vec<u32>,
     errors: u64,
     elapsed: Duration,
     cpu: Duration,
     preempted: u64,
+}
+
+impl Tally {
+    /// Adds another tally's samples and errors (not its times).
+    fn absorb(&mut self, other: Self) {
+        self.latencies_us.extend(other.latencies_us);
+        self.arrival_us.extend(other.arrival_us);
+        self.errors += other.errors;
+    }
 }
 
 type Client = hyper_util::client::legacy::Client<
@@ -391,10 +405,7 @@ fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duratio
                         let mut t = Tally::default();
                         while let Some(done) = set.join_next().await {
                             match done {
-                                Ok(c) => {
-                                    t.latencies_us.extend(c.latencies_us);
-                                    t.errors += c.errors;
-                                }
+                                Ok(c) => t.absorb(c),
                                 Err(_) => t.errors += 1,
                             }
                         }
@@ -408,10 +419,7 @@ fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duratio
         }
         for handle in threads {
             match handle.join() {
-                Ok(t) => {
-                    total.latencies_us.extend(t.latencies_us);
-                    total.errors += t.errors;
-                }
+                Ok(t) => total.absorb(t),
                 Err(_) => total.errors += 1,
             }
         }
@@ -439,11 +447,17 @@ async fn raw_connection(load: Load, next: Arc<AtomicUsize>, deadline: Instant) -
                 request.extend_from_slice(body);
             }
         }
+        let sent_wall = SystemTime::now();
         let sent = Instant::now();
         match conn.round_trip(&request).await {
             Ok(status) if (200..300).contains(&status) => {
-                let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
-                t.latencies_us.push(us);
+                let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+                t.latencies_us.push(us(sent.elapsed()));
+                // The kernel stamps arrivals with the wall clock; a step of that clock
+                // mid-request leaves the request out rather than skewing the tally.
+                if let Some(Ok(d)) = conn.arrived.map(|at| at.duration_since(sent_wall)) {
+                    t.arrival_us.push(us(d));
+                }
             }
             // A server that refuses or drops connections is not hammered in a loop.
             _ => {
@@ -481,6 +495,14 @@ struct RawConnection {
     addr: SocketAddr,
     stream: Option<tokio::net::TcpStream>,
     buf: Vec<u8>,
+    /// What one `recvmsg` reads into, before it is appended to `buf`.
+    chunk: Box<[u8]>,
+    /// Room for the `SCM_TIMESTAMPNS` control message.
+    control: Vec<u8>,
+    /// The kernel's receive time of the response's last bytes (`SO_TIMESTAMPNS`), if
+    /// it gave one: when the response reached this side, before this thread got a core
+    /// to read it.
+    arrived: Option<SystemTime>,
     timeout: Duration,
 }
 
@@ -490,7 +512,45 @@ impl RawConnection {
             addr,
             stream: None,
             buf: Vec::with_capacity(16 * 1024),
+            chunk: vec![0; 16 * 1024].into_boxed_slice(),
+            control: nix::cmsg_space!(nix::sys::time::TimeSpec),
+            arrived: None,
             timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Appends what the socket holds (up to one chunk) to `buf` and notes the kernel's
+    /// receive time of the bytes read (for TCP, of the last segment). 0 at end of stream.
+    async fn read_stamped(&mut self) -> Result<usize, ()> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::AsRawFd as _;
+        let stream = self.stream.as_ref().ok_or(())?;
+        let fd = stream.as_raw_fd();
+        loop {
+            stream.readable().await.map_err(|_| ())?;
+            let read = stream.try_io(tokio::io::Interest::READABLE, || {
+                let mut iov = [std::io::IoSliceMut::new(&mut self.chunk)];
+                let msg = recvmsg::<()>(fd, &mut iov, Some(&mut self.control), MsgFlags::empty())
+                    .map_err(std::io::Error::from)?;
+                let stamp = msg.cmsgs().ok().and_then(|mut all| {
+                    all.find_map(|m| match m {
+                        ControlMessageOwned::ScmTimestampns(ts) => Some(Duration::from(ts)),
+                        _ => None,
+                    })
+                });
+                Ok((msg.bytes, stamp))
+            });
+            match read {
+                Ok((n, stamp)) => {
+                    self.buf.extend_from_slice(self.chunk.get(..n).ok_or(())?);
+                    if let Some(since_epoch) = stamp {
+                        self.arrived = Some(SystemTime::UNIX_EPOCH + since_epoch);
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(()),
+            }
         }
     }
 
@@ -509,20 +569,31 @@ impl RawConnection {
 
     /// (status, whether the connection stays open).
     async fn try_round_trip(&mut self, request: &[u8]) -> Result<(u16, bool), ()> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::io::AsyncWriteExt as _;
         const LIMIT: usize = 1 << 20;
         if self.stream.is_none() {
             let stream = tokio::net::TcpStream::connect(self.addr)
                 .await
                 .map_err(|_| ())?;
             stream.set_nodelay(true).map_err(|_| ())?;
+            nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::ReceiveTimestampns,
+                &true,
+            )
+            .map_err(|_| ())?;
             self.stream = Some(stream);
         }
-        let stream = self.stream.as_mut().ok_or(())?;
-        stream.write_all(request).await.map_err(|_| ())?;
+        self.stream
+            .as_mut()
+            .ok_or(())?
+            .write_all(request)
+            .await
+            .map_err(|_| ())?;
         self.buf.clear();
+        self.arrived = None;
         let (status, head_len, body_len, keep_alive) = loop {
-            if stream.read_buf(&mut self.buf).await.map_err(|_| ())? == 0 {
+            if self.read_stamped().await? == 0 {
                 return Err(());
             }
             let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -553,7 +624,7 @@ impl RawConnection {
             return Err(());
         }
         while self.buf.len() < total {
-            if stream.read_buf(&mut self.buf).await.map_err(|_| ())? == 0 {
+            if self.read_stamped().await? == 0 {
                 return Err(());
             }
         }
@@ -575,8 +646,7 @@ async fn collect(
     let mut total = Tally::default();
     for task in tasks {
         if let Ok(t) = task.await {
-            total.latencies_us.extend(t.latencies_us);
-            total.errors += t.errors;
+            total.absorb(t);
         }
     }
     finish(total, started, cpu0, preempted0)
@@ -665,6 +735,9 @@ struct Row {
     p50: f64,
     p99: f64,
     p999: f64,
+    /// p99 to the kernel's receive time, and the mean wait between that and the read
+    /// (ms); `None` when the generator had no receive times (the hyper client).
+    arrival: Option<(f64, f64)>,
     errors: u64,
     cpu_us: f64,
     preempted: f64,
@@ -673,13 +746,23 @@ struct Row {
 #[expect(clippy::cast_precision_loss, reason = "counts to rates")]
 fn summarize(name: &str, t: &mut Tally) -> Row {
     t.latencies_us.sort_unstable();
+    t.arrival_us.sort_unstable();
     let n = t.latencies_us.len() as f64;
+    let mean_ms =
+        |v: &[u32]| v.iter().map(|&us| f64::from(us)).sum::<f64>() / 1e3 / v.len().max(1) as f64;
+    let arrival = (!t.arrival_us.is_empty()).then(|| {
+        (
+            percentile(&t.arrival_us, 0.99),
+            mean_ms(&t.latencies_us) - mean_ms(&t.arrival_us),
+        )
+    });
     Row {
         name: name.to_owned(),
         rps: n / t.elapsed.as_secs_f64().max(1e-9),
         p50: percentile(&t.latencies_us, 0.5),
         p99: percentile(&t.latencies_us, 0.99),
         p999: percentile(&t.latencies_us, 0.999),
+        arrival,
         errors: t.errors,
         cpu_us: t.cpu.as_secs_f64() * 1e6 / (n + t.errors as f64).max(1.0),
         preempted: t.preempted as f64 / (n + t.errors as f64).max(1.0),
@@ -832,6 +915,15 @@ fn print_goals(
             mean_ms(worst),
             worst.p99 / mean_ms(worst)
         );
+        // The generator shares the cores: an answer can sit in its socket until its
+        // thread gets one. The kernel's receive time shows what Ferry delivered.
+        if let Some((arrival_p99, unread)) = worst.arrival {
+            println!(
+                "    at the kernel's receive time of each response (without the generator's own \
+                 wait for a core): p99 {arrival_p99:.2} ms; answers waited {unread:.2} ms on \
+                 average to be read (this measure is not the goal's)"
+            );
+        }
     }
     if let Some(r) = rss {
         #[expect(clippy::cast_precision_loss, reason = "sizes to MB")]
@@ -1294,11 +1386,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         for (i, (_, _, load)) in scenarios.iter().enumerate() {
             let t = client_rt.block_on(drive(&driver, load, args.connections, per_run));
             if let Some(acc) = tallies.get_mut(i) {
-                acc.latencies_us.extend(t.latencies_us);
-                acc.errors += t.errors;
                 acc.elapsed += t.elapsed;
                 acc.cpu += t.cpu;
                 acc.preempted += t.preempted;
+                acc.absorb(t);
             }
         }
     }
@@ -1416,7 +1507,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
          RS256 {rs_jwt:.1} µs, ES256 {es_jwt:.1} µs)\n"
     );
     println!(
-        "{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9} {:>9}",
+        "{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9} {:>9} {:>11} {:>12}",
         "scenario",
         "req/s",
         "p50 ms",
@@ -1426,7 +1517,9 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "cpu µs/req",
         "x A rps",
         "cpu/verify",
-        "preempt/req"
+        "preempt/req",
+        "p99 arr ms",
+        "unread ms"
     );
     let mut total_errors = 0;
     for r in &rows {
@@ -1436,8 +1529,12 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         } else {
             rs_cost
         };
+        let (arrival_p99, unread) = r.arrival.map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |(p99, unread)| (format!("{p99:.2}"), format!("{unread:.2}")),
+        );
         println!(
-            "{:<38} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1} {:>7.2} {:>9.2} {:>9.3}",
+            "{:<38} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1} {:>7.2} {:>9.2} {:>9.3} {:>11} {:>12}",
             r.name,
             r.rps,
             r.p50,
@@ -1447,7 +1544,9 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             r.cpu_us,
             r.rps / baseline.0.max(1e-9),
             r.cpu_us / verify.max(1e-9),
-            r.preempted
+            r.preempted,
+            arrival_p99,
+            unread
         );
     }
     println!();
@@ -1613,7 +1712,18 @@ mod tests {
         )
         .await;
         let mut conn = RawConnection::new(addr);
+        let sent = SystemTime::now();
         assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Ok(200));
+        let read = SystemTime::now();
+        assert!(conn.arrived.is_some(), "the kernel's receive time of the response");
+        let arrived = conn.arrived.unwrap();
+        // The receive time of the last of seven pieces written 2 ms apart, not the first.
+        let after_sending = arrived.duration_since(sent).unwrap_or_default();
+        assert!(
+            after_sending >= Duration::from_millis(10),
+            "{after_sending:?}"
+        );
+        assert!(arrived <= read);
         assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Ok(200));
         // A status is a status: the caller decides that 503 is an error.
         assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Ok(503));
