@@ -22,6 +22,15 @@ type Base = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Re
 type OtelLayer =
     tracing_opentelemetry::OpenTelemetryLayer<Base, opentelemetry_sdk::trace::SdkTracer>;
 
+/// Whether spans are exported (OTLP): only then are a request's outcome fields recorded
+/// on its span as well as written in its log line.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the installed subscriber exports spans.
+pub fn spans_exported() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Controls the installed subscriber.
 pub struct Telemetry {
     #[cfg(feature = "otlp")]
@@ -48,15 +57,25 @@ pub fn init(
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .map_err(|e| format!("telemetry.log_level: {e}"))?;
+    // Log lines see events and one span, the request's (its id, method and route): the
+    // stage spans (exchange, verify, mapping, policy) are for trace export. Formatting
+    // every span's fields for the log cost more CPU than a cache hit (BENCHMARKS.md).
+    let only_the_request_span = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_event() || (meta.name() == "request" && meta.target() == "ferry::http")
+    });
     let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_current_span(true)
+            // The span list names the request span; the current span would repeat it.
+            .with_current_span(false)
+            .with_span_list(true)
             .with_writer(std::io::stderr)
+            .with_filter(only_the_request_span)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_filter(only_the_request_span)
             .boxed(),
     };
     let endpoint = config.and_then(|c| c.otlp_endpoint.as_deref());
@@ -81,6 +100,7 @@ pub fn init(
     let _ = registry.with(fmt).try_init();
     #[cfg(feature = "otlp")]
     if let Some(endpoint) = endpoint {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
     }
     Ok(Telemetry {

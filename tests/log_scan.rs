@@ -16,20 +16,24 @@ use std::process::{Command, Stdio};
 use dev::{dev_config, dev_token};
 use std::time::{Duration, Instant};
 
-#[test]
-fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `ferry serve` (dev config, JSON logs, audit trail on stdout) with `RUST_LOG`
+/// set to `log` (or unset), its output in `dir`; returns once it is ready.
+fn serve(
+    dir: &std::path::Path,
+    log: Option<&str>,
+) -> (std::process::Child, String, reqwest::blocking::Client) {
     let config = dev_config("\n[audit]\nstdout = true\n");
-    let cfg = dir.path().join("ferry.toml");
+    let cfg = dir.join("ferry.toml");
     std::fs::write(&cfg, config).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
-    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let stdout = std::fs::File::create(dir.join("stdout")).unwrap();
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
         .args([
             "--log-format",
             "json",
@@ -39,11 +43,13 @@ fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
-        .env("RUST_LOG", "trace")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::from(stderr));
+    if let Some(log) = log {
+        command.env("RUST_LOG", log);
+    }
+    let mut child = command.spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -55,26 +61,41 @@ fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
         .send()
         .is_ok_and(|r| r.status() == 200)
     {
-        assert!(Instant::now() < deadline, "server did not start");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("server did not start");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    (child, base, client)
+}
+
+/// An exchange request's form body for the dev config's `internal-api` target.
+fn exchange_form(token: &str, scope: &str) -> String {
+    serde_urlencoded::to_string([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", "internal-api"),
+        ("scope", scope),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, client) = serve(dir.path(), Some("trace"));
 
     let good = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
     let other = dev_token(&["sub=bob"]);
     let expired = dev_token(&["sub=carol", "exp=1000"]);
     let mut secrets = vec![good.clone(), other.clone(), expired.clone()];
     let exchange = |token: &str, scope: &str| {
-        let body = serde_urlencoded::to_string([
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", token),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-            ("audience", "internal-api"),
-            ("scope", scope),
-        ])
-        .unwrap();
+        let body = exchange_form(token, scope);
         let r = client
             .post(format!("{base}/oauth2/token"))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -126,4 +147,68 @@ fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
         }
         assert!(!all.contains(secret.as_str()));
     }
+}
+
+/// At the default level (info) a request writes one line, "request finished", with the
+/// exchange's outcome in it and the request span (its id) listed once; a refusal adds
+/// "exchange refused" with the reason.
+#[test]
+fn at_info_a_granted_exchange_writes_one_line_with_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, client) = serve(dir.path(), None);
+    let post = |token: &str, scope: &str| {
+        let r = client
+            .post(format!("{base}/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(exchange_form(token, scope))
+            .send()
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        (r.status().as_u16(), id)
+    };
+    let (granted, granted_id) = post(
+        &dev_token(&["sub=alice", r#"groups=["deployers"]"#]),
+        "read",
+    );
+    let (refused, refused_id) = post(&dev_token(&["sub=bob"]), "read");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((granted, refused), (200, 400));
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    let lines_of = |id: &str| -> Vec<(String, serde_json::Value)> {
+        err.lines()
+            .filter(|l| l.contains(id))
+            .map(|l| (l.to_owned(), serde_json::from_str(l).unwrap()))
+            .collect()
+    };
+    let granted_lines = lines_of(&granted_id);
+    assert_eq!(granted_lines.len(), 1, "{err}");
+    let (raw, line) = &granted_lines[0];
+    assert_eq!(line["message"], "request finished");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["outcome"], "granted");
+    assert_eq!(line["issuer"], "dev");
+    assert_eq!(line["target_id"], "internal-api");
+    assert!(line["subject"].as_str().unwrap().contains("alice"), "{raw}");
+    assert!(
+        line["cache"].is_string() && line["policies"].is_string(),
+        "{raw}"
+    );
+    assert!(line["latency_ms"].is_number(), "{raw}");
+    // One span, the request's, with its id; each key once (`target` is the module).
+    assert_eq!(line["spans"].as_array().unwrap().len(), 1, "{raw}");
+    assert_eq!(line["spans"][0]["request_id"], granted_id.as_str());
+    assert_eq!(line["spans"][0]["route"], "/oauth2/token");
+    assert!(line.get("span").is_none(), "{raw}");
+    assert_eq!(raw.matches("\"target\":").count(), 1, "{raw}");
+
+    let refused_lines = lines_of(&refused_id);
+    let messages: Vec<&str> = refused_lines
+        .iter()
+        .map(|(_, l)| l["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["exchange refused", "request finished"], "{err}");
+    let finished = &refused_lines[1].1;
+    assert_eq!(finished["status"], 400);
+    assert_eq!(finished["outcome"], "invalid_target");
 }

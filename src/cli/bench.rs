@@ -1715,7 +1715,10 @@ mod tests {
         let sent = SystemTime::now();
         assert_eq!(conn.round_trip(b"GET / HTTP/1.1\r\n\r\n").await, Ok(200));
         let read = SystemTime::now();
-        assert!(conn.arrived.is_some(), "the kernel's receive time of the response");
+        assert!(
+            conn.arrived.is_some(),
+            "the kernel's receive time of the response"
+        );
         let arrived = conn.arrived.unwrap();
         // The receive time of the last of seven pieces written 2 ms apart, not the first.
         let after_sending = arrived.duration_since(sent).unwrap_or_default();

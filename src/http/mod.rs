@@ -136,24 +136,25 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        %method,
-        %route,
-        traceparent = tracing::field::Empty,
-        issuer = tracing::field::Empty,
-        subject = tracing::field::Empty,
-        target = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        cache = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
     let traceparent = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(request::parse_traceparent);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        %method,
+        %route,
+        traceparent = traceparent.as_deref(),
+        issuer = tracing::field::Empty,
+        subject = tracing::field::Empty,
+        target = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        cache = tracing::field::Empty,
+        policies = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
     crate::telemetry::adopt_remote_parent(&span, traceparent.as_deref());
     let response = {
         use tracing::Instrument as _;
@@ -163,10 +164,33 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
                 .into_response(),
         }
     };
+    let mut response = response;
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    span.record("latency_ms", latency_ms);
-    span.in_scope(|| tracing::info!(status, latency_ms, "request finished"));
+    let facts = response.extensions_mut().remove::<ExchangeFacts>();
+    // Recorded on the span only for trace export: a log line formats its own fields once,
+    // while each field recorded on a span re-encodes the span's JSON.
+    if crate::telemetry::spans_exported() {
+        span.record("latency_ms", latency_ms);
+        if let Some(f) = &facts {
+            f.record_on(&span);
+        }
+    }
+    span.in_scope(|| match &facts {
+        Some(f) => tracing::info!(
+            status,
+            latency_ms,
+            issuer = f.issuer.as_deref(),
+            subject = f.subject.as_deref(),
+            // `target` in a JSON line is the module that logged it.
+            target_id = f.target.as_deref(),
+            outcome = f.outcome,
+            cache = f.cache,
+            policies = ?f.policies,
+            "request finished"
+        ),
+        None => tracing::info!(status, latency_ms, "request finished"),
+    });
     response
 }
 
@@ -208,9 +232,6 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(request::parse_traceparent);
-    if let Some(tp) = &traceparent {
-        tracing::Span::current().record("traceparent", tp.as_str());
-    }
     // RFC 6749 §4.1.3 / RFC 8693 §2.1: the body is application/x-www-form-urlencoded.
     let is_form = parts
         .headers
@@ -274,10 +295,13 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
                     })
                     .await;
             if recorded {
-                tracing::info!(
+                // At debug: the request's one line at info ("request finished") carries
+                // the same facts in its span, and a second line per exchange cost as much
+                // CPU as the rest of a cache hit (BENCHMARKS.md).
+                tracing::debug!(
                     issuer = %outcome.identity.issuer_id,
                     subject = %outcome.identity.subject,
-                    target = %outcome.target,
+                    target_id = %outcome.target,
                     policies = ?outcome.decision.policy_ids,
                     cache = if outcome.cache_hit { "hit" } else { "miss" },
                     outcome = "granted",
@@ -311,7 +335,7 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
             tracing::info!(
                 issuer = trace.issuer.as_deref().unwrap_or("-"),
                 subject = trace.subject.as_deref().unwrap_or("-"),
-                target = trace.target.as_deref().unwrap_or("-"),
+                target_id = trace.target.as_deref().unwrap_or("-"),
                 policies = ?trace.policy_ids,
                 outcome = e.code,
                 description = %e.description,
@@ -326,16 +350,6 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
     };
     let issuer = trace.issuer.as_deref().unwrap_or("unknown");
     let target = trace.target.as_deref().unwrap_or("unknown");
-    let span = tracing::Span::current();
-    span.record("issuer", issuer);
-    span.record("target", target);
-    span.record("outcome", outcome_label);
-    if let Some(subject) = &trace.subject {
-        span.record("subject", subject.as_str());
-    }
-    if let Some(cache) = cache_label {
-        span.record("cache", cache);
-    }
     let m = &state.metrics;
     m.inc(
         "ferry_exchanges_total",
@@ -384,9 +398,43 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
             secs,
         );
     }
-    match response {
+    let mut response = match response {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    response.extensions_mut().insert(ExchangeFacts {
+        issuer: trace.issuer.take(),
+        target: trace.target.take(),
+        outcome: outcome_label,
+        subject: trace.subject.take(),
+        cache: cache_label,
+        policies: std::mem::take(&mut trace.policy_ids),
+    });
+    response
+}
+
+/// What a token request decided, for the request's log line (`log_request`) and, when
+/// spans are exported, its span.
+#[derive(Clone, Debug)]
+struct ExchangeFacts {
+    issuer: Option<String>,
+    target: Option<String>,
+    outcome: &'static str,
+    subject: Option<String>,
+    cache: Option<&'static str>,
+    policies: Vec<String>,
+}
+
+impl ExchangeFacts {
+    fn record_on(&self, span: &tracing::Span) {
+        span.record("issuer", self.issuer.as_deref());
+        span.record("target", self.target.as_deref());
+        span.record("outcome", self.outcome);
+        span.record("subject", self.subject.as_deref());
+        span.record("cache", self.cache);
+        if !self.policies.is_empty() {
+            span.record("policies", tracing::field::debug(&self.policies));
+        }
     }
 }
 
