@@ -2,6 +2,8 @@
 //! export over OTLP/HTTP. `serve` installs the subscriber once its `[telemetry]` config
 //! is read (log level, collector endpoint, service name).
 
+mod json;
+
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -65,11 +67,8 @@ pub fn init(
     });
     let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            // The span list names the request span; the current span would repeat it.
-            .with_current_span(false)
-            .with_span_list(true)
+            .event_format(json::JsonLines)
+            .fmt_fields(json::JsonMembers)
             .with_writer(std::io::stderr)
             .with_filter(only_the_request_span)
             .boxed(),
