@@ -199,6 +199,19 @@ fn at_info_a_granted_exchange_writes_one_line_with_its_outcome() {
     assert_eq!(line["spans"].as_array().unwrap().len(), 1, "{raw}");
     assert_eq!(line["spans"][0]["request_id"], granted_id.as_str());
     assert_eq!(line["spans"][0]["route"], "/oauth2/token");
+    // The exchange's own records stay off the request span (they would repeat keys).
+    let mut span_keys: Vec<&str> = line["spans"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    span_keys.sort_unstable();
+    assert_eq!(
+        span_keys,
+        ["method", "name", "request_id", "route"],
+        "{raw}"
+    );
     assert!(line.get("span").is_none(), "{raw}");
     assert_eq!(raw.matches("\"target\":").count(), 1, "{raw}");
 

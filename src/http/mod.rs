@@ -156,7 +156,7 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
         latency_ms = tracing::field::Empty,
     );
     crate::telemetry::adopt_remote_parent(&span, traceparent.as_deref());
-    let response = {
+    let mut response = {
         use tracing::Instrument as _;
         match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await {
             Ok(r) => r,
@@ -164,7 +164,6 @@ async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
                 .into_response(),
         }
     };
-    let mut response = response;
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let facts = response.extensions_mut().remove::<ExchangeFacts>();
@@ -296,8 +295,8 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
                     .await;
             if recorded {
                 // At debug: the request's one line at info ("request finished") carries
-                // the same facts in its span, and a second line per exchange cost as much
-                // CPU as the rest of a cache hit (BENCHMARKS.md).
+                // the same facts (`log_request`), and a second line per exchange cost
+                // as much CPU as the rest of a cache hit (BENCHMARKS.md).
                 tracing::debug!(
                     issuer = %outcome.identity.issuer_id,
                     subject = %outcome.identity.subject,
