@@ -285,11 +285,15 @@ struct Tally {
 }
 
 impl Tally {
-    /// Adds another tally's samples and errors (not its times).
+    /// Adds another tally: its samples, errors and times (a connection's tally has no
+    /// times; a scenario run's adds to the scenario's).
     fn absorb(&mut self, other: Self) {
         self.latencies_us.extend(other.latencies_us);
         self.arrival_us.extend(other.arrival_us);
         self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+        self.preempted += other.preempted;
     }
 }
 
@@ -435,21 +439,18 @@ async fn raw_connection(load: Load, next: Arc<AtomicUsize>, deadline: Instant) -
         return t;
     };
     let mut conn = RawConnection::new(addr);
-    let mut request = Vec::with_capacity(4096);
+    let mut requests = RawRequests::new(matches!(load, Load::Post(..)), &host, &path);
     while Instant::now() < deadline {
-        request.clear();
-        match &load {
-            Load::Get(_) => raw_head(&mut request, "GET", &host, &path, None),
+        let request = match &load {
+            Load::Get(_) => requests.with_body(None),
             Load::Post(_, bodies) => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1);
-                let body = bodies.get(i).map_or(&[][..], |b| &b[..]);
-                raw_head(&mut request, "POST", &host, &path, Some(body.len()));
-                request.extend_from_slice(body);
+                requests.with_body(Some(bodies.get(i).map_or(&[][..], |b| &b[..])))
             }
-        }
+        };
         let sent_wall = SystemTime::now();
         let sent = Instant::now();
-        match conn.round_trip(&request).await {
+        match conn.round_trip(request).await {
             Ok(status) if (200..300).contains(&status) => {
                 let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
                 t.latencies_us.push(us(sent.elapsed()));
@@ -476,17 +477,41 @@ fn split_url(url: &str) -> Option<(SocketAddr, String, String)> {
     Some((host.parse().ok()?, host.to_owned(), format!("/{path}")))
 }
 
-/// An HTTP/1.1 request head, appended to `out`.
-fn raw_head(out: &mut Vec<u8>, method: &str, host: &str, path: &str, body: Option<usize>) {
-    use std::io::Write as _;
-    let _ = write!(out, "{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
-    if let Some(len) = body {
-        let _ = write!(
-            out,
-            "content-type: application/x-www-form-urlencoded\r\ncontent-length: {len}\r\n"
-        );
+/// A raw connection's requests: the head built once (all of a GET; a POST's up to its
+/// body's length), then per request only the length and the body.
+struct RawRequests {
+    bytes: Vec<u8>,
+    head: usize,
+}
+
+impl RawRequests {
+    fn new(post: bool, host: &str, path: &str) -> Self {
+        let head = if post {
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: {host}\r\n\
+                 content-type: application/x-www-form-urlencoded\r\ncontent-length: "
+            )
+        } else {
+            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n")
+        };
+        let mut bytes = Vec::with_capacity(4096);
+        bytes.extend_from_slice(head.as_bytes());
+        Self {
+            bytes,
+            head: head.len(),
+        }
     }
-    out.extend_from_slice(b"\r\n");
+
+    /// The request to send: the head alone (`None`), or with this body.
+    fn with_body(&mut self, body: Option<&[u8]>) -> &[u8] {
+        use std::io::Write as _;
+        if let Some(body) = body {
+            self.bytes.truncate(self.head);
+            let _ = write!(self.bytes, "{}\r\n\r\n", body.len());
+            self.bytes.extend_from_slice(body);
+        }
+        &self.bytes
+    }
 }
 
 /// One keep-alive HTTP/1.1 connection of the raw generator; reconnects after an error or
@@ -1386,9 +1411,6 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         for (i, (_, _, load)) in scenarios.iter().enumerate() {
             let t = client_rt.block_on(drive(&driver, load, args.connections, per_run));
             if let Some(acc) = tallies.get_mut(i) {
-                acc.elapsed += t.elapsed;
-                acc.cpu += t.cpu;
-                acc.preempted += t.preempted;
                 acc.absorb(t);
             }
         }
@@ -1651,11 +1673,19 @@ mod tests {
         );
         assert_eq!(split_url("https://127.0.0.1:8080/"), None);
         assert_eq!(split_url("http://localhost:8080/"), None);
-        let mut head = Vec::new();
-        raw_head(&mut head, "POST", "h:1", "/p", Some(3));
+        let mut post = RawRequests::new(true, "h:1", "/p");
         assert_eq!(
-            head,
-            b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 3\r\n\r\n"
+            post.with_body(Some(b"abc")),
+            b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        // The next body replaces the last, length included.
+        assert_eq!(
+            post.with_body(Some(b"0123456789")),
+            b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 10\r\n\r\n0123456789"
+        );
+        assert_eq!(
+            RawRequests::new(false, "h:1", "/p").with_body(None),
+            b"GET /p HTTP/1.1\r\nhost: h:1\r\n\r\n"
         );
     }
 

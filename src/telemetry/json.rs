@@ -42,7 +42,7 @@ where
             humantime::format_rfc3339_micros(std::time::SystemTime::now()),
             meta.level()
         )?;
-        let mut members = Members::after_first(&mut writer);
+        let mut members = Members::new(&mut writer, false);
         event.record(&mut members);
         members.result?;
         writer.write_str(",\"target\":")?;
@@ -77,7 +77,7 @@ impl<'writer> FormatFields<'writer> for JsonMembers {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut members = Members::first(&mut writer);
+        let mut members = Members::new(&mut writer, true);
         fields.record(&mut members);
         members.result
     }
@@ -87,11 +87,8 @@ impl<'writer> FormatFields<'writer> for JsonMembers {
         current: &mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        let mut members = if current.fields.is_empty() {
-            Members::first(&mut current.fields)
-        } else {
-            Members::after_first(&mut current.fields)
-        };
+        let first = current.fields.is_empty();
+        let mut members = Members::new(&mut current.fields, first);
         fields.record(&mut members);
         members.result
     }
@@ -105,18 +102,11 @@ struct Members<'a, W: fmt::Write> {
 }
 
 impl<'a, W: fmt::Write> Members<'a, W> {
-    fn first(out: &'a mut W) -> Self {
+    /// `first`: nothing precedes the members in `out` (no comma before the first).
+    fn new(out: &'a mut W, first: bool) -> Self {
         Self {
             out,
-            first: true,
-            result: Ok(()),
-        }
-    }
-
-    fn after_first(out: &'a mut W) -> Self {
-        Self {
-            out,
-            first: false,
+            first,
             result: Ok(()),
         }
     }
