@@ -165,6 +165,53 @@ pub enum AttemptError {
     Fatal(ProviderError),
 }
 
+/// An HTTP token service's answer, classified the same way for every provider that calls
+/// one (GCP's STS and IAM Credentials, Entra ID, Azure's instance metadata service):
+/// - a 2xx body parses as `T`; one that does not is final ([`ProviderError::Internal`]:
+///   an answer Ferry does not understand is not worth asking for again);
+/// - 429 and 5xx are worth another attempt;
+/// - any other status is a denial.
+///
+/// A failure carries only the service's error code, as `error_code` reads it from a JSON
+/// body, or else `HTTP <status>`; never the body, which may echo what was sent.
+pub fn classify_answer<T: serde::de::DeserializeOwned>(
+    status: u16,
+    body: &str,
+    service: &str,
+    error_code: impl FnOnce(&serde_json::Value) -> Option<String>,
+) -> Result<T, AttemptError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_str::<T>(body).map_err(|e| {
+            AttemptError::Fatal(ProviderError::Internal(format!(
+                "unexpected answer from {service}: {e}"
+            )))
+        });
+    }
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| error_code(&v))
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    if status == 429 || (500..600).contains(&status) {
+        Err(AttemptError::Retryable(code))
+    } else {
+        Err(AttemptError::Fatal(ProviderError::Denied { code }))
+    }
+}
+
+/// A request that got no answer: worth another attempt, whether it timed out or never
+/// reached the service.
+#[must_use]
+pub fn no_answer(timed_out: bool) -> AttemptError {
+    AttemptError::Retryable(
+        if timed_out {
+            "timed out"
+        } else {
+            "unreachable"
+        }
+        .into(),
+    )
+}
+
 /// Runs `attempt` up to `attempts` times while it fails with [`AttemptError::Retryable`],
 /// sleeping with exponential backoff (from 200 ms) plus up to 100 ms of jitter, and
 /// never starting a sleep that would end past `budget`. Exhaustion is
@@ -205,6 +252,66 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Token {
+        access_token: String,
+    }
+
+    fn entra_code(v: &serde_json::Value) -> Option<String> {
+        v.get("error")?.as_str().map(str::to_owned)
+    }
+
+    #[test]
+    fn answers_are_classified_by_status_and_carry_only_the_code() {
+        let ok: Result<Token, _> =
+            classify_answer(200, r#"{"access_token":"t"}"#, "sts", entra_code);
+        assert!(matches!(&ok, Ok(t) if t.access_token == "t"), "{ok:?}");
+
+        let body = r#"{"error":"invalid_grant","error_description":"subject eyJhbGc rejected"}"#;
+        let denied = classify_answer::<Token>(400, body, "sts", entra_code);
+        assert!(
+            matches!(&denied, Err(AttemptError::Fatal(ProviderError::Denied { code })) if code == "invalid_grant"),
+            "a 400 is a denial with the code only: {denied:?}"
+        );
+        for status in [429, 500, 503] {
+            let body = r#"{"error":"temporarily_unavailable"}"#;
+            let r = classify_answer::<Token>(status, body, "sts", entra_code);
+            assert!(
+                matches!(&r, Err(AttemptError::Retryable(code)) if code == "temporarily_unavailable"),
+                "{status} is worth another attempt: {r:?}"
+            );
+        }
+        // No code to read (not JSON, or no such member): the status stands in, not the body.
+        let r =
+            classify_answer::<Token>(502, "<html>bad gateway eyJhbGc</html>", "sts", entra_code);
+        assert!(
+            matches!(&r, Err(AttemptError::Retryable(code)) if code == "HTTP 502"),
+            "{r:?}"
+        );
+        let r = classify_answer::<Token>(403, r#"{"message":"no"}"#, "sts", entra_code);
+        assert!(
+            matches!(&r, Err(AttemptError::Fatal(ProviderError::Denied { code })) if code == "HTTP 403"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_success_that_does_not_parse_is_final_and_names_the_service() {
+        let r = classify_answer::<Token>(
+            200,
+            r#"{"token":"secret-value"}"#,
+            "the IAM API",
+            entra_code,
+        );
+        assert!(
+            matches!(&r, Err(AttemptError::Fatal(ProviderError::Internal(m)))
+                if m.starts_with("unexpected answer from the IAM API: ") && !m.contains("secret-value")),
+            "{r:?}"
+        );
+        assert!(matches!(no_answer(true), AttemptError::Retryable(r) if r == "timed out"));
+        assert!(matches!(no_answer(false), AttemptError::Retryable(r) if r == "unreachable"));
+    }
 
     #[test]
     fn secret_debug_and_display_redact() {

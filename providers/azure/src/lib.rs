@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_provider_api::{
     AssertionSigner, AttemptError, Credential, CredentialProvider, Grant, ProviderError, Secret,
-    with_retries,
+    classify_answer, no_answer, with_retries,
 };
 use serde::Deserialize;
 
@@ -124,14 +124,11 @@ impl AzureProvider {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(TokenResponse, Option<String>), AttemptError> {
-        let res = request.send().await.map_err(|e| {
-            AttemptError::Retryable(if e.is_timeout() {
-                "timed out".into()
-            } else {
-                "unreachable".into()
-            })
-        })?;
-        let status = res.status();
+        let res = request
+            .send()
+            .await
+            .map_err(|e| no_answer(e.is_timeout()))?;
+        let status = res.status().as_u16();
         let request_id = res
             .headers()
             .get("x-ms-request-id")
@@ -141,24 +138,11 @@ impl AzureProvider {
             .text()
             .await
             .map_err(|_| AttemptError::Retryable("body unreadable".into()))?;
-        if status.is_success() {
-            let token = serde_json::from_str::<TokenResponse>(&text).map_err(|e| {
-                AttemptError::Fatal(ProviderError::Internal(format!(
-                    "unexpected token response: {e}"
-                )))
-            })?;
-            return Ok((token, request_id));
-        }
         // Entra errors: {"error": "invalid_client", "error_codes": [700213], …}; only the code.
-        let code = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-        if status.as_u16() == 429 || status.is_server_error() {
-            Err(AttemptError::Retryable(code))
-        } else {
-            Err(AttemptError::Fatal(ProviderError::Denied { code }))
-        }
+        classify_answer(status, &text, "the token service", |v| {
+            v.get("error")?.as_str().map(str::to_owned)
+        })
+        .map(|token| (token, request_id))
     }
 
     fn token_request(&self, grant: &Grant) -> Result<reqwest::RequestBuilder, ProviderError> {

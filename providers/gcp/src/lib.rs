@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_provider_api::{
     AssertionSigner, AttemptError, Credential, CredentialProvider, Grant, ProviderError, Secret,
-    with_retries,
+    classify_answer, no_answer, with_retries,
 };
 use serde::Deserialize;
 
@@ -101,15 +101,10 @@ fn unavailable(reason: impl Into<String>) -> ProviderError {
 
 /// The error code of a Google error body: STS uses OAuth's `{"error": "invalid_grant"}`,
 /// IAM uses `{"error": {"status": "PERMISSION_DENIED"}}`. Never the whole body.
-fn error_code(body: &serde_json::Value) -> String {
-    match body.get("error") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(obj) => obj
-            .get("status")
-            .and_then(|s| s.as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| "UNKNOWN".into()),
-        None => "UNKNOWN".into(),
+fn error_code(body: &serde_json::Value) -> Option<String> {
+    match body.get("error")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        obj => obj.get("status")?.as_str().map(str::to_owned),
     }
 }
 
@@ -175,14 +170,8 @@ impl GcpProvider {
         if let Some(tp) = &grant.traceparent {
             req = req.header("traceparent", tp);
         }
-        let res = req.send().await.map_err(|e| {
-            AttemptError::Retryable(if e.is_timeout() {
-                "timed out".into()
-            } else {
-                "unreachable".into()
-            })
-        })?;
-        let status = res.status();
+        let res = req.send().await.map_err(|e| no_answer(e.is_timeout()))?;
+        let status = res.status().as_u16();
         let request_id = res
             .headers()
             .get("x-guploader-uploadid")
@@ -193,22 +182,7 @@ impl GcpProvider {
             .text()
             .await
             .map_err(|_| AttemptError::Retryable("body unreadable".into()))?;
-        if status.is_success() {
-            let parsed = serde_json::from_str::<T>(&text).map_err(|e| {
-                AttemptError::Fatal(ProviderError::Internal(format!(
-                    "unexpected answer from {url}: {e}"
-                )))
-            })?;
-            return Ok((parsed, request_id));
-        }
-        let code = serde_json::from_str::<serde_json::Value>(&text)
-            .map(|v| error_code(&v))
-            .unwrap_or_else(|_| format!("HTTP {}", status.as_u16()));
-        if status.as_u16() == 429 || status.is_server_error() {
-            Err(AttemptError::Retryable(code))
-        } else {
-            Err(AttemptError::Fatal(ProviderError::Denied { code }))
-        }
+        classify_answer(status, &text, url, error_code).map(|parsed| (parsed, request_id))
     }
 }
 
@@ -331,15 +305,22 @@ mod tests {
         assert_eq!(
             error_code(
                 &serde_json::json!({"error": "invalid_grant", "error_description": "long text"})
-            ),
-            "invalid_grant"
+            )
+            .as_deref(),
+            Some("invalid_grant")
         );
         assert_eq!(
             error_code(
                 &serde_json::json!({"error": {"code": 403, "message": "m", "status": "PERMISSION_DENIED"}})
-            ),
-            "PERMISSION_DENIED"
+            )
+            .as_deref(),
+            Some("PERMISSION_DENIED")
         );
-        assert_eq!(error_code(&serde_json::json!({})), "UNKNOWN");
+        // No code: the caller reports the HTTP status instead.
+        assert_eq!(error_code(&serde_json::json!({})), None);
+        assert_eq!(
+            error_code(&serde_json::json!({"error": {"code": 403}})),
+            None
+        );
     }
 }
