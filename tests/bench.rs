@@ -76,6 +76,32 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
     let arrival_p99: f64 = arrival_p99.parse().expect("a receive-time p99 for B1");
     let unread: f64 = unread.parse().expect("a mean unread time for B1");
     assert!(arrival_p99 > 0.0 && unread >= 0.0, "{stdout}");
+
+    // The host's speed against the reference: A's throughput over 97 500 req/s,
+    // as the table has it.
+    let host = stdout
+        .lines()
+        .find(|l| l.contains("this host against the issue's reference"))
+        .unwrap_or_else(|| panic!("no host line: {stdout}"));
+    let ratio_before = |marker: &str| -> f64 {
+        let head = host.split(marker).next().unwrap_or_default();
+        head.split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no ratio before {marker:?}: {host}"))
+    };
+    let a_rps: f64 = stdout
+        .lines()
+        .find(|l| l.starts_with("A  baseline"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no A row: {stdout}"));
+    let a_ratio = ratio_before(" × its throughput");
+    assert!(
+        (a_ratio - a_rps / 97_500.0).abs() < 0.006,
+        "A {a_rps}/s is not {a_ratio} × the reference: {host}"
+    );
+    assert!(ratio_before(" × its time") > 0.0, "{host}");
 }
 
 /// The last two columns of a scenario's row: p99 at the kernel's receive time, and
