@@ -130,6 +130,10 @@ async fn every_decision_is_audited_and_counted() {
         r#"ferry_policy_decisions_total{decision="deny"} 1"#,
         r#"ferry_exchange_duration_seconds_count{outcome="granted"} 2"#,
         r#"ferry_jwks_refreshes_total{issuer="fake",outcome="success"} 1"#,
+        // The same token three times: checked twice (a token is remembered from its
+        // second sight on), then remembered; "not-a-token" never reaches a key.
+        r#"ferry_token_signatures_total{result="verified"} 2"#,
+        r#"ferry_token_signatures_total{result="remembered"} 1"#,
         r#"ferry_jwks_seconds_since_last_refresh{issuer="fake"} 0"#,
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");

@@ -183,6 +183,41 @@ struct Server {
     addr: SocketAddr,
     fakes: Vec<(String, Arc<FakeUpstream>)>,
     store: Arc<dyn ferry::store::Store>,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// What this server has done so far that tells a token or an identity seen before
+    /// from a new one: its signature counts, and its fake upstream's calls.
+    fn reuse(&self) -> Reuse {
+        let signatures = self.state.runtime.load().verifier.signatures();
+        Reuse {
+            verified: signatures.verified,
+            remembered: signatures.remembered,
+            upstream_calls: self
+                .fakes
+                .iter()
+                .map(|(_, f)| f.calls.load(Ordering::SeqCst) as u64)
+                .sum(),
+        }
+    }
+}
+
+/// Signature checks and upstream calls, summed over a scenario's rounds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reuse {
+    verified: u64,
+    remembered: u64,
+    upstream_calls: u64,
+}
+
+impl Reuse {
+    /// What happened between `before` and `self`, added to `total`.
+    fn add_since(self, before: Reuse, total: &mut Reuse) {
+        total.verified += self.verified.saturating_sub(before.verified);
+        total.remembered += self.remembered.saturating_sub(before.remembered);
+        total.upstream_calls += self.upstream_calls.saturating_sub(before.upstream_calls);
+    }
 }
 
 async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Server> {
@@ -217,6 +252,7 @@ async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Serv
             flights: SingleFlight::default(),
         },
     )?;
+    let handle = Arc::clone(&state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -226,7 +262,12 @@ async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Serv
         )
         .await;
     });
-    Ok(Server { addr, fakes, store })
+    Ok(Server {
+        addr,
+        fakes,
+        store,
+        state: handle,
+    })
 }
 
 /// Ferry's CPU time so far and how often its threads were preempted (involuntary
@@ -305,15 +346,26 @@ type Client = hyper_util::client::legacy::Client<
 #[derive(Clone)]
 enum Load {
     Get(String),
-    Post(String, Arc<Vec<Bytes>>),
+    /// POSTs of these bodies in turn. The cursor belongs to the scenario, so a later round
+    /// goes on where the last stopped instead of presenting the same tokens again.
+    Post(String, Arc<Vec<Bytes>>, Arc<AtomicUsize>),
 }
 
 impl Load {
+    fn post(url: String, bodies: Arc<Vec<Bytes>>) -> Self {
+        Load::Post(url, bodies, Arc::default())
+    }
+
     fn url(&self) -> &str {
         match self {
-            Load::Get(url) | Load::Post(url, _) => url,
+            Load::Get(url) | Load::Post(url, ..) => url,
         }
     }
+}
+
+/// The next body of a POST load, wrapping around at the end of its set.
+fn next_body<'a>(bodies: &'a [Bytes], cursor: &AtomicUsize) -> Option<&'a Bytes> {
+    bodies.get(cursor.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1))
 }
 
 /// Which client drives the load.
@@ -379,7 +431,6 @@ async fn drive(driver: &Driver, load: &Load, connections: usize, duration: Durat
 fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duration) -> Tally {
     const THREADS: usize = 2;
     let deadline = Instant::now() + duration;
-    let next = Arc::new(AtomicUsize::new(0));
     let (cpu0, preempted0) = ferry_threads();
     let started = Instant::now();
     let mut total = Tally::default();
@@ -387,7 +438,6 @@ fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duratio
         let mut threads = Vec::new();
         for k in 0..THREADS {
             let share = connections / THREADS + usize::from(k < connections % THREADS);
-            let next = Arc::clone(&next);
             let spawned = std::thread::Builder::new()
                 .name("bench-load".into())
                 .spawn_scoped(scope, move || {
@@ -404,7 +454,7 @@ fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duratio
                     rt.block_on(async {
                         let mut set = tokio::task::JoinSet::new();
                         for _ in 0..share {
-                            set.spawn(raw_connection(load.clone(), Arc::clone(&next), deadline));
+                            set.spawn(raw_connection(load.clone(), deadline));
                         }
                         let mut t = Tally::default();
                         while let Some(done) = set.join_next().await {
@@ -432,7 +482,7 @@ fn drive_raw(driver: &Driver, load: &Load, connections: usize, duration: Duratio
 }
 
 /// One connection of the raw generator, sending requests until the deadline.
-async fn raw_connection(load: Load, next: Arc<AtomicUsize>, deadline: Instant) -> Tally {
+async fn raw_connection(load: Load, deadline: Instant) -> Tally {
     let mut t = Tally::default();
     let Some((addr, host, path)) = split_url(load.url()) else {
         t.errors += 1;
@@ -443,9 +493,8 @@ async fn raw_connection(load: Load, next: Arc<AtomicUsize>, deadline: Instant) -
     while Instant::now() < deadline {
         let request = match &load {
             Load::Get(_) => requests.with_body(None),
-            Load::Post(_, bodies) => {
-                let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1);
-                requests.with_body(Some(bodies.get(i).map_or(&[][..], |b| &b[..])))
+            Load::Post(_, bodies, cursor) => {
+                requests.with_body(Some(next_body(bodies, cursor).map_or(&[][..], |b| &b[..])))
             }
         };
         let sent_wall = SystemTime::now();
@@ -695,14 +744,12 @@ async fn drive_hyper(
     duration: Duration,
 ) -> Tally {
     let deadline = Instant::now() + duration;
-    let next = Arc::new(AtomicUsize::new(0));
     let (cpu0, preempted0) = ferry_threads();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let client = client.clone();
         let load = load.clone();
-        let next = Arc::clone(&next);
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             while Instant::now() < deadline {
@@ -710,10 +757,10 @@ async fn drive_hyper(
                     Load::Get(url) => {
                         hyper::Request::get(url.as_str()).body(Full::new(Bytes::new()))
                     }
-                    Load::Post(url, bodies) => {
-                        let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len().max(1);
-                        form_request(url.as_str(), bodies.get(i).cloned().unwrap_or_default())
-                    }
+                    Load::Post(url, bodies, cursor) => form_request(
+                        url.as_str(),
+                        next_body(bodies, cursor).cloned().unwrap_or_default(),
+                    ),
                 };
                 let Ok(req) = req else {
                     t.errors += 1;
@@ -852,6 +899,46 @@ fn start_redis() -> anyhow::Result<(KillOnDrop, u16)> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((guard, port))
+}
+
+/// How fresh the fresh-token and miss scenarios really were: a token set that wrapped
+/// around came again, so Ferry may have remembered its signature, and a "miss" may have
+/// found its identity's credential cached.
+#[expect(clippy::cast_precision_loss, reason = "counts to shares")]
+fn print_reuse(scenarios: &[(&str, &Server, Load)], tallies: &[Tally], reuse: &[Reuse]) {
+    let share = |part: u64, whole: u64| 100.0 * part as f64 / whole.max(1) as f64;
+    let mut remembered = Vec::new();
+    let mut upstream = Vec::new();
+    for (((name, _, _), t), r) in scenarios.iter().zip(tallies).zip(reuse) {
+        let label = name.get(..2).unwrap_or_default();
+        // B5 is B1 with an audit trail: fresh tokens too.
+        if name.contains("fresh token") || name.starts_with("B5") || name.starts_with('D') {
+            remembered.push(format!(
+                "{label} {:.1} %",
+                share(r.remembered, r.verified + r.remembered)
+            ));
+        }
+        if name.starts_with('D') {
+            let requests = t.latencies_us.len() as u64 + t.errors;
+            upstream.push(format!(
+                "{label} {:.1} %",
+                share(r.upstream_calls, requests)
+            ));
+        }
+    }
+    if !remembered.is_empty() {
+        println!(
+            "signatures remembered from an earlier verify of the same token (0 %: every request \
+             verified one): {}",
+            remembered.join(", ")
+        );
+    }
+    if !upstream.is_empty() {
+        println!(
+            "requests that called the upstream (100 %: every request a miss): {}",
+            upstream.join(", ")
+        );
+    }
 }
 
 /// The issue's measure of this machine: a bare axum server answered ≈ 95–100k requests/s
@@ -1090,7 +1177,7 @@ async fn rss_scenario(
     let url = format!("{base}/oauth2/token");
     let warm = drive(
         driver,
-        &Load::Post(url.clone(), same),
+        &Load::post(url.clone(), same),
         connections,
         Duration::from_secs(2),
     )
@@ -1159,6 +1246,38 @@ async fn fill(client: &Client, url: &str, bodies: Arc<Vec<Bytes>>, connections: 
         errors += t.await.unwrap_or(1);
     }
     errors
+}
+
+/// `count` form bodies for `target`, each with the token `token(i)` makes, minted on
+/// every core (an ES256 token takes ≈ 20 µs, so half a million take seconds).
+fn mint<F>(count: usize, token: F, target: &str) -> anyhow::Result<Arc<Vec<Bytes>>>
+where
+    F: Fn(usize) -> anyhow::Result<String> + Sync,
+{
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(8);
+    let chunk = count.div_ceil(threads).max(1);
+    let parts = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let token = &token;
+                scope.spawn(move || -> anyhow::Result<Vec<Bytes>> {
+                    (k * chunk..((k + 1) * chunk).min(count))
+                        .map(|i| token(i).map(|t| form(&t, target)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a minting thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(Arc::new(parts.into_iter().flatten().collect()))
 }
 
 /// Cost of one signature verification (RS256 and ES256) in this process: as Ferry does
@@ -1284,15 +1403,26 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let red_direct = redis_server("redis-direct", "revocation_max_lag = \"0s\"\n")?;
 
     // Token sets: fresh tokens (distinct jti, same identity → cache hits), one repeated
-    // token, and distinct identities (→ cache misses).
-    let n_fresh = if args.quick { 2_000 } else { 50_000 };
-    let fresh = |issuer: &Issuer, target: &str| -> anyhow::Result<Arc<Vec<Bytes>>> {
-        Ok(Arc::new(
-            (0..n_fresh)
-                .map(|_| issuer.token("hit").map(|t| form(&t, target)))
-                .collect::<Result<_, _>>()?,
-        ))
+    // token, and distinct identities (→ cache misses). A set a scenario runs through
+    // wraps around and its tokens come again: Ferry then remembers some signatures, and
+    // a "miss" finds its identity's credential cached. The report counts both. ES256
+    // sets are sized to go round at most once at up to 45k (fresh) and 35k (misses)
+    // requests/s; RS256 signing is too slow for that (≈ 0.3–0.6 ms a token), so its
+    // fresh set is 50k and goes round.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a token count from a rate and a duration"
+    )]
+    let sized = |per_second: f64, quick: usize| -> usize {
+        if args.quick {
+            quick
+        } else {
+            (per_second * seconds as f64).ceil() as usize
+        }
     };
+    let fresh = |issuer: &Issuer, count: usize| mint(count, |_| issuer.token("hit"), "api");
     // With `--only`, token sets no selected scenario uses are left empty (minting 50k
     // RS256 tokens takes half a minute).
     let want = |labels: &[&str]| {
@@ -1303,103 +1433,102 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     };
     let empty = || Arc::new(Vec::new());
     let rs_fresh = if want(&["B1", "B5", "C1"]) {
-        fresh(&rs, "api")?
+        fresh(&rs, if args.quick { 2_000 } else { 50_000 })?
     } else {
         empty()
     };
     let es_fresh = if want(&["B2", "C2"]) {
-        fresh(&es, "api")?
+        fresh(&es, sized(45_000.0, 2_000))?
     } else {
         empty()
     };
     let rs_same = Arc::new(vec![form(&rs.token("hit")?, "api")]);
     let es_same = Arc::new(vec![form(&es.token("hit")?, "api")]);
-    let misses = |target: &str, count: usize| -> anyhow::Result<Arc<Vec<Bytes>>> {
-        Ok(Arc::new(
-            (0..count)
-                .map(|i| {
-                    rs.token(&format!("miss-{target}-{i}-{}", uuid::Uuid::new_v4()))
-                        .map(|t| form(&t, target))
-                })
-                .collect::<Result<_, _>>()?,
-        ))
+    let misses = |target: &str, count: usize| {
+        let run = uuid::Uuid::new_v4();
+        mint(
+            count,
+            |i| es.token(&format!("miss-{target}-{i}-{run}")),
+            target,
+        )
     };
     let miss0 = if want(&["D1"]) {
-        misses("miss0", n_fresh)?
+        misses("miss0", sized(35_000.0, 2_000))?
     } else {
         empty()
     };
+    // 64 connections waiting 50 ms each make at most 1 280 misses/s.
     let miss50 = if want(&["D2"]) {
-        misses("miss50", if args.quick { 500 } else { 20_000 })?
+        misses("miss50", sized(1_500.0, 1_000))?
     } else {
         empty()
     };
 
-    let mut scenarios: Vec<(&str, SocketAddr, Load)> = Vec::new();
+    let mut scenarios: Vec<(&str, &Server, Load)> = Vec::new();
     let url = |a: SocketAddr, p: &str| format!("http://{a}{p}");
     scenarios.push((
         "A  baseline GET /healthz",
-        mem.addr,
+        &mem,
         Load::Get(url(mem.addr, "/healthz")),
     ));
     scenarios.push((
         "B1 hit, RS256, fresh token, memory",
-        mem.addr,
-        Load::Post(url(mem.addr, "/oauth2/token"), rs_fresh.clone()),
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), rs_fresh.clone()),
     ));
     scenarios.push((
         "B2 hit, ES256, fresh token, memory",
-        mem.addr,
-        Load::Post(url(mem.addr, "/oauth2/token"), es_fresh.clone()),
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), es_fresh.clone()),
     ));
     scenarios.push((
         "B3 hit, RS256, same token, memory",
-        mem.addr,
-        Load::Post(url(mem.addr, "/oauth2/token"), rs_same.clone()),
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), rs_same.clone()),
     ));
     scenarios.push((
         "B4 hit, ES256, same token, memory",
-        mem.addr,
-        Load::Post(url(mem.addr, "/oauth2/token"), es_same.clone()),
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), es_same.clone()),
     ));
     scenarios.push((
         "B5 B1 with an audit trail file",
-        audited.addr,
-        Load::Post(url(audited.addr, "/oauth2/token"), rs_fresh.clone()),
+        &audited,
+        Load::post(url(audited.addr, "/oauth2/token"), rs_fresh.clone()),
     ));
     if let Some(r) = &red {
         scenarios.push((
             "C1 hit, RS256, fresh token, redis",
-            r.addr,
-            Load::Post(url(r.addr, "/oauth2/token"), rs_fresh.clone()),
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), rs_fresh.clone()),
         ));
         scenarios.push((
             "C2 hit, ES256, fresh token, redis",
-            r.addr,
-            Load::Post(url(r.addr, "/oauth2/token"), es_fresh.clone()),
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), es_fresh.clone()),
         ));
         scenarios.push((
             "C3 hit, RS256, same token, redis",
-            r.addr,
-            Load::Post(url(r.addr, "/oauth2/token"), rs_same.clone()),
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), rs_same.clone()),
         ));
     }
     if let Some(r) = &red_direct {
         scenarios.push((
             "C4 C3 with no local revocation copy",
-            r.addr,
-            Load::Post(url(r.addr, "/oauth2/token"), rs_same.clone()),
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), rs_same.clone()),
         ));
     }
     scenarios.push((
-        "D1 miss, fake upstream 0 ms, memory",
-        mem.addr,
-        Load::Post(url(mem.addr, "/oauth2/token"), miss0),
+        "D1 miss, ES256, upstream 0 ms, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), miss0),
     ));
     scenarios.push((
-        "D2 miss, fake upstream 50 ms, memory",
-        mem.addr,
-        Load::Post(url(mem.addr, "/oauth2/token"), miss50),
+        "D2 miss, ES256, upstream 50 ms, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), miss50),
     ));
 
     if !args.only.is_empty() {
@@ -1423,11 +1552,14 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
     });
     let mut tallies: Vec<Tally> = vec![Tally::default(); scenarios.len()];
+    let mut reuse: Vec<Reuse> = vec![Reuse::default(); scenarios.len()];
     for _ in 0..rounds {
-        for (i, (_, _, load)) in scenarios.iter().enumerate() {
+        for (i, (_, server, load)) in scenarios.iter().enumerate() {
+            let before = server.reuse();
             let t = client_rt.block_on(drive(&driver, load, args.connections, per_run));
-            if let Some(acc) = tallies.get_mut(i) {
+            if let (Some(acc), Some(r)) = (tallies.get_mut(i), reuse.get_mut(i)) {
                 acc.absorb(t);
+                server.reuse().add_since(before, r);
             }
         }
     }
@@ -1587,6 +1719,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             unread
         );
     }
+    print_reuse(&scenarios, &tallies, &reuse);
     println!();
     let mut single_flight_ok = true;
     for (store, calls, errors) in &single_flight {

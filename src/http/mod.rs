@@ -629,6 +629,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP ferry_jwks_seconds_since_last_refresh Seconds since the last successful JWKS fetch (remote issuers).\n# TYPE ferry_jwks_seconds_since_last_refresh gauge\n{ages}# HELP ferry_jwks_keys Keys currently served per issuer.\n# TYPE ferry_jwks_keys gauge\n{keys}# HELP ferry_config_info The active config revision.\n# TYPE ferry_config_info gauge\nferry_config_info{{revision=\"{}\"}} 1",
         runtime.revision
     );
+    let signatures = runtime.verifier.signatures();
+    let _ = writeln!(
+        extra,
+        "# HELP ferry_token_signatures_total Subject-token signatures that checked out since the config revision was loaded: verified against the key now, or remembered from an earlier verify of the same token (its claims re-checked).\n# TYPE ferry_token_signatures_total counter\nferry_token_signatures_total{{result=\"verified\"}} {}\nferry_token_signatures_total{{result=\"remembered\"}} {}",
+        signatures.verified, signatures.remembered
+    );
     let age = now.saturating_sub(runtime.issuer.keys().active.created_at);
     let _ = writeln!(
         extra,

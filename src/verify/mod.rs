@@ -7,6 +7,7 @@ pub mod jwks;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -226,6 +227,15 @@ pub struct TrustedIssuer {
     pub jwks: Arc<JwksCache>,
 }
 
+/// Counts of signatures that checked out (see [`Verifier::signatures`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignatureCounts {
+    /// Checked against the issuer's key.
+    pub verified: u64,
+    /// The same token's earlier check, remembered (its claims re-checked).
+    pub remembered: u64,
+}
+
 /// All trusted issuers, found by exact `iss`.
 #[derive(Debug)]
 pub struct Verifier {
@@ -235,6 +245,10 @@ pub struct Verifier {
     /// the same token again skips the signature check (claims are re-checked every time,
     /// and the key must still be published).
     recent: SlotCache<Arc<Recent>>,
+    /// Signatures checked now and remembered from an earlier check, since this verifier
+    /// (its config revision) was built: `/metrics` and the load harness read them.
+    verified: AtomicU64,
+    remembered: AtomicU64,
 }
 
 struct Recent {
@@ -276,6 +290,17 @@ impl Verifier {
             by_iss,
             clock,
             recent: SlotCache::new(capacity, std::time::Duration::from_secs(3600)),
+            verified: AtomicU64::new(0),
+            remembered: AtomicU64::new(0),
+        }
+    }
+
+    /// Subject-token signatures that checked out since this verifier was built: verified
+    /// now, and remembered from an earlier verify of the same token.
+    pub fn signatures(&self) -> SignatureCounts {
+        SignatureCounts {
+            verified: self.verified.load(Ordering::Relaxed),
+            remembered: self.remembered.load(Ordering::Relaxed),
         }
     }
 
@@ -292,6 +317,7 @@ impl Verifier {
             && recent.issuer.jwks.publishes(&recent.kid)
         {
             tracing::trace!(issuer = %recent.issuer.id, "signature verified before; claims re-checked");
+            self.remembered.fetch_add(1, Ordering::Relaxed);
             return self.check_claims(&recent.issuer, Arc::clone(&recent.claims), sha, true);
         }
         let raw = token.0.expose();
@@ -337,6 +363,7 @@ impl Verifier {
             return Err(VerifyError::BadSignature);
         }
         tracing::trace!(issuer = %issuer.id, "signature verified");
+        self.verified.fetch_add(1, Ordering::Relaxed);
         let claims = Arc::new(claims);
         let verified = self.check_claims(&issuer, Arc::clone(&claims), sha.clone(), true)?;
         if let Some(kid) = header.kid {
