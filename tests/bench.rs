@@ -8,6 +8,11 @@
     clippy::indexing_slicing
 )]
 
+#[path = "common/dev.rs"]
+mod dev;
+
+use dev::{await_ready, free_port};
+
 /// `ferry bench --quick --connections 16` plus `more`; asserts it exits 0, returns stdout.
 fn quick_bench(more: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -160,4 +165,75 @@ fn ferry_bench_quick_runs_with_the_pooled_client_under_normal_scheduling() {
         "{stdout}"
     );
     assert!(!stdout.contains("at the kernel's receive time"), "{stdout}");
+}
+
+/// `--export` writes what another load generator needs: a config `ferry check` accepts,
+/// and request files whose every line a real `ferry serve` grants.
+#[test]
+fn the_export_drives_a_real_ferry_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["bench", "--export"])
+        .arg(dir.path())
+        .args(["--export-es256", "40", "--export-rs256", "6"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let lines = |name: &str| read(name).lines().map(str::to_owned).collect::<Vec<_>>();
+    let (es, rs) = (lines("es-fresh.form"), lines("rs-fresh.form"));
+    assert_eq!((es.len(), rs.len()), (40, 6));
+    assert_eq!(lines("es-same.form").len(), 1);
+    // Fresh means no line twice.
+    assert_eq!(
+        es.iter().collect::<std::collections::HashSet<_>>().len(),
+        40
+    );
+    let lua = read("wrk.lua");
+    assert!(
+        lua.contains("function request()") && lua.contains("FERRY_BODIES"),
+        "{lua}"
+    );
+
+    let config = dir.path().join("ferry.toml");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = await_ready(&mut child, &base);
+    let same = lines("es-same.form");
+    let statuses: Vec<(u16, bool)> = es
+        .iter()
+        .take(3)
+        .chain(rs.iter().take(3))
+        .chain(same.iter())
+        .map(|body| {
+            let r = client
+                .post(format!("{base}/oauth2/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.clone())
+                .send()
+                .unwrap();
+            let status = r.status().as_u16();
+            let json: serde_json::Value = r.json().unwrap();
+            (status, json["access_token"].is_string())
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(statuses, vec![(200, true); 7]);
 }

@@ -11,7 +11,7 @@ mod dev;
 
 use std::path::{Path, PathBuf};
 
-use dev::{dev_token, repo};
+use dev::{await_ready, dev_token, free_port, repo};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -372,11 +372,8 @@ struct Server {
 
 impl Server {
     fn start(config: &str) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let child = ferry()
+        let port = free_port();
+        let mut child = ferry()
             .args([
                 "serve",
                 "--config",
@@ -389,25 +386,7 @@ impl Server {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if client
-                .get(format!("{base}/readyz"))
-                .send()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ferry serve did not become ready"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let client = await_ready(&mut child, &base);
         Self {
             child,
             base,

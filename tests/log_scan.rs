@@ -13,8 +13,7 @@ mod dev;
 
 use std::process::{Command, Stdio};
 
-use dev::{dev_config, dev_token};
-use std::time::{Duration, Instant};
+use dev::{await_ready, dev_config, dev_token, free_port};
 
 /// Starts `ferry serve` (dev config, JSON logs, audit trail on stdout) with `RUST_LOG`
 /// set to `log` (or unset), its output in `dir`; returns once it is ready.
@@ -25,11 +24,7 @@ fn serve(
     let config = dev_config("\n[audit]\nstdout = true\n");
     let cfg = dir.join("ferry.toml");
     std::fs::write(&cfg, config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let stdout = std::fs::File::create(dir.join("stdout")).unwrap();
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
@@ -51,22 +46,7 @@ fn serve(
     }
     let mut child = command.spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .is_ok_and(|r| r.status() == 200)
-    {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let client = await_ready(&mut child, &base);
     (child, base, client)
 }
 

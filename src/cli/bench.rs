@@ -60,6 +60,17 @@ pub struct Args {
     /// pooled client earlier runs used; BENCHMARKS.md compares the two).
     #[arg(long, value_enum, default_value_t = Generator::Raw)]
     generator: Generator,
+    /// Write the harness's config, issuer keys and pre-minted exchange requests into this
+    /// directory for another load generator (wrk: `benches/wrk-cross-check`), then exit
+    /// without measuring anything.
+    #[arg(long, value_name = "DIR")]
+    export: Option<std::path::PathBuf>,
+    /// With `--export`: fresh ES256-token requests to write (≈ 20 µs each to sign).
+    #[arg(long, default_value_t = 300_000, requires = "export")]
+    export_es256: usize,
+    /// With `--export`: fresh RS256-token requests to write (≈ 0.3–0.6 ms each to sign).
+    #[arg(long, default_value_t = 50_000, requires = "export")]
+    export_rs256: usize,
 }
 
 /// How the load generator's threads are scheduled.
@@ -1317,6 +1328,84 @@ fn verify_cost(rs: &Issuer, es: &Issuer) -> anyhow::Result<((f64, f64), (f64, f6
     Ok((pair(&ferry_cost), pair(&jwt_cost)))
 }
 
+/// The bench's two issuers, their JWKS, the policy and a store key, written into `dir`.
+fn write_setup(dir: &Path) -> anyhow::Result<(Issuer, Issuer)> {
+    let rs = Issuer::new("https://rs.bench.invalid", Algorithm::RS256)?;
+    let es = Issuer::new("https://es.bench.invalid", Algorithm::ES256)?;
+    rs.write_jwks(&dir.join("rs.jwks.json"))?;
+    es.write_jwks(&dir.join("es.jwks.json"))?;
+    std::fs::write(
+        dir.join("bench.cedar"),
+        "@id(\"bench\")\npermit(principal, action, resource) when { principal.attributes.repository == \"acme/infra\" };\n",
+    )?;
+    std::fs::write(dir.join("store.key"), hex::encode([7u8; 32]))?;
+    Ok((rs, es))
+}
+
+/// The wrk script `--export` writes: each wrk thread POSTs its own share of a file of
+/// form bodies (one per line) in turn, so no two threads present the same token.
+const WRK_SCRIPT: &str = r#"-- Written by `ferry bench --export`. FERRY_BODIES names a file of exchange requests
+-- (form bodies, one per line); FERRY_THREADS is wrk's -t (default 2). Each thread
+-- takes every n-th line, so no two threads present the same token; a file with fewer
+-- lines than threads (one repeated token) is every thread's.
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+function init(args)
+  local n = tonumber(os.getenv("FERRY_THREADS") or "2")
+  bodies = {}
+  local all = {}
+  for line in io.lines(os.getenv("FERRY_BODIES")) do all[#all + 1] = line end
+  for i, line in ipairs(all) do
+    if #all < n or (i - 1) % n == id - 1 then bodies[#bodies + 1] = line end
+  end
+  next_body = 1
+  headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+end
+function request()
+  local body = bodies[next_body]
+  next_body = next_body % #bodies + 1
+  return wrk.format("POST", nil, headers, body)
+end
+"#;
+
+/// `--export`: what another load generator needs to drive `ferry serve` as the harness
+/// drives its in-process server.
+fn export(dir: &Path, rs_count: usize, es_count: usize) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
+    let (rs, es) = write_setup(&dir)?;
+    std::fs::write(dir.join("ferry.toml"), config_text(&dir, None))?;
+    for (name, issuer, count) in [("rs", &rs, rs_count), ("es", &es, es_count)] {
+        let same = vec![form(&issuer.token("hit")?, "api")];
+        for (kind, bodies) in [
+            ("fresh", mint(count, |_| issuer.token("hit"), "api")?),
+            ("same", Arc::new(same)),
+        ] {
+            let path = dir.join(format!("{name}-{kind}.form"));
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            for body in bodies.iter() {
+                out.write_all(body)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
+    }
+    std::fs::write(dir.join("wrk.lua"), WRK_SCRIPT)?;
+    println!(
+        "wrote {dir}: ferry.toml (memory store), the issuers' JWKS, rs-fresh.form and es-fresh.form \
+         ({rs_count} and {es_count} requests, a fresh token per line), rs-same.form and \
+         es-same.form (one each), wrk.lua; the tokens expire in an hour\n  ferry serve --config {dir}/ferry.toml --listen 127.0.0.1:8700\n  \
+         FERRY_BODIES={dir}/es-fresh.form wrk -t2 -c64 -d10s --latency -s {dir}/wrk.lua \
+         http://127.0.0.1:8700/oauth2/token",
+        dir = dir.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Runs the harness and prints the report.
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let (seconds, rounds) = if args.quick {
@@ -1324,17 +1413,12 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     } else {
         (args.seconds, args.rounds.max(1))
     };
+    if let Some(dir) = &args.export {
+        return export(dir, args.export_rs256, args.export_es256);
+    }
     let per_run = Duration::from_secs_f64(seconds as f64 / f64::from(rounds));
     let dir = tempfile::tempdir()?;
-    let rs = Issuer::new("https://rs.bench.invalid", Algorithm::RS256)?;
-    let es = Issuer::new("https://es.bench.invalid", Algorithm::ES256)?;
-    rs.write_jwks(&dir.path().join("rs.jwks.json"))?;
-    es.write_jwks(&dir.path().join("es.jwks.json"))?;
-    std::fs::write(
-        dir.path().join("bench.cedar"),
-        "@id(\"bench\")\npermit(principal, action, resource) when { principal.attributes.repository == \"acme/infra\" };\n",
-    )?;
-    std::fs::write(dir.path().join("store.key"), hex::encode([7u8; 32]))?;
+    let (rs, es) = write_setup(dir.path())?;
 
     let redis = if args.no_redis {
         None
