@@ -189,6 +189,21 @@ fn the_export_drives_a_real_ferry_serve() {
         es.iter().collect::<std::collections::HashSet<_>>().len(),
         40
     );
+    // The requests carry bearer tokens: readable by their owner alone.
+    #[cfg(unix)]
+    for name in [
+        "es-fresh.form",
+        "rs-fresh.form",
+        "es-same.form",
+        "rs-same.form",
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
     let lua = read("wrk.lua");
     assert!(
         lua.contains("function request()") && lua.contains("FERRY_BODIES"),
