@@ -89,6 +89,7 @@ fn bench_verify(c: &mut Criterion) {
             algorithms: vec![alg],
             leeway: 60,
             max_age: None,
+            max_lifetime: 86_400,
             jwks: Arc::new(cache),
         });
         // No verified-token cache: every iteration checks a signature.
@@ -161,6 +162,7 @@ fn bench_mapping(c: &mut Criterion) {
             algorithms: vec![Algorithm::ES256],
             leeway: 60,
             max_age: None,
+            max_lifetime: 86_400,
             jwks: Arc::new(cache),
         })],
         clock(),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod exchange;
 pub mod http;
 pub mod issuer;
+pub mod key_digest;
 pub mod mapping;
 pub mod metrics;
 pub mod policy;
@@ -18,6 +19,7 @@ pub mod runtime;
 pub mod slots;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod verify;
 
 pub use ferry_provider_api as provider_api;

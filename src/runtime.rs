@@ -37,6 +37,10 @@ pub struct Target {
     /// The revocation field of this target (`RevocationTarget::target_field`), hashed
     /// once here rather than on every exchange.
     pub revocation_field: String,
+    /// Digest of what, besides the identity and scopes, determines a credential of this
+    /// target: its own config entry, Ferry's public URL and active signing key. The
+    /// credential cache key starts with it (`exchange::cache_key`).
+    pub cache_scope: crate::slots::Digest,
 }
 
 impl std::fmt::Debug for Target {
@@ -243,6 +247,7 @@ impl Runtime {
                     algorithms,
                     leeway: issuer.leeway.as_secs_i64(),
                     max_age: issuer.max_age.map(|d| d.as_secs_i64()),
+                    max_lifetime: issuer.max_token_lifetime.as_secs_i64(),
                     jwks: Arc::new(jwks),
                 }));
                 mappings.push(IssuerMapping::new(
@@ -579,6 +584,11 @@ impl Runtime {
                         provider,
                         values: Arc::new(values),
                         revocation_field: crate::store::RevocationTarget::target_field(&t.id),
+                        cache_scope: cache_scope(
+                            t,
+                            &config.server.public_url,
+                            &issuer.keys().active.kid,
+                        ),
                     }),
                 );
             }
@@ -691,9 +701,12 @@ impl Runtime {
         self.leeways.get(issuer_id).copied().unwrap_or(60)
     }
 
-    /// How long a revocation lives: until every credential it could cover has expired —
-    /// the longest target lifetime plus the longest a subject token can stay acceptable
-    /// (the issuer's `max_age`, else 24h), plus the largest leeway.
+    /// How long a revocation lives: until every token and credential it could cover has
+    /// expired — the longest target lifetime plus the longest a subject token presented
+    /// now can stay acceptable. Its `exp` is at most `max_token_lifetime` after its `iat`
+    /// (refused otherwise), its `iat` at most one leeway in the future, and it is accepted
+    /// up to one leeway past `exp`: so the issuer's `max_token_lifetime` (or `max_age`, if
+    /// shorter) plus two leeways.
     pub fn revocation_ttl(&self) -> Duration {
         let max_ttl = self
             .targets
@@ -706,20 +719,13 @@ impl Runtime {
             .issuers
             .iter()
             .map(|i| {
-                i.max_age
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(86_400))
+                let life = i.max_token_lifetime.0;
+                let bounded = i.max_age.map_or(life, |age| age.0.min(life));
+                bounded + i.leeway.0 * 2
             })
             .max()
             .unwrap_or(Duration::from_secs(86_400));
-        let leeway = self
-            .config
-            .issuers
-            .iter()
-            .map(|i| i.leeway.0)
-            .max()
-            .unwrap_or_default();
-        max_ttl + token_life + leeway
+        max_ttl + token_life
     }
 
     /// A revocation of `target`, living until every credential it could cover has expired.
@@ -755,6 +761,7 @@ impl Runtime {
                     provider,
                     values: Arc::clone(&t.values),
                     revocation_field: t.revocation_field.clone(),
+                    cache_scope: t.cache_scope,
                 };
                 self.targets
                     .insert(target_id.to_owned(), Arc::new(replaced));
@@ -777,6 +784,41 @@ impl Runtime {
     pub fn watched_files(&self) -> &[std::path::PathBuf] {
         &self.watched
     }
+}
+
+/// [`Target::cache_scope`]: the target's config entry as written (every key, sorted),
+/// with the public URL (`iss` of what Ferry signs) and the active signing key id.
+fn cache_scope(
+    t: &crate::config::TargetConfig,
+    public_url: &str,
+    kid: &str,
+) -> crate::slots::Digest {
+    let mut entry = t.extra.clone();
+    let mut put = |k: &str, v: Option<toml::Value>| {
+        if let Some(v) = v {
+            entry.insert(k.to_owned(), v);
+        }
+    };
+    let duration = |d: Option<crate::config::ConfigDuration>| {
+        d.map(|d| toml::Value::String(format!("{}ms", d.0.as_millis())))
+    };
+    put("id", Some(toml::Value::String(t.id.clone())));
+    put("kind", Some(toml::Value::String(t.kind.clone())));
+    put("audience", t.audience.clone().map(toml::Value::String));
+    put("resource", t.resource.clone().map(toml::Value::String));
+    put("ttl", duration(t.ttl));
+    put("min_remaining", duration(t.min_remaining));
+    put(
+        "scopes",
+        Some(toml::Value::Array(
+            t.scopes.iter().cloned().map(toml::Value::String).collect(),
+        )),
+    );
+    crate::key_digest::KeyDigest::new("target")
+        .toml(&toml::Value::Table(entry))
+        .str(public_url)
+        .str(kid)
+        .finish()
 }
 
 /// How long a cached credential must still live to be served: half its lifetime, but at

@@ -73,6 +73,9 @@ pub fn init(
             .with_filter(only_the_request_span)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .fmt_fields(escaped_fields())
+            // Colours only on a terminal: a file or a collector gets plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(only_the_request_span)
             .boxed(),
@@ -106,6 +109,24 @@ pub fn init(
         #[cfg(feature = "otlp")]
         provider,
     })
+}
+
+/// The pretty format's fields with control characters escaped
+/// ([`crate::text::escape_control`]): a newline in a value that came from a client (an
+/// error description naming a token's `iss`, a mapped subject) cannot start a forged line.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static
+{
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::text::escape_control(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 #[cfg(feature = "otlp")]
@@ -166,4 +187,47 @@ pub fn adopt_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
     }
     #[cfg(not(feature = "otlp"))]
     let _ = (span, traceparent);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pretty_lines_escape_control_characters_in_every_field() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(super::escaped_fields())
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let shown = "iss\nFORGED line \u{1b}[2J";
+            tracing::info!(description = %shown, debug = ?shown, "message\nFORGED");
+        });
+        let out = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(
+            out.contains("description=iss\\nFORGED line \\u{1b}[2J"),
+            "{out}"
+        );
+        assert!(out.contains("message\\nFORGED"), "{out}");
+    }
 }

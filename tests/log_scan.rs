@@ -21,6 +21,15 @@ fn serve(
     dir: &std::path::Path,
     log: Option<&str>,
 ) -> (std::process::Child, String, reqwest::blocking::Client) {
+    serve_as(dir, log, "json")
+}
+
+/// [`serve`], with logs in `format` (`json` or `pretty`).
+fn serve_as(
+    dir: &std::path::Path,
+    log: Option<&str>,
+    format: &str,
+) -> (std::process::Child, String, reqwest::blocking::Client) {
     let config = dev_config("\n[audit]\nstdout = true\n");
     let cfg = dir.join("ferry.toml");
     std::fs::write(&cfg, config).unwrap();
@@ -31,7 +40,7 @@ fn serve(
     command
         .args([
             "--log-format",
-            "json",
+            format,
             "serve",
             "--config",
             cfg.to_str().unwrap(),
@@ -204,4 +213,86 @@ fn at_info_a_granted_exchange_writes_one_line_with_its_outcome() {
     let finished = &refused_lines[1].1;
     assert_eq!(finished["status"], 400);
     assert_eq!(finished["outcome"], "invalid_target");
+}
+
+/// Client input with newlines and terminal escapes — an unsigned token's `iss`, a mapped
+/// subject, a 9 KB `kid`, an `x-request-id` — starts no line of its own in the
+/// human-readable log, and comes back (in the response and the audit line) only as a
+/// short escaped prefix.
+#[test]
+fn client_input_cannot_forge_log_lines_or_come_back_whole() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, client) = serve_as(dir.path(), Some("info"), "pretty");
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let forged_iss = format!(
+        "{}.{}.c2ln",
+        b64(&serde_json::json!({"alg": "RS256"})),
+        b64(&serde_json::json!({"iss": "x\nFORGED-ISS \u{1b}[2J", "exp": 9_999_999_999i64}))
+    );
+    let big_kid = format!(
+        "{}.{}.c2ln",
+        b64(
+            &serde_json::json!({"alg": "RS256", "kid": format!("\nFORGED-KID{}", "k".repeat(9000))})
+        ),
+        b64(
+            &serde_json::json!({"iss": "https://dev-issuer.ferry.invalid", "aud": "ferry", "exp": 9_999_999_999i64})
+        )
+    );
+    let forged_subject = dev_token(&["sub=bob\nFORGED-SUBJECT"]);
+    let mut descriptions = Vec::new();
+    for (token, request_id) in [
+        (forged_iss.as_str(), "ok-id-1"),
+        (big_kid.as_str(), "evil id with spaces"),
+        (forged_subject.as_str(), &"x".repeat(200)),
+    ] {
+        let r = client
+            .post(format!("{base}/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-request-id", request_id)
+            .body(exchange_form(token, "read"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        if request_id == "ok-id-1" {
+            assert_eq!(id, request_id, "a safe id is kept");
+        } else {
+            assert_ne!(id, request_id, "an unsafe id is replaced");
+            assert!(id.len() <= 64);
+        }
+        let body: serde_json::Value = r.json().unwrap();
+        descriptions.push(body["error_description"].as_str().unwrap().to_owned());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for d in &descriptions {
+        assert!(d.len() < 300, "echoed whole: {} bytes", d.len());
+        assert!(!d.contains('\n') && !d.contains('\u{1b}'), "{d}");
+    }
+    assert!(
+        descriptions[0].contains("FORGED-ISS"),
+        "{}",
+        descriptions[0]
+    );
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(err.contains("exchange refused"), "{err}");
+    for marker in ["FORGED-ISS", "FORGED-KID", "FORGED-SUBJECT"] {
+        assert!(err.contains(marker), "{marker} not logged at all:\n{err}");
+        for line in err.lines().filter(|l| l.contains(marker)) {
+            assert!(
+                !line.trim_start().starts_with(marker),
+                "forged line: {line}"
+            );
+            assert!(
+                line.contains("exchange refused") || line.contains("request finished"),
+                "{line}"
+            );
+        }
+    }
+    assert!(!err.contains('\u{1b}'), "a terminal escape reached the log");
+    assert!(!err.contains("evil id") && !err.contains(&"x".repeat(200)));
+    assert!(err.len() < 20_000, "the 9 KB kid was logged whole");
 }

@@ -265,13 +265,11 @@ async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Serv
     let handle = Arc::clone(&state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            ferry::http::listener(listener),
-            app(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    });
+    // The same accept loop as `ferry serve`, so its cost is in every figure.
+    let limits =
+        ferry::http::server::ConnectionLimits::from_config(&state.runtime.load().config.server);
+    let server = ferry::http::server::Server::new(listener, app(state), limits);
+    tokio::spawn(server.run(std::future::pending()));
     Ok(Server {
         addr,
         fakes,

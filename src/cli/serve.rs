@@ -79,13 +79,11 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, %revision, "ferry serving");
-        axum::serve(
-            ferry::http::listener(listener),
-            app(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
+        let limits =
+            ferry::http::server::ConnectionLimits::from_config(&state.runtime.load().config.server);
+        ferry::http::server::Server::new(listener, app(state), limits)
+            .run(shutdown_signal())
+            .await;
         tracing::info!("ferry stopped");
         Ok(ExitCode::SUCCESS)
     });

@@ -163,9 +163,24 @@ pub struct ServerConfig {
     /// Largest accepted request body, bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Whole-request timeout.
+    /// Whole-request timeout, from the request head to the response (the body read
+    /// included): a half-sent body is answered 503 in time.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: ConfigDuration,
+    /// Longest wait for a complete request head (slow clients are disconnected).
+    #[serde(default = "d_10s")]
+    pub header_read_timeout: ConfigDuration,
+    /// Longest a connection may stay open with no request in progress.
+    #[serde(default = "d_60s")]
+    pub idle_timeout: ConfigDuration,
+    /// Most client connections open at once (clamped under the open-file limit); at the
+    /// cap the longest-idle connection is closed, or the new one answered 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    4096
 }
 
 fn default_max_body() -> usize {
@@ -416,6 +431,11 @@ pub struct IssuerConfig {
     pub leeway: ConfigDuration,
     /// Reject tokens whose `iat` is older than this.
     pub max_age: Option<ConfigDuration>,
+    /// The longest lifetime (`exp − iat`, or `exp −` now without `iat`) a token of this
+    /// issuer may have; longer-lived tokens are refused. It bounds how long a subject
+    /// token stays acceptable, and so how long a revocation must live.
+    #[serde(default = "d_24h")]
+    pub max_token_lifetime: ConfigDuration,
     /// CEL over `assertion`; false means the token is not acceptable.
     pub condition: Option<String>,
     /// How claims become an identity.

@@ -89,6 +89,20 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
         );
     }
 
+    let srv = &config.server;
+    for (entry, d) in [
+        ("server.request_timeout", srv.request_timeout),
+        ("server.header_read_timeout", srv.header_read_timeout),
+        ("server.idle_timeout", srv.idle_timeout),
+    ] {
+        if d.0.is_zero() {
+            errs.push(file, entry, "must be more than 0s");
+        }
+    }
+    if srv.max_connections == 0 {
+        errs.push(file, "server.max_connections", "must be at least 1");
+    }
+
     let st = &config.store;
     match st.backend.as_str() {
         "memory" => {}
@@ -354,6 +368,13 @@ fn validate_issuers(config: &Config, file: &str, errs: &mut ConfigErrors) {
             && max_age.0.is_zero()
         {
             errs.push(file, format!("{entry}.max_age"), "must be more than 0s");
+        }
+        if issuer.max_token_lifetime.0.is_zero() {
+            errs.push(
+                file,
+                format!("{entry}.max_token_lifetime"),
+                "must be more than 0s",
+            );
         }
         let attrs = &issuer.mapping.attributes;
         if attrs.len() > crate::mapping::MAX_ATTRIBUTES {

@@ -92,6 +92,8 @@ pub enum ExchangeError {
 }
 
 fn denial_message(subject: &str, target: &str, decision: &Decision) -> String {
+    // The subject is mapped from claims (at most 256 bytes, but any characters).
+    let subject = crate::text::escape_control(subject);
     if !decision.errors.is_empty() {
         format!("target `{target}` denied for `{subject}`: a policy could not be evaluated")
     } else if decision.policy_ids.is_empty() {
@@ -176,15 +178,16 @@ pub fn resolve_target(
 ) -> Result<Arc<Target>, ExchangeError> {
     let id = match selector {
         TargetSelector::Audience(id) => id.as_str(),
-        TargetSelector::Resource(uri) => {
-            rt.resources.get(uri).map(String::as_str).ok_or_else(|| {
-                ExchangeError::UnknownTarget(crate::verify::jwks::truncate(uri, 200).to_owned())
-            })?
-        }
+        TargetSelector::Resource(uri) => rt
+            .resources
+            .get(uri)
+            .map(String::as_str)
+            .ok_or_else(|| ExchangeError::UnknownTarget(crate::text::echo(uri)))?,
     };
-    rt.targets.get(id).cloned().ok_or_else(|| {
-        ExchangeError::UnknownTarget(crate::verify::jwks::truncate(id, 200).to_owned())
-    })
+    rt.targets
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ExchangeError::UnknownTarget(crate::text::echo(id)))
 }
 
 /// Checks requested scopes and token type against the target.
@@ -195,7 +198,7 @@ pub fn check_target_request(
 ) -> Result<(), ExchangeError> {
     if let Some(scope) = scopes.iter().find(|s| !target.scopes.contains(s)) {
         return Err(ExchangeError::Scope {
-            scope: scope.clone(),
+            scope: crate::text::echo(scope),
             target: target.id.clone(),
         });
     }
@@ -204,37 +207,28 @@ pub fn check_target_request(
         && !JWT_TOKEN_TYPES.contains(&requested)
     {
         return Err(ExchangeError::TokenType {
-            requested: crate::verify::jwks::truncate(requested, 100).to_owned(),
+            requested: crate::text::echo(requested),
             target: target.id.clone(),
         });
     }
     Ok(())
 }
 
-/// The cache key: everything that makes two requests interchangeable.
-fn cache_key(rt: &Runtime, target: &Target, identity: &Identity, scopes: &[String]) -> CacheKey {
-    let mut sorted_scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-    sorted_scopes.sort_unstable();
-    let scopes_joined = sorted_scopes.join(" ");
-    let groups_joined = {
-        let mut g: Vec<&str> = identity.groups.iter().map(String::as_str).collect();
-        g.sort_unstable();
-        g.join("\n")
-    };
-    let mut parts: Vec<&str> = vec![
-        "credential",
-        &rt.revision,
-        &target.id,
-        &identity.issuer_id,
-        &identity.subject,
-        &groups_joined,
-        &scopes_joined,
-    ];
-    for (k, v) in &identity.attributes {
-        parts.push(k);
-        parts.push(v);
-    }
-    CacheKey::from_parts(parts)
+/// The cache key: everything that determines the credential — the target's own
+/// configuration (with Ferry's public URL and active signing key,
+/// [`Target::cache_scope`]), the identity and the scopes — and nothing else, so a reload
+/// that leaves the target alone keeps its cache, and replicas with equal targets share
+/// one. Policy is not in it: every request is authorized before the cache is read.
+fn cache_key(target: &Target, identity: &Identity, scopes: &[String]) -> CacheKey {
+    let digest = crate::key_digest::KeyDigest::new("credential")
+        .bytes(&target.cache_scope)
+        .str(&identity.issuer_id)
+        .str(&identity.subject)
+        .set(identity.groups.iter().map(String::as_str))
+        .map(&identity.attributes)
+        .set(scopes.iter().map(String::as_str))
+        .finish();
+    CacheKey::from_digest(digest)
 }
 
 /// Runs one exchange end to end.
@@ -308,7 +302,7 @@ pub async fn exchange(
     if let Some(jti) = token.jti() {
         fields.push(RevocationTarget::jti_field(jti));
     }
-    let key = cache_key(rt, &target, &identity, &req.scopes);
+    let key = cache_key(&target, &identity, &req.scopes);
     let min_remaining = i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX);
     let bypass = rt.config.store.on_cache_error == "bypass";
     // The revocation check and the cache read go out together (one round trip of
@@ -496,7 +490,10 @@ async fn mint(
 
 fn describe_revocation(t: &RevocationTarget) -> String {
     match t {
-        RevocationTarget::Subject { subject } => format!("subject `{subject}` has been revoked"),
+        RevocationTarget::Subject { subject } => format!(
+            "subject `{}` has been revoked",
+            crate::text::escape_control(subject)
+        ),
         RevocationTarget::IssuerSub { issuer, .. } => {
             format!("this token's subject at issuer `{issuer}` has been revoked")
         }

@@ -101,9 +101,7 @@ pub fn parse<K: AsRef<str>, V: AsRef<str>>(
         None => return Err(invalid("missing parameter `grant_type`")),
         Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
         Some(other) => {
-            return Err(RequestError::UnsupportedGrantType(
-                crate::verify::jwks::truncate(other, 100).to_owned(),
-            ));
+            return Err(RequestError::UnsupportedGrantType(crate::text::echo(other)));
         }
     }
     if get("actor_token").is_some() || get("actor_token_type").is_some() {
@@ -118,7 +116,7 @@ pub fn parse<K: AsRef<str>, V: AsRef<str>>(
         Some(t) => {
             return Err(invalid(format!(
                 "subject_token_type `{}` is not supported (use …:token-type:jwt, :id_token or :access_token)",
-                crate::verify::jwks::truncate(t, 100)
+                crate::text::echo(t)
             )));
         }
     }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod error;
 pub mod oauth;
 pub mod reload;
+pub mod server;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -68,25 +69,6 @@ impl AppState {
     }
 }
 
-/// The listener Ferry serves on: `TCP_NODELAY` on every accepted connection, so a
-/// response written in more than one piece (an HTTP/2 frame after its headers, a body
-/// after its head) is never held back by Nagle's algorithm until the client's delayed
-/// ACK arrives (up to 40 ms on Linux).
-pub fn listener(listener: tokio::net::TcpListener) -> NoDelayListener {
-    use axum::serve::ListenerExt as _;
-    listener.tap_io(set_nodelay)
-}
-
-/// What [`listener`] returns (a named type: `ConnectInfo<SocketAddr>` needs one).
-pub type NoDelayListener =
-    axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
-
-fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
-    }
-}
-
 /// Builds the router. Tests drive it with `oneshot`; `serve` binds it to a socket.
 pub fn app(state: Arc<AppState>) -> Router {
     let runtime = state.runtime.load();
@@ -122,7 +104,30 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::map_request(drop_unsafe_request_id))
         .with_state(state)
+}
+
+/// The most bytes of a client-supplied `x-request-id` Ferry adopts.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// A client's `x-request-id` is adopted only when it is a short token of safe characters
+/// (letters, digits, `-`, `_`, `.`, `:`); any other is dropped, and the request gets a
+/// fresh id like one that sent none. The id lands in log lines, the audit trail and the
+/// response, so it must not carry a forged line or a large blob.
+async fn drop_unsafe_request_id(mut req: Request) -> Request {
+    let unsafe_id = req.headers().get(REQUEST_ID).is_some_and(|v| {
+        let b = v.as_bytes();
+        b.is_empty()
+            || b.len() > MAX_REQUEST_ID
+            || !b
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    });
+    if unsafe_id || req.headers().get_all(REQUEST_ID).iter().nth(1).is_some() {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    req
 }
 
 /// One span per request (request id, route), one log line at the end, and a hard
@@ -197,7 +202,7 @@ fn request_id_of(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .map(|s| crate::verify::jwks::truncate(s, 128).to_owned())
+        .map(str::to_owned)
         .unwrap_or_default()
 }
 
@@ -672,25 +677,4 @@ async fn method_not_allowed() -> ApiError {
         "invalid_request",
         "method not allowed on this endpoint",
     )
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use axum::serve::Listener as _;
-
-    #[tokio::test]
-    async fn connections_are_accepted_with_nodelay() {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
-        // Without the wrapper an accepted socket has Nagle's algorithm on.
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (plain, _) = tcp.accept().await.unwrap();
-        assert!(!plain.nodelay().unwrap());
-        let mut listener = super::listener(tcp);
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (io, peer) = listener.accept().await;
-        assert!(io.nodelay().unwrap());
-        assert!(peer.ip().is_loopback());
-    }
 }

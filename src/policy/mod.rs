@@ -301,33 +301,22 @@ impl PolicyEngine {
         })
     }
 
+    /// Everything the decision depends on but the time (a policy that reads the time
+    /// is never memoised), each value in an unambiguous encoding.
     fn decision_key(&self, input: &AuthzInput<'_>) -> Digest {
         let id = input.identity;
-        let mut groups: Vec<&str> = id.groups.iter().map(String::as_str).collect();
-        groups.sort_unstable();
-        let mut scopes: Vec<&str> = input.scopes.iter().map(String::as_str).collect();
-        scopes.sort_unstable();
-        let ip = if self.uses_source_ip {
-            input.source_ip.to_string()
-        } else {
-            String::new()
-        };
-        let groups = groups.join("\n");
-        let scopes = scopes.join(" ");
-        let mut parts = vec![
-            id.issuer_id.as_str(),
-            &id.subject,
-            &groups,
-            input.target_id,
-            input.target_kind,
-            &scopes,
-            &ip,
-        ];
-        for (k, v) in &id.attributes {
-            parts.push(k);
-            parts.push(v);
+        let mut d = crate::key_digest::KeyDigest::new("decision");
+        d.str(&id.issuer_id)
+            .str(&id.subject)
+            .set(id.groups.iter().map(String::as_str))
+            .map(&id.attributes)
+            .str(input.target_id)
+            .str(input.target_kind)
+            .set(input.scopes.iter().map(String::as_str));
+        if self.uses_source_ip {
+            d.str(&input.source_ip.to_string());
         }
-        crate::slots::digest_parts(parts.into_iter().map(str::as_bytes))
+        d.finish()
     }
 
     fn try_authorize(&self, input: &AuthzInput<'_>) -> Result<Decision, String> {

@@ -7,44 +7,78 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_provider_api::Credential;
-use moka::Expiry;
-use moka::sync::Cache;
 
 use super::{CacheKey, RateDecision, Revocation, Store, StoreError};
 
-#[derive(Clone)]
-struct Entry<V> {
-    value: V,
-    ttl: Duration,
+/// A record that must not forget: entries live until their own expiry, and a record that
+/// is full of live entries refuses a new one (the caller fails closed) instead of
+/// dropping an old one. Used for single-use token ids, upstream denials and rate-limit
+/// windows — each of which, forgotten early, would let through what it exists to stop.
+struct Record<V> {
+    name: &'static str,
+    map: HashMap<String, (V, Instant)>,
+    capacity: usize,
+    last_sweep: Option<Instant>,
 }
 
-struct PerEntryTtl;
+impl<V> Record<V> {
+    fn new(name: &'static str, capacity: u64) -> Self {
+        Self {
+            name,
+            map: HashMap::new(),
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
+            last_sweep: None,
+        }
+    }
 
-impl<V> Expiry<String, Entry<V>> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Entry<V>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+    /// The live value under `key`.
+    fn get(&self, key: &str, now: Instant) -> Option<&V> {
+        self.map
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v)
+    }
+
+    /// Room for `key`: expired entries are swept (every 30 s, or at most once a second
+    /// while full, so a full record does not cost a scan per request); if it is still
+    /// full of live entries, the record refuses.
+    fn make_room(&mut self, key: &str, now: Instant) -> Result<(), StoreError> {
+        let since = self.last_sweep.map(|t| now.saturating_duration_since(t));
+        let full = self.map.len() >= self.capacity;
+        if since
+            .is_none_or(|d| d >= Duration::from_secs(30) || (full && d >= Duration::from_secs(1)))
+        {
+            self.map.retain(|_, (_, until)| *until > now);
+            self.last_sweep = Some(now);
+        }
+        if self.map.len() >= self.capacity && !self.map.contains_key(key) {
+            return Err(StoreError::Unavailable(format!(
+                "the {} record is full ({} live entries)",
+                self.name, self.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores `value` under `key` until `until`, or refuses when full.
+    fn insert(&mut self, key: &str, value: V, until: Instant) -> Result<(), StoreError> {
+        self.make_room(key, Instant::now())?;
+        self.map.insert(key.to_owned(), (value, until));
+        Ok(())
     }
 }
 
-fn cache<V: Clone + Send + Sync + 'static>(max: u64) -> Cache<String, Entry<V>> {
-    Cache::builder()
-        .max_capacity(max)
-        .expire_after(PerEntryTtl)
-        .build()
-}
-
-#[derive(Default)]
 struct Shared {
     revocations: HashMap<String, Revocation>,
     /// When `revocations` is next swept of expired entries (Unix seconds).
     next_sweep: i64,
     locks: HashMap<String, (String, Instant)>,
-    windows: HashMap<String, (i64, u64)>,
+    /// Rate-limit windows: bucket → (window start, count).
+    windows: Record<(i64, u64)>,
+    /// Used single-use token ids.
+    seen: Record<()>,
+    /// Upstream denials: cache key → error code.
+    denials: Record<String>,
 }
 
 /// Cached credentials: sharded maps from the binary cache key to a packed entry
@@ -164,19 +198,26 @@ impl Credentials {
 /// The embedded default store (`backend = "memory"`).
 pub struct MemoryStore {
     credentials: Credentials,
-    denials: Cache<String, Entry<String>>,
-    seen: Cache<String, Entry<()>>,
     shared: Mutex<Shared>,
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_entries` credentials.
+    /// A store holding at most `max_entries` credentials, as many upstream denials and
+    /// rate-limit windows, and ten times as many used single-use token ids. Credentials
+    /// are a cache (a full one drops an entry: the next request mints again); the other
+    /// three are records that refuse when full ([`Record`]), so the exchange is answered
+    /// 503 rather than let a replay, a denied identity or an over-limit client through.
     pub fn new(max_entries: u64) -> Self {
         Self {
             credentials: Credentials::new(max_entries),
-            denials: cache(max_entries),
-            seen: cache(max_entries.saturating_mul(10)),
-            shared: Mutex::new(Shared::default()),
+            shared: Mutex::new(Shared {
+                revocations: HashMap::new(),
+                next_sweep: 0,
+                locks: HashMap::new(),
+                windows: Record::new("rate-limit", max_entries),
+                seen: Record::new("single-use token", max_entries.saturating_mul(10)),
+                denials: Record::new("upstream denial", max_entries),
+            }),
         }
     }
 
@@ -258,7 +299,11 @@ impl Store for MemoryStore {
     }
 
     async fn get_denial(&self, key: &CacheKey) -> Result<Option<String>, StoreError> {
-        Ok(self.denials.get(key.as_str()).map(|e| e.value))
+        Ok(self
+            .shared()?
+            .denials
+            .get(key.as_str(), Instant::now())
+            .cloned())
     }
 
     async fn put_denial(
@@ -267,14 +312,9 @@ impl Store for MemoryStore {
         code: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.denials.insert(
-            key.as_str().to_owned(),
-            Entry {
-                value: code.to_owned(),
-                ttl,
-            },
-        );
-        Ok(())
+        self.shared()?
+            .denials
+            .insert(key.as_str(), code.to_owned(), Instant::now() + ttl)
     }
 
     async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError> {
@@ -313,11 +353,12 @@ impl Store for MemoryStore {
     }
 
     async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let _guard = self.shared()?;
-        if self.seen.contains_key(id) {
+        let mut shared = self.shared()?;
+        let now = Instant::now();
+        if shared.seen.get(id, now).is_some() {
             return Ok(false);
         }
-        self.seen.insert(id.to_owned(), Entry { value: (), ttl });
+        shared.seen.insert(id, (), now + ttl)?;
         Ok(true)
     }
 
@@ -330,18 +371,20 @@ impl Store for MemoryStore {
     ) -> Result<RateDecision, StoreError> {
         let (start, retry_after) = super::fixed_window(now, window);
         let mut shared = self.shared()?;
-        if shared.windows.len() > 100_000 {
-            shared.windows.retain(|_, (s, _)| *s >= start);
-        }
-        let entry = shared
-            .windows
-            .entry(bucket.to_owned())
-            .or_insert((start, 0));
-        if entry.0 != start {
-            *entry = (start, 0);
-        }
-        entry.1 += 1;
-        Ok(if entry.1 > limit {
+        let at = Instant::now();
+        let mut count = match shared.windows.get(bucket, at) {
+            Some((s, n)) if *s == start => *n,
+            _ => 0,
+        };
+        count += 1;
+        // The entry lives until its window ends; a record full of live windows refuses
+        // the request (503) rather than start this bucket over at zero.
+        shared.windows.insert(
+            bucket,
+            (start, count),
+            at + Duration::from_secs(retry_after),
+        )?;
+        Ok(if count > limit {
             RateDecision::Limited(retry_after)
         } else {
             RateDecision::Allowed
@@ -465,6 +508,49 @@ mod tests {
             store.rate_limit("b", 2, 60, 180).await?,
             RateDecision::Allowed
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn full_records_refuse_rather_than_forget() -> Result<(), StoreError> {
+        // max_entries = 1: ten single-use ids, one denial, one rate-limit window.
+        let store = MemoryStore::new(1);
+        let ttl = Duration::from_secs(60);
+        for i in 0..10 {
+            assert!(store.first_use(&format!("j{i}"), ttl).await?);
+        }
+        assert!(store.first_use("j10", ttl).await.is_err(), "full: refused");
+        for i in 0..10 {
+            assert!(!store.first_use(&format!("j{i}"), ttl).await?, "forgotten");
+        }
+        let (a, b) = (CacheKey::from_parts(["a"]), CacheKey::from_parts(["b"]));
+        store.put_denial(&a, "AccessDenied", ttl).await?;
+        assert!(store.put_denial(&b, "AccessDenied", ttl).await.is_err());
+        assert_eq!(store.get_denial(&a).await?.as_deref(), Some("AccessDenied"));
+        assert_eq!(
+            store.rate_limit("x", 1, 60, 0).await?,
+            RateDecision::Allowed
+        );
+        assert!(store.rate_limit("y", 1, 60, 0).await.is_err());
+        assert_eq!(
+            store.rate_limit("x", 1, 60, 1).await?,
+            RateDecision::Limited(59)
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn expired_entries_make_room() -> Result<(), StoreError> {
+        let store = MemoryStore::new(1);
+        for i in 0..10 {
+            assert!(
+                store
+                    .first_use(&format!("j{i}"), Duration::from_millis(20))
+                    .await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(store.first_use("j10", Duration::from_secs(60)).await?);
         Ok(())
     }
 }

@@ -451,9 +451,9 @@ impl JwksCache {
                     }
                 }
                 if found {
-                    Err(KeyLookupError::WrongKeyType(kid.to_owned()))
+                    Err(KeyLookupError::WrongKeyType(crate::text::echo(kid)))
                 } else {
-                    Err(KeyLookupError::UnknownKid(kid.to_owned()))
+                    Err(KeyLookupError::UnknownKid(crate::text::echo(kid)))
                 }
             }
             None => {
@@ -556,7 +556,7 @@ impl JwksCache {
                 if doc.issuer != *issuer {
                     return Err(RefreshError::Discovery(format!(
                         "issuer `{}` does not match the configured `{issuer}`",
-                        truncate(&doc.issuer, 200)
+                        crate::text::echo(&doc.issuer)
                     )));
                 }
                 Url::parse(&doc.jwks_uri)

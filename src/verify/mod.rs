@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::clock::SharedClock;
 use crate::slots::SlotCache;
 use ferry_provider_api::Secret;
-use jwks::{JwksCache, KeyLookupError, truncate};
+use jwks::{JwksCache, KeyLookupError};
 
 /// Subject tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -191,6 +191,16 @@ pub enum VerifyError {
         /// The configured bound in seconds.
         max_age: i64,
     },
+    /// `exp` is further from `iat` than the issuer's `max_token_lifetime`.
+    #[error(
+        "token lives too long (`exp` is more than {max_lifetime}s after `iat`, the `max_token_lifetime` of issuer `{issuer}`)"
+    )]
+    TooLongLived {
+        /// The issuer id.
+        issuer: String,
+        /// The configured bound in seconds.
+        max_lifetime: i64,
+    },
     /// No `aud` value is accepted by the issuer.
     #[error("audience `{aud}` not accepted by issuer `{issuer}`")]
     AudienceRejected {
@@ -223,6 +233,8 @@ pub struct TrustedIssuer {
     pub leeway: i64,
     /// Maximum age of `iat`, seconds.
     pub max_age: Option<i64>,
+    /// Longest accepted `exp − iat` (or `exp −` now without `iat`), seconds.
+    pub max_lifetime: i64,
     /// Its keys.
     pub jwks: Arc<JwksCache>,
 }
@@ -334,7 +346,7 @@ impl Verifier {
             .alg
             .ok_or(VerifyError::Malformed("the header has no `alg`"))?;
         let alg = parse_algorithm(&alg_name)
-            .ok_or_else(|| VerifyError::UnsupportedAlgorithm(truncate(&alg_name, 32).to_owned()))?;
+            .ok_or_else(|| VerifyError::UnsupportedAlgorithm(crate::text::echo(&alg_name)))?;
         // The issuer is chosen by `iss` before anything is trusted; nothing else from the
         // unverified claims is used until the signature checks out.
         let issuer = self.issuer_for(&claims)?;
@@ -398,7 +410,7 @@ impl Verifier {
         self.by_iss
             .get(iss)
             .cloned()
-            .ok_or_else(|| VerifyError::UntrustedIssuer(truncate(iss, 200).to_owned()))
+            .ok_or_else(|| VerifyError::UntrustedIssuer(crate::text::echo(iss)))
     }
 
     fn check_claims(
@@ -435,6 +447,18 @@ impl Verifier {
                 });
             }
         }
+        // A bounded lifetime is what lets a revocation outlive every token it covers
+        // (`Runtime::revocation_ttl`).
+        let lifetime = match iat {
+            Some(iat) => exp.saturating_sub(iat),
+            None => exp.saturating_sub(now).saturating_sub(leeway),
+        };
+        if lifetime > issuer.max_lifetime {
+            return Err(VerifyError::TooLongLived {
+                issuer: issuer.id.to_string(),
+                max_lifetime: issuer.max_lifetime,
+            });
+        }
         check_audience(issuer, claims.get("aud"))?;
         Ok(VerifiedToken {
             issuer_id: Arc::clone(&issuer.id),
@@ -464,7 +488,7 @@ fn check_audience(issuer: &TrustedIssuer, aud: Option<&Value>) -> Result<(), Ver
         return Ok(());
     }
     Err(VerifyError::AudienceRejected {
-        aud: truncate(values.first().copied().unwrap_or(""), 200).to_owned(),
+        aud: crate::text::echo(values.first().copied().unwrap_or("")),
         issuer: issuer.id.to_string(),
     })
 }

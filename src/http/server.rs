@@ -1,0 +1,561 @@
+//! The accept loop of `ferry serve`: hyper connections with a header-read timeout, an
+//! idle keep-alive timeout and a connection cap, so slow and idle clients cannot hold the
+//! process's descriptors.
+//!
+//! - **Header read** (`[server] header_read_timeout`): a request head that has not fully
+//!   arrived in time closes the connection (hyper's HTTP/1 timer; a slowloris).
+//! - **Idle** (`idle_timeout`): a connection with no request in progress for that long is
+//!   closed (HTTP/1 keep-alive, HTTP/2 with a GOAWAY).
+//! - **Whole request** (`request_timeout`): enforced per request by the router
+//!   (`log_request`), body read included: a half-sent body is answered 503 in time.
+//! - **Cap** (`max_connections`, clamped under the open-file limit): at the cap, the
+//!   longest-idle connection is closed to make room; if none is idle the new connection is
+//!   answered `503` with `Retry-After` and closed — before descriptors run out, so
+//!   `/healthz` and live clients keep being served.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::connect_info::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+/// Descriptors kept free under the open-file limit for everything but client
+/// connections: the store, issuers' JWKS endpoints, clouds, the audit file, logs.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// What a shed connection is told (RFC 9110 §15.6.4, with `Retry-After`).
+const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: 83\r\n\r\n{\"error\":\"temporarily_unavailable\",\"error_description\":\"too many open connections\"}";
+
+/// How long a connection Ferry closed (idle, or to make room) may take to go.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The limits the accept loop enforces (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Longest wait for a complete request head.
+    pub header_read_timeout: Duration,
+    /// Longest a connection may stay open with no request in progress.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// How long shutdown waits for requests in progress.
+    pub drain_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The limits `[server]` configures, with the cap clamped to what the process's
+    /// open-file limit allows (less [`RESERVED_DESCRIPTORS`]); the clamp is logged.
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        let mut max = server.max_connections;
+        if let Some(limit) = open_file_limit() {
+            let room = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS))
+                .unwrap_or(usize::MAX)
+                .max(1);
+            if room < max {
+                tracing::warn!(
+                    max_connections = max,
+                    open_file_limit = limit,
+                    effective = room,
+                    "server.max_connections exceeds what the open-file limit allows; clamped (raise LimitNOFILE / ulimit -n)"
+                );
+                max = room;
+            }
+        }
+        Self {
+            header_read_timeout: server.header_read_timeout.0,
+            idle_timeout: server.idle_timeout.0,
+            max_connections: max.max(1),
+            drain_timeout: server.request_timeout.0 + Duration::from_secs(1),
+        }
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, where there is one.
+fn open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes one `rlimit` into the struct it is given.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut rl) };
+        (rc == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// One open connection, as the cap and the idle timer see it.
+struct Connection {
+    /// Requests in progress.
+    busy: AtomicUsize,
+    /// Milliseconds since the server started, when it last became idle (or opened).
+    idle_since: AtomicU64,
+    /// Asked to close (at the cap, to make room).
+    close: Notify,
+}
+
+/// Every open connection.
+struct Registry {
+    started: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+    /// Connections refused and reclaimed, for `/metrics`.
+    shed: AtomicU64,
+    reclaimed: AtomicU64,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn len(&self) -> usize {
+        self.open.lock().map(|m| m.len()).unwrap_or(usize::MAX)
+    }
+
+    /// Registers a new connection, or `None` when at the cap and nothing idle could be
+    /// closed to make room.
+    fn admit(&self, max: usize) -> Option<(u64, Arc<Connection>)> {
+        let mut open = self.open.lock().ok()?;
+        if open.len() >= max {
+            // Close the longest-idle connection (one with no request in progress); it
+            // leaves the registry when its task ends, so count it out now.
+            let victim = open
+                .iter()
+                .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+                .min_by_key(|(_, c)| c.idle_since.load(Ordering::Relaxed))
+                .map(|(id, c)| (*id, Arc::clone(c)))?;
+            open.remove(&victim.0);
+            victim.1.close.notify_one();
+            self.reclaimed.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Connection {
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(self.now_ms()),
+            close: Notify::new(),
+        });
+        open.insert(id, Arc::clone(&conn));
+        Some((id, conn))
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&id);
+        }
+    }
+}
+
+/// Marks a connection busy for as long as it lives.
+struct Busy<'a>(&'a Connection, &'a Registry);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.idle_since.store(self.1.now_ms(), Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts of the cap's actions since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    /// Open now.
+    pub open: usize,
+    /// Refused with 503 at the cap.
+    pub shed: u64,
+    /// Idle connections closed to make room.
+    pub reclaimed: u64,
+}
+
+/// A handle on a running server's connection counts.
+#[derive(Clone)]
+pub struct ConnectionStats(Arc<Registry>);
+
+impl std::fmt::Debug for ConnectionStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConnectionStats")
+            .field(&self.counts())
+            .finish()
+    }
+}
+
+impl ConnectionStats {
+    /// The counts now.
+    pub fn counts(&self) -> ConnectionCounts {
+        ConnectionCounts {
+            open: self.0.len(),
+            shed: self.0.shed.load(Ordering::Relaxed),
+            reclaimed: self.0.reclaimed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A server ready to run: [`Server::stats`] before [`Server::run`].
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Serves `router` on `listener` within `limits`.
+    pub fn new(listener: TcpListener, router: Router, limits: ConnectionLimits) -> Self {
+        Self {
+            listener,
+            router,
+            limits,
+            registry: Arc::new(Registry {
+                started: Instant::now(),
+                next_id: AtomicU64::new(0),
+                open: Mutex::new(HashMap::new()),
+                shed: AtomicU64::new(0),
+                reclaimed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Connection counts, readable while it runs.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats(Arc::clone(&self.registry))
+    }
+
+    /// Accepts until `shutdown` completes, then lets requests in progress finish (up to
+    /// the drain timeout) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+            }
+            let Some((id, conn)) = self.registry.admit(self.limits.max_connections) else {
+                self.registry.shed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "connection cap reached; answered 503");
+                tasks.spawn(shed(tcp));
+                continue;
+            };
+            tasks.spawn(serve_connection(
+                tcp,
+                peer,
+                self.router.clone(),
+                Arc::clone(&builder),
+                Arc::clone(&self.registry),
+                (id, conn),
+                self.limits.idle_timeout,
+                stop_rx.clone(),
+            ));
+            // Finished connection tasks are reaped as we go.
+            while tasks.try_join_next().is_some() {}
+        }
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.limits.drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after the drain timeout; closing them");
+            tasks.abort_all();
+        }
+    }
+}
+
+/// Answers a connection over the cap with 503 and closes it; bounded in time.
+async fn shed(mut tcp: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(SHED_RESPONSE).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+#[expect(clippy::too_many_arguments, reason = "one connection's whole context")]
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    registry: Arc<Registry>,
+    (id, conn): (u64, Arc<Connection>),
+    idle_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = {
+        let conn = Arc::clone(&conn);
+        let registry = Arc::clone(&registry);
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            conn.busy.fetch_add(1, Ordering::AcqRel);
+            let conn = Arc::clone(&conn);
+            let registry = Arc::clone(&registry);
+            let router = router.clone();
+            req.extensions_mut().insert(ConnectInfo(peer));
+            async move {
+                let _busy = Busy(&conn, &registry);
+                tower::ServiceExt::oneshot(router, req).await
+            }
+        })
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    tokio::pin!(connection);
+    // Set when Ferry asks the connection to close: an idle or reclaimed connection that
+    // has not closed by then (a head half-read) is dropped.
+    let mut closing: Option<Instant> = None;
+    loop {
+        let idle_for = Duration::from_millis(
+            registry
+                .now_ms()
+                .saturating_sub(conn.idle_since.load(Ordering::Relaxed)),
+        );
+        let idle_check = match closing {
+            Some(_) => CLOSE_GRACE / 4,
+            None => idle_timeout.saturating_sub(idle_for),
+        }
+        .max(Duration::from_millis(10));
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = conn.close.notified(), if closing.is_none() => {
+                tracing::debug!(%peer, "idle connection closed to make room");
+                closing = Some(Instant::now() + CLOSE_GRACE);
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = stop.changed(), if closing.is_none() => {
+                // Shutdown: requests in progress finish (the drain timeout bounds them).
+                closing = Some(Instant::now() + Duration::from_secs(86_400));
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(idle_check) => {
+                let idle = conn.busy.load(Ordering::Acquire) == 0;
+                match closing {
+                    Some(deadline) if idle && Instant::now() >= deadline => break,
+                    Some(_) => {}
+                    None if idle
+                        && registry.now_ms().saturating_sub(conn.idle_since.load(Ordering::Relaxed))
+                            >= u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX) =>
+                    {
+                        tracing::debug!(%peer, "idle connection closed");
+                        closing = Some(Instant::now() + CLOSE_GRACE);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    registry.remove(id);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::AsyncReadExt as _;
+
+    /// A server with a fast `/healthz` and a `/slow` that takes 3 s, within `limits`.
+    async fn start(limits: ConnectionLimits) -> (SocketAddr, ConnectionStats) {
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    "slow"
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::new(listener, router, limits);
+        let stats = server.stats();
+        tokio::spawn(server.run(std::future::pending()));
+        (addr, stats)
+    }
+
+    fn limits(max_connections: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_millis(500),
+            max_connections,
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Whether the server closes `tcp` within `within` (reads to end of stream).
+    async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(within, async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn get_on(tcp: &mut TcpStream, path: &str) -> String {
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    async fn healthz(addr: SocketAddr) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        get_on(&mut tcp, "/healthz").await
+    }
+
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_cut_off_and_healthz_keeps_answering() {
+        let (addr, stats) = start(limits(64)).await;
+        // A slowloris: one byte of its head every 100 ms.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let trickle = tokio::spawn(async move {
+            for b in b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-pad: aaaaaaaaaaaaaaaaaaaa" {
+                if slow.write_all(&[*b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            closed_within(&mut slow, Duration::from_secs(1)).await
+        });
+        // Idle: connected, silent; and kept alive after one request.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            get_on(&mut kept, "/healthz")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        for _ in 0..5 {
+            assert!(healthz(addr).await.starts_with("HTTP/1.1 200"));
+        }
+        assert!(
+            closed_within(&mut silent, Duration::from_secs(3)).await,
+            "silent kept open"
+        );
+        assert!(
+            closed_within(&mut kept, Duration::from_secs(3)).await,
+            "idle kept open"
+        );
+        assert!(trickle.await.unwrap(), "slowloris kept open");
+        assert!(healthz(addr).await.starts_with("HTTP/1.1 200"));
+        // Each connection left the registry (the last healthz one may still be open).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(stats.counts().open, 0, "{:?}", stats.counts());
+    }
+
+    #[tokio::test]
+    async fn a_request_in_progress_is_not_idle() {
+        let (addr, _) = start(limits(64)).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        // 3 s of handler time, six idle timeouts: the answer still arrives.
+        assert!(get_on(&mut tcp, "/slow").await.contains("slow"));
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_idle_connections_make_room_and_busy_ones_shed_with_503() {
+        let (addr, stats) = start(ConnectionLimits {
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(60),
+            ..limits(4)
+        })
+        .await;
+        // Four idle connections fill the cap; a fifth is served: the oldest idle one goes.
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(healthz(addr).await.starts_with("HTTP/1.1 200"));
+        assert!(closed_within(&mut idle[0], Duration::from_secs(3)).await);
+        assert!(stats.counts().reclaimed >= 1);
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        // Four connections busy with a slow request: a fifth is told 503 and closed.
+        let mut busy = Vec::new();
+        for _ in 0..4 {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n")
+                .await
+                .unwrap();
+            busy.push(tcp);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let shed = healthz(addr).await;
+        assert!(shed.starts_with("HTTP/1.1 503"), "{shed}");
+        assert!(shed.contains("retry-after: 1") && shed.contains("temporarily_unavailable"));
+        assert!(stats.counts().shed >= 1);
+        // The busy ones are answered.
+        for tcp in &mut busy {
+            let mut buf = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        }
+    }
+
+    #[test]
+    fn the_shed_response_is_well_formed() {
+        let text = std::str::from_utf8(SHED_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "temporarily_unavailable");
+    }
+}
