@@ -342,7 +342,8 @@ fn bench_signing(c: &mut Criterion) {
     let mut group = c.benchmark_group("sign");
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let ring = KeyRing::ephemeral(alg, 0).unwrap();
-        let issuer = ferry::issuer::FerryIssuer::new("https://ferry.example.com", ring, clock());
+        let issuer =
+            ferry::issuer::FerryIssuer::new("https://ferry.example.com", ring, clock(), &[]);
         group.bench_function(format!("{alg:?}"), |b| {
             b.iter(|| {
                 let mut claims = serde_json::Map::new();

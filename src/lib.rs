@@ -9,6 +9,8 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod exchange;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod http;
 pub mod issuer;
 pub mod key_digest;

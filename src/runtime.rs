@@ -85,6 +85,8 @@ pub struct Runtime {
     pub issuer: Arc<FerryIssuer>,
     /// The admin bearer token (from `[admin] token_file`).
     pub admin_token: Option<ferry_provider_api::Secret>,
+    /// Introspection clients' secrets by name (`[[introspection.clients]]`).
+    pub introspection_clients: HashMap<String, ferry_provider_api::Secret>,
     required_issuers: std::collections::HashSet<String>,
     /// Issuers whose tokens may be exchanged once.
     pub single_use_issuers: std::collections::HashSet<String>,
@@ -381,10 +383,16 @@ impl Runtime {
             }
         };
         let issuer = keys.map(|k| {
+            let scopes: Vec<String> = config
+                .targets
+                .iter()
+                .flat_map(|t| t.scopes.iter().cloned())
+                .collect();
             Arc::new(FerryIssuer::new(
                 &config.server.public_url,
                 k,
                 options.clock.clone(),
+                &scopes,
             ))
         });
 
@@ -628,6 +636,48 @@ impl Runtime {
                 }
             }
         };
+        let mut introspection_clients = HashMap::new();
+        for client in &config.introspection.clients {
+            let entry = format!("introspection.clients[{}]", client.name);
+            if client.name.is_empty() || client.name.contains(':') || client.name.len() > 64 {
+                errs.push(
+                    &file,
+                    format!("{entry}.name"),
+                    "must be 1–64 characters without `:` (an HTTP Basic user id)",
+                );
+            }
+            let resolved = config.source.resolve(&client.secret_file);
+            match std::fs::read_to_string(&resolved) {
+                Ok(t) if t.trim().len() >= 16 => {
+                    if introspection_clients
+                        .insert(
+                            client.name.clone(),
+                            ferry_provider_api::Secret::new(t.trim()),
+                        )
+                        .is_some()
+                    {
+                        errs.push(&file, format!("{entry}.name"), "is listed twice");
+                    }
+                }
+                Ok(_) => errs.push(
+                    &file,
+                    format!("{entry}.secret_file"),
+                    "the secret must be at least 16 characters",
+                ),
+                Err(e) => errs.push(
+                    &file,
+                    format!("{entry}.secret_file"),
+                    format!("cannot read `{}`: {e}", resolved.display()),
+                ),
+            }
+        }
+        // What `ferry serve` opens at start, `ferry check` checks: the same error, naming
+        // the path, from both.
+        if let Some(audit) = &config.audit.file
+            && let Err(problem) = crate::audit::check_writable(&config.source.resolve(audit))
+        {
+            errs.push(&file, "audit.file", problem);
+        }
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -661,6 +711,7 @@ impl Runtime {
                 resources,
                 issuer,
                 admin_token,
+                introspection_clients,
                 required_issuers,
                 single_use_issuers,
                 leeways,

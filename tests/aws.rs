@@ -60,6 +60,8 @@ enum Answer {
     Deny,
     Throttle,
     Hang,
+    /// A 200 without credentials in it.
+    Garbage,
 }
 
 #[derive(Clone)]
@@ -101,6 +103,12 @@ async fn proxy_handler(
             tokio::time::sleep(Duration::from_secs(30)).await;
             error(504, "Timeout")
         }
+        Answer::Garbage => (
+            axum::http::StatusCode::OK,
+            [("content-type", "text/xml"), ("x-amzn-requestid", "req-garbage")],
+            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>",
+        )
+            .into_response(),
         Answer::Forward => {
             // moto routes by the SigV4 credential scope: forward the signature headers.
             let mut req = reqwest::Client::new()
@@ -358,6 +366,19 @@ async fn sts_denials_and_throttling_map_to_oauth_errors() {
         started.elapsed() < Duration::from_secs(20),
         "bounded by the attempt and operation timeouts"
     );
+
+    // A 200 without credentials: 503, never a 500; then it recovers by itself.
+    *proxy.answer.lock().unwrap() = Answer::Garbage;
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "garbage".into()), "aws-web", None)
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error(), "temporarily_unavailable");
+    *proxy.answer.lock().unwrap() = Answer::Forward;
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "recovered".into()), "aws-web", None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 /// `ferry exchange` as an AWS SDK's `credential_process`: the SDK's own provider runs the

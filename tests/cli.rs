@@ -304,13 +304,27 @@ fn toml_errors_name_the_line() {
     let cfg = write(
         dir.path(),
         "ferry.toml",
-        "[server]\nlisten = \"127.0.0.1:1\"\npublic_url = \"http://127.0.0.1\"\nbogus = 1\n",
+        "[server]\nlisten = \"127.0.0.1:1\"\npublic_url = \"http://127.0.0.1\"\nbogus = 1\n\n[store]\nmax_entres = 5\n",
     );
     let out = run(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
+    // Every unknown key at once, each with its line.
+    for want in [
+        format!("{}: server.bogus: unknown key (line 4)", cfg.display()),
+        format!("{}: store.max_entres: unknown key (line 7)", cfg.display()),
+    ] {
+        assert!(err.contains(&want), "{want} not in: {err}");
+    }
+    let bad_type = write(
+        dir.path(),
+        "types.toml",
+        "[server]\nlisten = \"127.0.0.1:1\"\npublic_url = \"http://127.0.0.1\"\nmax_body_bytes = \"x\"\n",
+    );
+    let out = run(&["check", "--config", bad_type.to_str().unwrap()]);
+    let err = text(&out.stderr);
     assert!(
-        err.contains(&format!("{}: line 4: unknown field `bogus`", cfg.display())),
+        err.contains(&format!("{}: line 4:", bad_type.display())),
         "{err}"
     );
 }
@@ -776,4 +790,44 @@ fn the_exchange_client_retries_what_is_temporary_and_only_that() {
     let out = exchange_client(&["--url", &url, "--target", "api"], SUBJECT);
     client_failed(&out, "without a token response");
     assert_eq!(peer.join().unwrap(), 1);
+}
+
+#[test]
+fn check_refuses_what_serve_would_refuse_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = write(dir.path(), "not-a-dir", "");
+    let audit = blocker.join("audit.log");
+    let cfg = write(
+        dir.path(),
+        "ferry.toml",
+        &dev::dev_config(&format!("\n[audit]\nfile = \"{}\"\n", audit.display())),
+    );
+    let c = cfg.to_str().unwrap();
+    let want = format!(
+        "{}: audit.file: `{}` is not a directory",
+        cfg.display(),
+        blocker.display()
+    );
+    for command in ["check", "serve"] {
+        let out = run(&[command, "--config", c]);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = text(&out.stderr);
+        assert!(err.contains(&want), "{command}: {err}");
+    }
+    // Ephemeral keys with a shared store.
+    let redis = write(
+        dir.path(),
+        "redis.toml",
+        &dev::dev_config("").replace(
+            "backend = \"memory\"",
+            "backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"",
+        ),
+    );
+    let out = run(&["check", "--config", redis.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("signing.ephemeral: cannot be used with the redis store"),
+        "{}",
+        text(&out.stderr)
+    );
 }

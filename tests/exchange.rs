@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
 use jsonwebtoken::Algorithm;
 use rsa::signature::Verifier as _;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn b64json(part: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
@@ -83,6 +83,15 @@ async fn a_valid_token_is_exchanged_for_a_ferry_jwt_that_verifies_independently(
         disc.body["id_token_signing_alg_values_supported"][0],
         "RS256"
     );
+    // Only scopes some target accepts are advertised; each is accepted.
+    assert_eq!(
+        disc.body["scopes_supported"],
+        json!(["admin", "read", "write"])
+    );
+    for scope in ["read", "write"] {
+        let r = h.exchange_token(&h.token(|_| {}), "api", Some(scope)).await;
+        assert_eq!(r.status, 200, "{scope}: {}", r.body);
+    }
     let jwks = h.get("/.well-known/jwks.json").await;
     assert_eq!(jwks.status, 200);
     assert!(

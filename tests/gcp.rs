@@ -27,6 +27,7 @@ enum Answer {
     Deny,
     Throttle,
     Hang,
+    Garbage,
 }
 
 #[derive(Clone, Default)]
@@ -51,6 +52,7 @@ async fn sts(State(f): State<Fake>, Json(body): Json<Value>) -> axum::response::
             tokio::time::sleep(Duration::from_secs(30)).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
         }
+        Answer::Garbage => (StatusCode::OK, "<html>proxy error</html>").into_response(),
         Answer::Ok => {
             // https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token
             for k in ["grantType", "audience", "scope", "requestedTokenType", "subjectToken", "subjectTokenType"] {
@@ -298,6 +300,25 @@ async fn denials_throttling_and_hangs_map_to_oauth_errors() {
         started.elapsed() < Duration::from_secs(20),
         "bounded by attempt timeouts and the 10 s budget"
     );
+
+    // A 200 that is not the documented answer: the cloud's fault, 503, never a 500.
+    *fake.answer.lock().unwrap() = Some(Answer::Garbage);
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "g".into()), "gcp-federated", None)
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error(), "temporarily_unavailable");
+    assert!(
+        !r.description().contains("proxy error"),
+        "never the upstream body"
+    );
+
+    // And it recovers by itself.
+    *fake.answer.lock().unwrap() = Some(Answer::Ok);
+    let r = h
+        .exchange_token(&h.token(|c| c["sub"] = "ok".into()), "gcp-federated", None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,10 +72,14 @@ async fn a_flood_of_unknown_kids_fetches_at_most_once_per_window() {
         "100 unknown kids, one fetch"
     );
 
-    // Still inside the 30s window: no fetch at all.
+    // Still inside the 30s window: no fetch at all, and since the issuer may have
+    // rotated since the last one, the client is told when to retry.
     h.clock.advance(29);
     let token = sign_with(&k1, Some("unknown-late"), &h.issuer.claims(h.now()));
-    assert_eq!(h.exchange_token(&token, "api", None).await.status, 400);
+    let r = h.exchange_token(&token, "api", None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.error(), "temporarily_unavailable");
+    assert_eq!(r.headers["retry-after"], "1");
     assert_eq!(h.issuer.jwks_fetches() - before, 1);
 
     // The window has passed: one more fetch is allowed.
@@ -210,4 +214,112 @@ async fn a_repeated_token_is_rechecked_and_dropped_with_its_key() {
         "{:?}",
         r.body
     );
+}
+
+#[tokio::test]
+async fn an_empty_key_set_is_honoured_at_once() {
+    let h = Harness::start().await;
+    let jwks = jwks_of(&h);
+    let token = h.token(|_| {});
+    for _ in 0..3 {
+        assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
+    }
+    // The issuer withdraws every key: the next refresh empties the set (no max_stale
+    // grace for a well-formed, empty document), and neither a fresh token nor the
+    // remembered one passes.
+    let fresh = h.token(|c| c["sub"] = "fresh".into());
+    h.issuer.remove_key("k1");
+    h.issuer.remove_key("k2");
+    assert_eq!(jwks.refresh().await.unwrap(), 0);
+    for t in [token, fresh] {
+        let r = h.exchange_token(&t, "api", None).await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn a_key_replaced_behind_its_kid_stops_remembered_tokens() {
+    let h = Harness::start().await;
+    let jwks = jwks_of(&h);
+    let token = h.token(|_| {});
+    // Verified, then remembered (a token is kept the second time it verifies).
+    for _ in 0..3 {
+        assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
+    }
+    assert!(h.state.runtime.load().verifier.signatures().remembered >= 1);
+    // Same kid, another key.
+    h.issuer.remove_key("k1");
+    h.issuer.add_key(make_key(Algorithm::RS256, "k1"));
+    jwks.refresh().await.unwrap();
+    let r = h.exchange_token(&token, "api", None).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(r.description().contains("signature"), "{:?}", r.body);
+    // A token of the new key passes.
+    let fresh = h.token(|c| c["sub"] = "new-key".into());
+    assert_eq!(h.exchange_token(&fresh, "api", None).await.status, 200);
+}
+
+/// Fault matrix: the issuer's JWKS endpoint slower than `fetch_timeout` (2 s here), then
+/// answering garbage: the keys already held keep serving (stale but valid, within
+/// `max_stale`), a new `kid` cannot be fetched (503, never 500, never a grant), the
+/// failure is visible in the key status, and Ferry recovers by itself.
+#[tokio::test]
+async fn a_slow_or_garbled_jwks_keeps_the_old_keys_and_recovers() {
+    let h = Harness::start().await;
+    let jwks = jwks_of(&h);
+    let token = h.token(|_| {});
+    assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
+
+    for fault in ["slow", "garbage"] {
+        match fault {
+            "slow" => h.issuer.set_delay_ms(3_000),
+            _ => {
+                h.issuer.set_delay_ms(0);
+                h.issuer.set_garbage(true);
+            }
+        }
+        let started = std::time::Instant::now();
+        assert!(jwks.refresh().await.is_err(), "{fault}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(2_800),
+            "{fault}: fetch_timeout"
+        );
+        let status = jwks.status();
+        assert!(
+            status.usable && status.last_error.is_some(),
+            "{fault}: {status:?}"
+        );
+        // Known keys still verify.
+        let r = h
+            .exchange_token(
+                &h.token(|c| c["sub"] = format!("{fault}-known").into()),
+                "api",
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{fault}: {:?}", r.body);
+        // A new kid the issuer now publishes cannot be fetched: 503 or a plain refusal,
+        // never a grant and never a 500.
+        h.issuer
+            .add_key(make_key(Algorithm::RS256, &format!("new-{fault}")));
+        let mut claims = h.issuer.claims(h.now());
+        claims["sub"] = format!("{fault}-new").into();
+        let unknown = h.issuer.sign(&format!("new-{fault}"), &claims);
+        let r = h.exchange_token(&unknown, "api", None).await;
+        assert!(
+            r.status == 503 || r.status == 400,
+            "{fault}: {} {:?}",
+            r.status,
+            r.body
+        );
+        h.clock.advance(31);
+    }
+    // The issuer is well again: the next unknown-kid refresh finds the new keys.
+    h.issuer.set_garbage(false);
+    let mut claims = h.issuer.claims(h.now());
+    claims["sub"] = "recovered".into();
+    let token = h.issuer.sign("new-garbage", &claims);
+    let r = h.exchange_token(&token, "api", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(jwks.status().last_error.is_none());
 }

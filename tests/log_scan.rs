@@ -296,3 +296,82 @@ fn client_input_cannot_forge_log_lines_or_come_back_whole() {
     assert!(!err.contains("evil id") && !err.contains(&"x".repeat(200)));
     assert!(err.len() < 20_000, "the 9 KB kid was logged whole");
 }
+
+/// SIGTERM: `ferry serve` drains, and its last audit line is a signed shutdown
+/// checkpoint that `ferry audit verify --jwks` accepts.
+#[test]
+fn a_stopped_server_leaves_a_closed_signed_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let config = dev_config(&format!(
+        "\n[audit]\nfile = \"{}\"\ncheckpoint_every = 2\n",
+        audit.display()
+    ));
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = await_ready(&mut child, &base);
+    let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
+    for _ in 0..3 {
+        let r = client
+            .post(format!("{base}/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(exchange_form(&token, "read"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        client
+            .get(format!("{base}/.well-known/jwks.json"))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "audit",
+            "verify",
+            audit.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 3 decisions, a checkpoint after the second, and the shutdown one.
+    assert!(
+        stdout.contains("ok: 5 line(s)") && stdout.contains("2 signed checkpoint(s)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("does not end"), "{stdout}");
+}

@@ -114,7 +114,7 @@ async fn every_decision_is_audited_and_counted() {
     let raw = std::fs::read_to_string(side.path().join("audit/audit.log")).unwrap();
     assert!(!raw.contains(&token) && !raw.contains(access));
     assert_eq!(
-        ferry::audit::verify_files(&[side.path().join("audit/audit.log")]),
+        ferry::audit::verify_files(&[side.path().join("audit/audit.log")], None).map(|r| r.lines),
         Ok(4)
     );
 
@@ -165,6 +165,28 @@ async fn tampering_with_the_audit_file_is_found_by_ferry_audit_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 5 line(s)"));
+
+    // Closed with a signed checkpoint, the trail verifies against Ferry's JWKS.
+    let jwks = side.path().join("jwks.json");
+    std::fs::write(&jwks, h.get("/.well-known/jwks.json").await.raw).unwrap();
+    h.state.audit.close();
+    let out = std::process::Command::new(bin)
+        .args([
+            "audit",
+            "verify",
+            path.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ok: 6 line(s)") && stdout.contains("1 signed checkpoint(s) verified"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("does not end"), "{stdout}");
 
     let text = std::fs::read_to_string(&path).unwrap();
     let tampered: Vec<String> = text

@@ -77,15 +77,25 @@ fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+/// The harness config over Redis, with signing keys in a directory beside `key` (replicas
+/// sharing a Redis must share signing keys; an ephemeral key is refused there).
 fn redis_config(
     store: &str,
     key: &std::path::Path,
     extra: &str,
 ) -> impl FnOnce(String) -> String + use<> {
     let store = store.to_owned();
+    let keys = key.with_file_name("keys");
+    if !keys.exists() {
+        ferry::issuer::KeyDir::new(&keys)
+            .generate(Algorithm::RS256, now())
+            .unwrap();
+    }
+    let keys = keys.display().to_string();
     let key = key.display().to_string();
     let extra = extra.to_owned();
     move |t: String| {
+        let t = t.replace("ephemeral = true", &format!("keys_dir = \"{keys}\""));
         format!(
             "{t}\n[store]\nbackend = \"redis\"\n{store}\nencryption_key_file = \"{key}\"\ntimeout = \"300ms\"\nlock_wait = \"10s\"\n{extra}"
         )
@@ -620,9 +630,16 @@ async fn upstream_denials_are_cached_briefly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
     let redis = RedisServer::start();
+    use base64::Engine as _;
     let side = tempfile::tempdir().unwrap();
-    let admin = admin_section(side.path());
-    let (h, b, _side) = two_replicas(&redis.url(), None, &admin, None).await;
+    let secret = side.path().join("gateway.secret");
+    std::fs::write(&secret, "gateway-secret-0123456789\n").unwrap();
+    let extra = format!(
+        "{}\n[[introspection.clients]]\nname = \"gateway\"\nsecret_file = \"{}\"\n",
+        admin_section(side.path()),
+        secret.display()
+    );
+    let (h, b, _side) = two_replicas(&redis.url(), None, &extra, None).await;
     let a = Arc::clone(&h.state);
     let r = h
         .exchange_on(&a, &h.token(|_| {}), "api", Some("read"))
@@ -630,19 +647,46 @@ async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
     assert_eq!(r.status, 200);
     let ferry_token = r.body["access_token"].as_str().unwrap().to_owned();
     let form = |t: &str| serde_urlencoded::to_string([("token", t)]).unwrap();
-    let post = |state: &Arc<ferry::http::AppState>, path: &str, body: String, auth: bool| {
-        let mut req = axum::http::Request::post(path)
-            .header("content-type", "application/x-www-form-urlencoded");
-        if auth {
-            req = req.header("authorization", "Bearer admin-token-0123456789");
-        }
-        send(
-            ferry::http::app(Arc::clone(state)),
-            req.body(axum::body::Body::from(body)).unwrap(),
+    let basic = |user: &str, secret: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
         )
+    };
+    let gateway = basic("gateway", "gateway-secret-0123456789");
+    let post_as =
+        |state: &Arc<ferry::http::AppState>, path: &str, body: String, auth: Option<&str>| {
+            let mut req = axum::http::Request::post(path)
+                .header("content-type", "application/x-www-form-urlencoded");
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            send(
+                ferry::http::app(Arc::clone(state)),
+                req.body(axum::body::Body::from(body)).unwrap(),
+            )
+        };
+    let post = |state: &Arc<ferry::http::AppState>, path: &str, body: String, auth: bool| {
+        post_as(state, path, body, auth.then_some(gateway.as_str()))
     };
     let unauth = post(&b, "/oauth2/introspect", form(&ferry_token), false).await;
     assert_eq!(unauth.status, 401);
+    assert_eq!(unauth.error(), "invalid_client");
+    assert!(
+        unauth.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    // Neither the admin token nor a wrong secret introspects.
+    for auth in [
+        "Bearer admin-token-0123456789".to_owned(),
+        basic("gateway", "gateway-secret-012345678X"),
+        basic("nobody", "gateway-secret-0123456789"),
+    ] {
+        let r = post_as(&b, "/oauth2/introspect", form(&ferry_token), Some(&auth)).await;
+        assert_eq!(r.status, 401, "{auth}");
+    }
     let active = post(&b, "/oauth2/introspect", form(&ferry_token), true).await;
     assert_eq!(active.status, 200);
     assert_eq!(active.body["active"], true);
@@ -670,6 +714,23 @@ async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
         .await;
     assert_eq!(again.status, 200);
     assert_ne!(again.body["access_token"], ferry_token.as_str());
+    // An issuer+sub revocation (the subject token's issuer and `sub`) makes the Ferry
+    // tokens already issued to that identity inactive.
+    let fresh = again.body["access_token"].as_str().unwrap().to_owned();
+    let active = post(&b, "/oauth2/introspect", form(&fresh), true).await;
+    assert_eq!(active.body["active"], true);
+    let runtime = a.runtime.load_full();
+    let revocation = runtime.revocation(
+        ferry::store::RevocationTarget::IssuerSub {
+            issuer: "fake".into(),
+            sub: "repo:acme/infra:ref:refs/heads/main".into(),
+        },
+        None,
+        h.now(),
+    );
+    a.services.store.revoke(&revocation).await.unwrap();
+    let inactive = post(&b, "/oauth2/introspect", form(&fresh), true).await;
+    assert_eq!(inactive.body, json!({"active": false}));
     // RFC 7009 §2.2: an unknown token still gets 200.
     assert_eq!(
         post(&a, "/oauth2/revoke", form("garbage"), false)
@@ -883,4 +944,63 @@ async fn when_the_lock_holder_dies_a_waiter_takes_over_after_the_lock_expires() 
     );
     assert_eq!(provider.calls(), 1, "the waiter took over and minted once");
     assert_eq!(slow.calls(), 0, "the dead holder never finished");
+}
+
+/// Fault matrix: Redis paused (`CLIENT PAUSE`, every command held): exchanges are answered
+/// 503 with `Retry-After` within the store timeout, never 500, a revoked subject is never
+/// granted, and service resumes by itself when the pause ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_redis_gives_503s_never_a_grant_revocation_refuses_and_recovers() {
+    let redis = RedisServer::start();
+    let (h, b, _side) = two_replicas(&redis.url(), None, "", None).await;
+    let a = Arc::clone(&h.state);
+    let revoked_token = || h.token(|c| c["sub"] = "revoked".into());
+    assert_eq!(
+        h.exchange_on(&a, &revoked_token(), "api", None)
+            .await
+            .status,
+        200
+    );
+    let runtime = a.runtime.load_full();
+    let revocation = runtime.revocation(
+        ferry::store::RevocationTarget::Subject {
+            subject: "fake:revoked".into(),
+        },
+        None,
+        h.now(),
+    );
+    a.services.store.revoke(&revocation).await.unwrap();
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
+    let paused = std::time::Instant::now();
+    let mut unavailable = 0;
+    while paused.elapsed() < Duration::from_millis(2000) {
+        for state in [&a, &b] {
+            let fresh = h
+                .exchange_on(state, &h.token(|c| c["sub"] = "fresh".into()), "api", None)
+                .await;
+            assert!(
+                fresh.status == 200 || fresh.status == 503,
+                "{:?}",
+                fresh.body
+            );
+            if fresh.status == 503 {
+                assert_eq!(fresh.error(), "temporarily_unavailable");
+                assert!(fresh.headers.contains_key("retry-after"));
+                unavailable += 1;
+            }
+            let r = h.exchange_on(state, &revoked_token(), "api", None).await;
+            assert_ne!(
+                r.status, 200,
+                "a revoked subject was granted during the pause"
+            );
+            assert_ne!(r.status, 500);
+        }
+    }
+    assert!(unavailable > 0, "the pause was not felt");
+    // The pause ends: both replicas serve again, and the revocation still holds.
+    let after = h.token(|c| c["sub"] = "after-pause".into());
+    let recovered = until_status(200, || h.exchange_on(&b, &after, "api", None)).await;
+    assert_eq!(recovered.status, 200, "{:?}", recovered.body);
+    let r = h.exchange_on(&a, &revoked_token(), "api", None).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
 }

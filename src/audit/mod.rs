@@ -2,6 +2,17 @@
 //! the previous line (`prev`) and its own (`hash`), so altering, removing or reordering a
 //! line breaks the chain. A rotated file starts with a `link` line that carries the last
 //! hash of the file before it.
+//!
+//! A hash chain alone has no key: whoever can edit the file can rewrite it and recompute
+//! every hash. So every `checkpoint_every` lines, when a file is rotated and at shutdown,
+//! Ferry appends a `checkpoint` line whose `signature` is a JWS, by Ferry's signing key,
+//! over the chain's head hash and line count. `ferry audit verify --jwks` checks them:
+//! a rewrite (even with recomputed hashes) no longer matches a signed head, a cut from
+//! the start leaves a first line that is neither the chain's genesis nor a rotation
+//! link, and a cut from the end leaves a trail whose last checkpoint is not a shutdown
+//! or rotation one. What cannot be told apart: lines cut after the last checkpoint of a
+//! trail that Ferry is still writing (or that ended in a crash), and a whole trail
+//! deleted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -10,6 +21,9 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
+
+/// Lines between two signed checkpoints unless `[audit] checkpoint_every` says otherwise.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 
 /// The `prev` of the first line of a new chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -62,7 +76,7 @@ pub struct AuditEvent {
 /// instead of per line. A writer writes one batch and hands the next to the first
 /// request waiting, so no request writes for long on others' behalf.
 pub struct AuditLog {
-    replica: String,
+    checkpoints: Checkpoints,
     stdout: bool,
     /// Whether `file` is set (read without the lock).
     has_file: bool,
@@ -101,7 +115,7 @@ enum Turn {
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("replica", &self.replica)
+            .field("replica", &self.checkpoints.replica)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +124,102 @@ impl std::fmt::Debug for AuditLog {
 struct ChainState {
     prev: String,
     seq: u64,
+    /// Lines sealed since the last checkpoint.
+    since_checkpoint: u64,
+}
+
+impl ChainState {
+    fn genesis() -> Self {
+        Self::at(GENESIS.into(), 0)
+    }
+
+    fn at(prev: String, seq: u64) -> Self {
+        Self {
+            prev,
+            seq,
+            since_checkpoint: 0,
+        }
+    }
+}
+
+/// Signs checkpoint claims: Ferry's issuer key (`FerryIssuer`), swapped on reload.
+pub trait CheckpointSigner: Send + Sync {
+    /// A compact JWS over `claims`, the key id in its header.
+    fn sign_checkpoint(&self, claims: &Map<String, Value>) -> Option<String>;
+}
+
+/// Why a checkpoint was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckpointReason {
+    /// `checkpoint_every` lines since the last one.
+    Interval,
+    /// The file is being rotated away (the last line of that file).
+    Rotation,
+    /// Ferry is stopping (the last line it writes).
+    Shutdown,
+}
+
+impl CheckpointReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Interval => "interval",
+            Self::Rotation => "rotation",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a checkpoint needs besides the chain: the replica, the signer, the cadence.
+struct Checkpoints {
+    replica: String,
+    every: u64,
+    signer: Mutex<Option<std::sync::Arc<dyn CheckpointSigner>>>,
+}
+
+impl Checkpoints {
+    /// The sealed checkpoint line for `chain`'s head, or `None` with no signer (or when
+    /// signing fails: the chain goes on, and the next checkpoint covers these lines).
+    fn line(&self, chain: &mut ChainState, reason: CheckpointReason) -> Option<String> {
+        let signer = self.signer.lock().ok()?.clone()?;
+        let time = unix_now();
+        let mut claims = Map::new();
+        claims.insert("typ".into(), "ferry-audit-checkpoint".into());
+        claims.insert("replica".into(), self.replica.clone().into());
+        claims.insert("count".into(), chain.seq.into());
+        claims.insert("head".into(), chain.prev.clone().into());
+        claims.insert("reason".into(), reason.as_str().into());
+        claims.insert("time".into(), time.into());
+        let signature = signer.sign_checkpoint(&claims)?;
+        let body = OpenObject::new(
+            &serde_json::json!({
+                "type": "checkpoint",
+                "replica": self.replica,
+                "time": time,
+                "time_rfc3339": rfc3339(time),
+                "reason": reason.as_str(),
+                "count": chain.seq,
+                "head": chain.prev,
+            }),
+            &[("signature", &signature)],
+        )?;
+        let line = seal(chain, &body);
+        chain.since_checkpoint = 0;
+        Some(line)
+    }
+
+    /// A checkpoint line when `checkpoint_every` lines have been sealed since the last.
+    fn due(&self, chain: &mut ChainState) -> Option<String> {
+        (self.every > 0 && chain.since_checkpoint >= self.every)
+            .then(|| self.line(chain, CheckpointReason::Interval))
+            .flatten()
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 struct ChainFile {
@@ -205,11 +315,9 @@ fn seal(chain: &mut ChainState, body: &OpenObject) -> String {
 
 impl ChainFile {
     fn open(path: &Path) -> std::io::Result<Self> {
-        let chain = last_link(path).unwrap_or(ChainState {
-            prev: GENESIS.into(),
-            seq: 0,
-        });
-        let file = open_append(path)?;
+        let chain = last_link(path).unwrap_or_else(ChainState::genesis);
+        let file = open_append(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("`{}`: {e}", path.display())))?;
         let identity = file.metadata().ok().as_ref().and_then(file_identity);
         Ok(Self {
             path: path.to_path_buf(),
@@ -219,15 +327,22 @@ impl ChainFile {
         })
     }
 
-    /// Reopens when the path no longer names the open file (logrotate moved it), starting
-    /// the new file with a link to the old chain.
-    fn follow_rotation(&mut self, replica: &str) -> std::io::Result<()> {
+    /// Reopens when the path no longer names the open file (logrotate moved it): the old
+    /// file ends with a rotation checkpoint, the new one starts with a link to the chain.
+    fn follow_rotation(&mut self, checkpoints: &Checkpoints) -> std::io::Result<()> {
+        let replica = checkpoints.replica.as_str();
         let current = std::fs::metadata(&self.path)
             .ok()
             .as_ref()
             .and_then(file_identity);
         if current.is_some() && current == self.identity {
             return Ok(());
+        }
+        let before = self.chain.clone();
+        if let Some(line) = checkpoints.line(&mut self.chain, CheckpointReason::Rotation)
+            && self.file.write_all(line.as_bytes()).is_err()
+        {
+            self.chain = before;
         }
         self.file = open_append(&self.path)?;
         self.identity = self.file.metadata().ok().as_ref().and_then(file_identity);
@@ -246,6 +361,45 @@ impl ChainFile {
         self.file.write_all(line.as_bytes())?;
         Ok(())
     }
+}
+
+/// Whether the audit trail could be opened at `path` (what `ferry serve` does at start),
+/// checked without writing to it: an existing file must open for appending; otherwise
+/// every existing ancestor must be a directory and the nearest one writable. The error
+/// names the path that is in the way.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        if !path.is_file() {
+            return Err(format!(
+                "`{}` exists and is not a regular file",
+                path.display()
+            ));
+        }
+        return OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("`{}` cannot be opened for appending: {e}", path.display()));
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        if d.exists() {
+            if !d.is_dir() {
+                return Err(format!("`{}` is not a directory", d.display()));
+            }
+            // An unnamed temporary file: created and gone, nothing left behind.
+            return tempfile::tempfile_in(d)
+                .map(drop)
+                .map_err(|e| format!("cannot create files in `{}`: {e}", d.display()));
+        }
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -274,33 +428,32 @@ fn last_link(path: &Path) -> Option<ChainState> {
                 m.get("seq").and_then(Value::as_u64),
             )
         {
-            last = Some(ChainState {
-                prev: hash.to_owned(),
-                seq,
-            });
+            last = Some(ChainState::at(hash.to_owned(), seq));
         }
     }
     last
 }
 
 impl AuditLog {
-    /// An audit log writing to `file` and/or stdout, tagging lines with `replica`.
+    /// An audit log writing to `file` and/or stdout, tagging lines with `replica`, with a
+    /// signed checkpoint every [`DEFAULT_CHECKPOINT_EVERY`] lines once a signer is set.
     pub fn open(file: Option<&Path>, stdout: bool, replica: String) -> std::io::Result<Self> {
         let file = match file {
             Some(p) => Some(ChainFile::open(p)?),
             None => None,
         };
         Ok(Self {
-            replica,
+            checkpoints: Checkpoints {
+                replica,
+                every: DEFAULT_CHECKPOINT_EVERY,
+                signer: Mutex::new(None),
+            },
             stdout,
             has_file: file.is_some(),
             state: Mutex::new(Commit {
                 sinks: Some(Sinks {
                     file,
-                    stdout_chain: ChainState {
-                        prev: GENESIS.into(),
-                        seq: 0,
-                    },
+                    stdout_chain: ChainState::genesis(),
                 }),
                 queue: Vec::new(),
                 writing: false,
@@ -308,10 +461,55 @@ impl AuditLog {
         })
     }
 
+    /// Checkpoints every `every` lines (0: only at rotation and shutdown).
+    pub fn with_checkpoint_every(mut self, every: u64) -> Self {
+        self.checkpoints.every = every;
+        self
+    }
+
+    /// Signs checkpoints with `signer` from now on (at start, and after each reload).
+    pub fn set_signer(&self, signer: std::sync::Arc<dyn CheckpointSigner>) {
+        if let Ok(mut s) = self.checkpoints.signer.lock() {
+            *s = Some(signer);
+        }
+    }
+
+    /// Writes the shutdown checkpoint to every sink: the last line Ferry writes, which
+    /// tells a complete trail from one whose end was cut. Call once nothing else writes.
+    pub fn close(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let Some(sinks) = state.sinks.as_mut() else {
+            return;
+        };
+        if let Some(f) = &mut sinks.file {
+            let before = f.chain.clone();
+            if let Some(line) = self
+                .checkpoints
+                .line(&mut f.chain, CheckpointReason::Shutdown)
+                && f.file.write_all(line.as_bytes()).is_err()
+            {
+                f.chain = before;
+            }
+        }
+        if self.stdout
+            && let Some(line) = self
+                .checkpoints
+                .line(&mut sinks.stdout_chain, CheckpointReason::Shutdown)
+        {
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+    }
+
     /// A log that records nothing.
     pub fn disabled() -> Self {
         Self {
-            replica: String::new(),
+            checkpoints: Checkpoints {
+                replica: String::new(),
+                every: 0,
+                signer: Mutex::new(None),
+            },
             stdout: false,
             has_file: false,
             state: Mutex::new(Commit {
@@ -337,7 +535,7 @@ impl AuditLog {
             event,
             &[
                 ("type", "decision"),
-                ("replica", &self.replica),
+                ("replica", &self.checkpoints.replica),
                 ("time_rfc3339", &rfc3339(event.time)),
             ],
         ) else {
@@ -437,12 +635,15 @@ impl AuditLog {
     /// failed (every line of the batch is then reported as not written).
     fn write_batch(&self, sinks: &mut Sinks, batch: &[Queued]) -> bool {
         let mut ok = true;
+        let checkpoints = &self.checkpoints;
         if let Some(f) = &mut sinks.file {
-            ok &= f.follow_rotation(&self.replica).is_ok()
-                && append(&mut f.chain, batch, |lines| f.file.write_all(lines));
+            ok &= f.follow_rotation(checkpoints).is_ok()
+                && append(&mut f.chain, batch, checkpoints, |lines| {
+                    f.file.write_all(lines)
+                });
         }
         if self.stdout {
-            ok &= append(&mut sinks.stdout_chain, batch, |lines| {
+            ok &= append(&mut sinks.stdout_chain, batch, checkpoints, |lines| {
                 std::io::stdout().lock().write_all(lines)
             });
         }
@@ -450,17 +651,23 @@ impl AuditLog {
     }
 }
 
-/// Seals `batch` onto `chain` and writes it with one `write`; when that fails the chain
-/// is left as it was, so the next line links to the last one written.
+/// Seals `batch` onto `chain` (with a checkpoint wherever one falls due) and writes it
+/// with one `write`; when that fails the chain is left as it was, so the next line links
+/// to the last one written.
 fn append(
     chain: &mut ChainState,
     batch: &[Queued],
+    checkpoints: &Checkpoints,
     write: impl FnOnce(&[u8]) -> std::io::Result<()>,
 ) -> bool {
     let before = chain.clone();
     let mut lines = String::new();
     for q in batch {
         lines.push_str(&seal(chain, &q.body));
+        chain.since_checkpoint += 1;
+        if let Some(checkpoint) = checkpoints.due(chain) {
+            lines.push_str(&checkpoint);
+        }
     }
     let ok = write(lines.as_bytes()).is_ok();
     if !ok {
@@ -504,11 +711,99 @@ pub struct ChainBreak {
     pub problem: String,
 }
 
-/// Verifies files in order (oldest first). Returns the number of lines checked, or the
-/// first break.
-pub fn verify_files(paths: &[PathBuf]) -> Result<usize, ChainBreak> {
-    let mut prev: Option<(String, u64)> = None;
-    let mut checked = 0;
+/// Keys that checkpoint signatures are checked against.
+pub enum CheckpointKeys {
+    /// A JWKS document: Ferry's `/.well-known/jwks.json` (it keeps retired keys
+    /// published, so checkpoints signed before a rotation still verify).
+    Jwks(jsonwebtoken::jwk::JwkSet),
+    /// One public key, PEM (RSA, EC or Ed25519).
+    Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for CheckpointKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Jwks(set) => write!(f, "CheckpointKeys::Jwks({} keys)", set.keys.len()),
+            Self::Pem(_) => f.write_str("CheckpointKeys::Pem"),
+        }
+    }
+}
+
+impl CheckpointKeys {
+    /// A JWKS document's keys.
+    pub fn from_jwks(document: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(document)
+            .map(Self::Jwks)
+            .map_err(|e| format!("not a JWKS document: {e}"))
+    }
+
+    /// The claims of a checkpoint signature that verifies with these keys.
+    fn verify(&self, jws: &str) -> Result<Map<String, Value>, String> {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let header =
+            jsonwebtoken::decode_header(jws).map_err(|e| format!("malformed signature: {e}"))?;
+        let alg = header.alg;
+        let key = match self {
+            Self::Jwks(set) => {
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or("the signature names no key (`kid`)")?;
+                let jwk = set.find(kid).ok_or_else(|| {
+                    format!("key `{}` is not in the JWKS", crate::text::echo(kid))
+                })?;
+                DecodingKey::from_jwk(jwk).map_err(|e| format!("key `{kid}`: {e}"))?
+            }
+            Self::Pem(pem) => match alg {
+                Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512 => DecodingKey::from_rsa_pem(pem),
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+                _ => return Err(format!("algorithm {alg:?} is not accepted")),
+            }
+            .map_err(|e| format!("the key: {e}"))?,
+        };
+        // Never a shared-secret algorithm: the verifier's key is public.
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(format!("algorithm {alg:?} is not accepted"));
+        }
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        jsonwebtoken::decode::<Map<String, Value>>(jws, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| format!("signature does not verify: {e}"))
+    }
+}
+
+/// What a verified trail holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// Lines checked (checkpoints and links included).
+    pub lines: usize,
+    /// Checkpoint lines whose signature verified (0 when no keys were given).
+    pub checkpoints: usize,
+    /// Lines after the last verified checkpoint: covered by the chain only.
+    pub unsigned_tail: usize,
+    /// Whether the trail ends with a shutdown or rotation checkpoint (a trail still
+    /// being written, or cut at its end, does not).
+    pub closed: bool,
+}
+
+/// Verifies files in order (oldest first): the hash chain, that it starts at its
+/// genesis or a rotation link, and — with `keys` — every checkpoint's signature, head
+/// and count. Returns what was found, or the first break.
+pub fn verify_files(
+    paths: &[PathBuf],
+    keys: Option<&CheckpointKeys>,
+) -> Result<VerifyReport, ChainBreak> {
+    let mut texts = Vec::with_capacity(paths.len());
     for path in paths {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ChainBreak {
@@ -516,6 +811,19 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<usize, ChainBreak> {
             line: 0,
             problem: format!("cannot read: {e}"),
         })?;
+        texts.push((file, text));
+    }
+    verify_texts(&texts, keys)
+}
+
+/// [`verify_files`] over the files' contents: `(name, text)`, oldest first.
+pub fn verify_texts(
+    texts: &[(String, String)],
+    keys: Option<&CheckpointKeys>,
+) -> Result<VerifyReport, ChainBreak> {
+    let mut prev: Option<(String, u64)> = None;
+    let mut report = VerifyReport::default();
+    for (file, text) in texts {
         for (i, line) in text.lines().enumerate() {
             let brk = |problem: String| ChainBreak {
                 file: file.clone(),
@@ -534,27 +842,88 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<usize, ChainBreak> {
                 .unwrap_or("")
                 .to_owned();
             let seq = body.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            let kind = body.get("type").and_then(Value::as_str).unwrap_or("");
             if line_hash(&line_prev, &body) != hash {
                 return Err(brk(
                     "hash does not match the line's content (line altered)".into()
                 ));
             }
-            // The first line anchors the chain: it may start mid-chain when older files
-            // are not given.
-            if let Some((p, s)) = &prev
-                && (line_prev != *p || seq != s + 1)
-            {
-                return Err(brk(format!(
-                    "chain broken: expected seq {} after hash {}…, found seq {seq} (a line before it was removed, or lines were reordered)",
-                    s + 1,
-                    p.get(..12).unwrap_or(p)
-                )));
+            match &prev {
+                Some((p, s)) if line_prev != *p || seq != s + 1 => {
+                    return Err(brk(format!(
+                        "chain broken: expected seq {} after hash {}…, found seq {seq} (a line before it was removed, or lines were reordered)",
+                        s + 1,
+                        p.get(..12).unwrap_or(p)
+                    )));
+                }
+                Some(_) => {}
+                // The first line: the chain's genesis, or a rotated file's link to the
+                // file before it (given, or not).
+                None if (seq == 1 && line_prev == GENESIS) || kind == "link" => {}
+                None => {
+                    return Err(brk(format!(
+                        "the trail starts mid-chain (seq {seq}, not a rotation link): lines were cut from its start, or older files are missing"
+                    )));
+                }
+            }
+            if kind == "checkpoint" {
+                if let Some(keys) = keys {
+                    check_checkpoint(keys, &body, &line_prev, seq).map_err(brk)?;
+                    report.checkpoints += 1;
+                    report.unsigned_tail = 0;
+                } else {
+                    report.unsigned_tail += 1;
+                }
+                report.closed = matches!(
+                    body.get("reason").and_then(Value::as_str),
+                    Some("shutdown" | "rotation")
+                );
+            } else {
+                report.unsigned_tail += 1;
+                report.closed = false;
             }
             prev = Some((hash, seq));
-            checked += 1;
+            report.lines += 1;
         }
     }
-    Ok(checked)
+    if keys.is_some() && report.lines > 0 && report.checkpoints == 0 {
+        return Err(ChainBreak {
+            file: texts.last().map(|(f, _)| f.clone()).unwrap_or_default(),
+            line: 0,
+            problem: "no signed checkpoint: nothing anchors these lines to Ferry's key".into(),
+        });
+    }
+    Ok(report)
+}
+
+/// A checkpoint line's signature verifies, and what it signed is this line's head and
+/// count: the hash and seq of the line before it.
+fn check_checkpoint(
+    keys: &CheckpointKeys,
+    body: &Map<String, Value>,
+    line_prev: &str,
+    seq: u64,
+) -> Result<(), String> {
+    let jws = body
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or("checkpoint without a signature")?;
+    let signed = keys.verify(jws).map_err(|e| format!("checkpoint {e}"))?;
+    let field = |m: &Map<String, Value>, k: &str| m.get(k).cloned().unwrap_or(Value::Null);
+    if field(&signed, "typ") != "ferry-audit-checkpoint" {
+        return Err("the signature is not over a checkpoint".into());
+    }
+    for k in ["replica", "count", "head", "reason", "time"] {
+        if field(&signed, k) != field(body, k) {
+            return Err(format!(
+                "checkpoint `{k}` differs from what was signed (line altered)"
+            ));
+        }
+    }
+    if field(&signed, "head") != line_prev || field(&signed, "count") != seq.saturating_sub(1) {
+        return Err("the signed head is not this chain's (lines before it were rewritten)".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -585,7 +954,10 @@ mod tests {
         for n in 0..5 {
             assert!(log.record(&event(n)).await);
         }
-        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(5));
+        assert_eq!(
+            verify_files(std::slice::from_ref(&path), None).map(|r| r.lines),
+            Ok(5)
+        );
 
         let original = std::fs::read_to_string(&path)?;
         let lines: Vec<&str> = original.lines().collect();
@@ -603,7 +975,8 @@ mod tests {
             })
             .collect();
         std::fs::write(&path, altered.join("\n") + "\n")?;
-        let e = verify_files(std::slice::from_ref(&path))
+        let e = verify_files(std::slice::from_ref(&path), None)
+            .map(|r| r.lines)
             .err()
             .ok_or("must fail")?;
         assert_eq!(e.line, 3);
@@ -617,7 +990,8 @@ mod tests {
             .map(|(_, l)| *l)
             .collect();
         std::fs::write(&path, removed.join("\n") + "\n")?;
-        let e = verify_files(std::slice::from_ref(&path))
+        let e = verify_files(std::slice::from_ref(&path), None)
+            .map(|r| r.lines)
             .err()
             .ok_or("must fail")?;
         assert_eq!(e.line, 2);
@@ -627,7 +1001,8 @@ mod tests {
         let mut swapped = lines.clone();
         swapped.swap(3, 4);
         std::fs::write(&path, swapped.join("\n") + "\n")?;
-        let e = verify_files(std::slice::from_ref(&path))
+        let e = verify_files(std::slice::from_ref(&path), None)
+            .map(|r| r.lines)
             .err()
             .ok_or("must fail")?;
         assert_eq!(e.line, 4);
@@ -646,7 +1021,10 @@ mod tests {
         }
         let log = AuditLog::open(Some(&path), false, "r1".into())?;
         assert!(log.record(&event(3)).await);
-        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(3));
+        assert_eq!(
+            verify_files(std::slice::from_ref(&path), None).map(|r| r.lines),
+            Ok(3)
+        );
 
         // logrotate moves the file away; the next line starts a new file with a link.
         let rotated = dir.path().join("audit.log.1");
@@ -661,9 +1039,16 @@ mod tests {
                 .unwrap_or("")
                 .contains("\"type\":\"link\"")
         );
-        assert_eq!(verify_files(&[rotated.clone(), path.clone()]), Ok(3 + 3));
+        assert_eq!(
+            verify_files(&[rotated.clone(), path.clone()], None).map(|r| r.lines),
+            Ok(3 + 3)
+        );
         // Out of order, the link does not match.
-        assert!(verify_files(&[path.clone(), rotated.clone()]).is_err());
+        assert!(
+            verify_files(&[path.clone(), rotated.clone()], None)
+                .map(|r| r.lines)
+                .is_err()
+        );
         Ok(())
     }
 
@@ -681,7 +1066,10 @@ mod tests {
         for t in tasks {
             assert!(t.await?);
         }
-        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(400));
+        assert_eq!(
+            verify_files(std::slice::from_ref(&path), None).map(|r| r.lines),
+            Ok(400)
+        );
         let text = std::fs::read_to_string(&path)?;
         let mut ids: Vec<String> = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -727,30 +1115,38 @@ mod tests {
         }
         drop(queued);
         // Its line was written on the way out, and the queue is free again.
-        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(1));
+        assert_eq!(
+            verify_files(std::slice::from_ref(&path), None).map(|r| r.lines),
+            Ok(1)
+        );
         assert!(!log.state.lock().map_err(|_| "poisoned")?.writing);
         assert!(log.record(&event(2)).await);
-        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(2));
+        assert_eq!(
+            verify_files(std::slice::from_ref(&path), None).map(|r| r.lines),
+            Ok(2)
+        );
         Ok(())
     }
 
     #[tokio::test]
     async fn a_failed_write_leaves_the_chain_at_the_last_line_written()
     -> Result<(), Box<dyn std::error::Error>> {
-        let mut chain = ChainState {
-            prev: GENESIS.into(),
-            seq: 0,
+        let mut chain = ChainState::genesis();
+        let none = Checkpoints {
+            replica: "r1".into(),
+            every: 0,
+            signer: Mutex::new(None),
         };
         let batch = [Queued {
             body: OpenObject::new(&event(1), &[("type", "decision")]).ok_or("serializes")?,
             done: None,
         }];
-        assert!(!append(&mut chain, &batch, |_| Err(std::io::Error::other(
-            "disk full"
-        ))));
+        assert!(!append(&mut chain, &batch, &none, |_| Err(
+            std::io::Error::other("disk full")
+        )));
         assert_eq!((chain.seq, chain.prev.as_str()), (0, GENESIS));
         let mut written = Vec::new();
-        assert!(append(&mut chain, &batch, |b| {
+        assert!(append(&mut chain, &batch, &none, |b| {
             written.extend_from_slice(b);
             Ok(())
         }));
@@ -784,11 +1180,174 @@ mod tests {
         // Writable again: the chain starts where the last written line left it.
         swap(open_append(&path)?)?;
         assert!(log.record(&event(3)).await);
-        assert_eq!(verify_files(std::slice::from_ref(&path)), Ok(1));
+        assert_eq!(
+            verify_files(std::slice::from_ref(&path), None).map(|r| r.lines),
+            Ok(1)
+        );
         let line: Map<String, Value> =
             serde_json::from_str(std::fs::read_to_string(&path)?.trim())?;
         assert_eq!(line.get("seq").and_then(Value::as_u64), Some(1));
         assert_eq!(line.get("request_id").and_then(Value::as_str), Some("r3"));
+        Ok(())
+    }
+
+    /// A log (checkpoints every 3 lines) signed by a fresh issuer key; its JWKS.
+    fn signed_log()
+    -> Result<(tempfile::TempDir, PathBuf, AuditLog, CheckpointKeys), Box<dyn std::error::Error>>
+    {
+        let (dir, path, log) = temp_log()?;
+        let log = log.with_checkpoint_every(3);
+        let clock = crate::clock::ManualClock::new(1_700_000_000);
+        let keys = crate::issuer::keys::KeyRing::ephemeral(jsonwebtoken::Algorithm::ES256, 0)?;
+        let issuer = std::sync::Arc::new(crate::issuer::FerryIssuer::new(
+            "https://ferry.test",
+            keys,
+            clock,
+            &[],
+        ));
+        log.set_signer(issuer.clone());
+        let jwks = CheckpointKeys::from_jwks(issuer.jwks_document())?;
+        Ok((dir, path, log, jwks))
+    }
+
+    /// Rewrites every line through `edit` and recomputes the whole chain: what someone
+    /// who can edit the file but not sign can do.
+    fn rewrite(path: &Path, edit: impl Fn(&mut Map<String, Value>)) -> std::io::Result<()> {
+        let text = std::fs::read_to_string(path)?;
+        let mut prev = GENESIS.to_owned();
+        let mut out = String::new();
+        for line in text.lines() {
+            let mut m: Map<String, Value> = serde_json::from_str(line)?;
+            m.remove("hash");
+            edit(&mut m);
+            m.insert("prev".into(), prev.clone().into());
+            let hash = line_hash(&prev, &m);
+            m.insert("hash".into(), hash.clone().into());
+            out.push_str(&serde_json::to_string(&m)?);
+            out.push('\n');
+            prev = hash;
+        }
+        std::fs::write(path, out)
+    }
+
+    #[tokio::test]
+    async fn signed_checkpoints_detect_rewriting_and_cuts() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (_dir, path, log, jwks) = signed_log()?;
+        for n in 0..7 {
+            assert!(log.record(&event(n)).await);
+        }
+        log.close();
+        let original = std::fs::read_to_string(&path)?;
+        let kinds: Vec<String> = original
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        // 7 decisions, a checkpoint after every third, one at shutdown.
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "checkpoint").count(),
+            3,
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.last().map(String::as_str), Some("checkpoint"));
+        let paths = std::slice::from_ref(&path);
+        let report = verify_files(paths, Some(&jwks))?;
+        assert_eq!(
+            report,
+            VerifyReport {
+                lines: 10,
+                checkpoints: 3,
+                unsigned_tail: 0,
+                closed: true
+            }
+        );
+
+        // Every allow rewritten to deny, hashes recomputed: the chain alone still holds,
+        // the signed heads do not.
+        rewrite(&path, |m| {
+            if m.get("decision").is_some() {
+                m.insert("decision".into(), "deny".into());
+            }
+        })?;
+        assert!(
+            verify_files(paths, None).is_ok(),
+            "a keyless chain cannot tell"
+        );
+        let e = verify_files(paths, Some(&jwks)).err().ok_or("must fail")?;
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.problem.contains("rewritten"), "{e}");
+
+        // The checkpoint's own head rewritten to match: it no longer matches its signature.
+        std::fs::write(&path, &original)?;
+        rewrite(&path, |m| {
+            if m.get("decision").is_some() {
+                m.insert("decision".into(), "deny".into());
+            }
+        })?;
+        let text = std::fs::read_to_string(&path)?;
+        let head_of_line_3 = serde_json::from_str::<Value>(text.lines().nth(2).ok_or("3")?)?
+            .get("hash")
+            .cloned()
+            .ok_or("hash")?;
+        rewrite(&path, |m| {
+            if m.get("type").and_then(Value::as_str) == Some("checkpoint")
+                && m.get("count").and_then(Value::as_u64) == Some(3)
+            {
+                m.insert("head".into(), head_of_line_3.clone());
+            }
+        })?;
+        let e = verify_files(paths, Some(&jwks)).err().ok_or("must fail")?;
+        assert!(e.problem.contains("differs from what was signed"), "{e}");
+
+        // Cut from the start: the first line is not the genesis.
+        let lines: Vec<&str> = original.lines().collect();
+        std::fs::write(&path, lines.get(2..).ok_or("cut")?.join("\n") + "\n")?;
+        let e = verify_files(paths, Some(&jwks)).err().ok_or("must fail")?;
+        assert_eq!(e.line, 1);
+        assert!(e.problem.contains("starts mid-chain"), "{e}");
+
+        // Cut from the end (the shutdown checkpoint and the line before it): it verifies,
+        // but the report says it is not closed.
+        std::fs::write(&path, lines.get(..8).ok_or("cut")?.join("\n") + "\n")?;
+        let report = verify_files(paths, Some(&jwks))?;
+        assert!(!report.closed);
+        assert_eq!((report.checkpoints, report.unsigned_tail), (2, 0));
+        std::fs::write(&path, lines.get(..9).ok_or("cut")?.join("\n") + "\n")?;
+        let report = verify_files(paths, Some(&jwks))?;
+        assert_eq!((report.closed, report.unsigned_tail), (false, 1));
+
+        // Another key: nothing verifies.
+        std::fs::write(&path, &original)?;
+        let (_d2, _p2, _l2, other) = signed_log()?;
+        let e = verify_files(paths, Some(&other)).err().ok_or("must fail")?;
+        assert!(
+            e.problem.contains("not in the JWKS") || e.problem.contains("verify"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn rotation_ends_the_old_file_with_a_checkpoint() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (dir, path, log, jwks) = signed_log()?;
+        assert!(log.record(&event(1)).await);
+        let rotated = dir.path().join("audit.log.1");
+        std::fs::rename(&path, &rotated)?;
+        assert!(log.record(&event(2)).await);
+        log.close();
+        let old = verify_files(std::slice::from_ref(&rotated), Some(&jwks))?;
+        assert!(old.closed && old.checkpoints == 1, "{old:?}");
+        // The new file alone starts with its link; both in order verify as one chain.
+        let new = verify_files(std::slice::from_ref(&path), Some(&jwks))?;
+        assert!(new.closed, "{new:?}");
+        let both = verify_files(&[rotated, path], Some(&jwks))?;
+        assert_eq!((both.lines, both.checkpoints), (5, 2));
         Ok(())
     }
 }

@@ -171,15 +171,23 @@ fn config_text(dir: &Path, redis: Option<(&str, &Path, &str)>) -> String {
             dir.join(format!("{id}.jwks.json")).display()
         )
     };
-    let store = match redis {
-        Some((url, key, more)) => format!(
-            "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"{}\"\n{more}",
-            key.display()
+    // Replicas sharing Redis share signing keys too (`bench_keys`); alone, an ephemeral
+    // key will do.
+    let (store, signing) = match redis {
+        Some((url, key, more)) => (
+            format!(
+                "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nencryption_key_file = \"{}\"\n{more}",
+                key.display()
+            ),
+            format!("keys_dir = \"{}\"", dir.join("keys").display()),
         ),
-        None => "[store]\nbackend = \"memory\"\n".to_owned(),
+        None => (
+            "[store]\nbackend = \"memory\"\n".to_owned(),
+            "ephemeral = true".to_owned(),
+        ),
     };
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:9\"\n[signing]\nephemeral = true\n[reload]\nwatch = false\n{store}\n{}{}\
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:9\"\n[signing]\n{signing}\n[reload]\nwatch = false\n{store}\n{}{}\
          [[targets]]\nid = \"api\"\nkind = \"jwt\"\naudience = \"https://api\"\nttl = \"1h\"\n\
          [[targets]]\nid = \"miss0\"\nkind = \"jwt\"\naudience = \"https://miss0\"\nttl = \"1h\"\n\
          [[targets]]\nid = \"miss50\"\nkind = \"jwt\"\naudience = \"https://miss50\"\nttl = \"1h\"\n\
@@ -1335,6 +1343,9 @@ fn write_setup(dir: &Path) -> anyhow::Result<(Issuer, Issuer)> {
         "@id(\"bench\")\npermit(principal, action, resource) when { principal.attributes.repository == \"acme/infra\" };\n",
     )?;
     std::fs::write(dir.join("store.key"), hex::encode([7u8; 32]))?;
+    // Signing keys for the Redis servers (an ephemeral key cannot be shared).
+    ferry::issuer::KeyDir::new(dir.join("keys"))
+        .generate(Algorithm::RS256, ferry::clock::SystemClock.now())?;
     Ok((rs, es))
 }
 
@@ -1699,8 +1710,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
     // B5 ran with an audit trail: every exchange it made must have left a line, and the
     // lines its concurrent requests wrote (by group commit) must form one valid chain.
-    let audit_chain = ferry::audit::verify_files(std::slice::from_ref(&audit_log));
-    let audit_lines = audit_chain.as_ref().map_or(0, |n| *n);
+    let audit_chain = ferry::audit::verify_files(std::slice::from_ref(&audit_log), None);
+    let audit_lines = audit_chain.as_ref().map_or(0, |r| r.lines);
     let ((rs_cost, es_cost), (rs_jwt, es_jwt)) = verify_cost(&rs, &es)?;
     let redis_rtt = match &redis {
         Some((_, port)) => Some(redis_round_trip_us(*port, 5_000)?),

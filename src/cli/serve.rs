@@ -67,7 +67,7 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
                 flights: SingleFlight::default(),
             },
         )
-        .context("cannot open the audit log")?;
+        .map_err(|e| anyhow::anyhow!("cannot open the audit log: {e}"))?;
         #[cfg(unix)]
         let _hup = ferry::http::reload::spawn_sighup(Arc::clone(&state))
             .context("cannot install the SIGHUP handler")?;
@@ -79,11 +79,15 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, %revision, "ferry serving");
+        let closing = Arc::clone(&state);
         let limits =
             ferry::http::server::ConnectionLimits::from_config(&state.runtime.load().config.server);
         ferry::http::server::Server::new(listener, app(state), limits)
             .run(shutdown_signal())
             .await;
+        // The last audit line: a signed shutdown checkpoint (a trail without one was cut,
+        // or Ferry did not stop cleanly).
+        closing.audit.close();
         tracing::info!("ferry stopped");
         Ok(ExitCode::SUCCESS)
     });

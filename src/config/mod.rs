@@ -83,7 +83,6 @@ impl ConfigErrors {
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[server]`.
     pub server: ServerConfig,
@@ -111,6 +110,9 @@ pub struct Config {
     /// `[admin]`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[introspection]`.
+    #[serde(default)]
+    pub introspection: IntrospectionConfig,
     /// `[reload]`.
     #[serde(default)]
     pub reload: ReloadConfig,
@@ -154,7 +156,6 @@ impl ConfigSource {
 
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Socket address to listen on.
     pub listen: String,
@@ -192,7 +193,6 @@ fn default_request_timeout() -> ConfigDuration {
 
 /// `[store]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `memory` (the embedded default) or `redis`.
     #[serde(default = "default_backend")]
@@ -282,7 +282,6 @@ fn d_10s() -> ConfigDuration {
 
 /// `[telemetry]`: logs and traces.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Log filter when `RUST_LOG` is unset (`info`, `ferry=debug,warn`, …).
     pub log_level: Option<String>,
@@ -295,7 +294,6 @@ pub struct TelemetryConfig {
 
 /// `[rate_limits]`: fixed windows, counted in the store (so across replicas with Redis).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RateLimitsConfig {
     /// Per canonical subject.
     pub per_subject: Option<RateLimit>,
@@ -305,7 +303,6 @@ pub struct RateLimitsConfig {
 
 /// One limit: at most `requests` per `window`.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Requests allowed per window.
     pub requests: u64,
@@ -322,7 +319,6 @@ fn default_max_entries() -> u64 {
 
 /// `[signing]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SigningConfig {
     /// Algorithm of Ferry's keys.
     #[serde(default = "default_signing_alg")]
@@ -350,7 +346,6 @@ fn default_signing_alg() -> String {
 
 /// `[jwks]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct JwksConfig {
     /// Refresh interval when the issuer sends no Cache-Control.
     #[serde(default = "d_1h")]
@@ -410,7 +405,6 @@ fn d_24h() -> ConfigDuration {
 
 /// `[[issuers]]`: one trusted token issuer.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Short id used in policies, logs and errors.
     pub id: String,
@@ -454,7 +448,6 @@ fn default_algorithms() -> Vec<String> {
 
 /// `[issuers.mapping]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MappingConfig {
     /// CEL giving the canonical subject.
     pub subject: String,
@@ -490,8 +483,7 @@ pub struct TargetConfig {
 }
 
 /// `[audit]`: the tamper-evident decision log.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct AuditConfig {
     /// Append hash-chained JSON lines here (rotation-safe).
     pub file: Option<PathBuf>,
@@ -500,19 +492,53 @@ pub struct AuditConfig {
     pub stdout: bool,
     /// This replica's id in every line (default: `$HOSTNAME`, else `ferry`).
     pub replica_id: Option<String>,
+    /// Lines between two signed checkpoints (also written at rotation and shutdown).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            stdout: false,
+            replica_id: None,
+            checkpoint_every: default_checkpoint_every(),
+        }
+    }
+}
+
+fn default_checkpoint_every() -> u64 {
+    crate::audit::DEFAULT_CHECKPOINT_EVERY
 }
 
 /// `[admin]`: the operator API under `/admin`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// A file holding the bearer token for `/admin` (absent: the admin API is off).
     pub token_file: Option<PathBuf>,
 }
 
+/// `[introspection]`: the resource servers that may introspect Ferry's tokens (RFC 7662),
+/// each with its own secret — not the admin token, which can also reload and revoke.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IntrospectionConfig {
+    /// `[[introspection.clients]]` (none: introspection is off).
+    #[serde(default)]
+    pub clients: Vec<IntrospectionClient>,
+}
+
+/// One introspection client: HTTP Basic `name:secret` (RFC 7662 §2.1, RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntrospectionClient {
+    /// The client id.
+    pub name: String,
+    /// A file holding its secret (at least 16 characters).
+    pub secret_file: PathBuf,
+}
+
 /// `[reload]`: live configuration reload.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReloadConfig {
     /// Watch the config, policy and JWKS files and reload when they change.
     #[serde(default = "default_true")]
@@ -540,7 +566,6 @@ fn d_2s() -> ConfigDuration {
 
 /// `[policy]`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Cedar files (globs allowed), relative to the config file.
     #[serde(default)]
@@ -570,7 +595,12 @@ impl Config {
                 return Err(errs);
             }
         };
-        let mut config: Config = match toml::from_str(&text) {
+        // Unknown keys are collected (all of them, not the first) rather than refused by
+        // serde: every struct here would otherwise stop at one.
+        let mut unknown = Vec::new();
+        let parsed = toml::de::Deserializer::parse(&text)
+            .and_then(|de| serde_ignored::deserialize(de, |path| unknown.push(path.to_string())));
+        let mut config: Config = match parsed {
             Ok(c) => c,
             Err(e) => {
                 let entry = e
@@ -587,6 +617,21 @@ impl Config {
                 return Err(errs);
             }
         };
+        for key in unknown {
+            // The line of the first `name =` with this key's last segment: a hint, since
+            // serde reports the path and not the place.
+            let name = key.rsplit('.').next().unwrap_or(&key);
+            let line = text.lines().position(|l| {
+                l.trim_start()
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            let problem = match line {
+                Some(i) => format!("unknown key (line {})", i + 1),
+                None => "unknown key".to_owned(),
+            };
+            errs.push(&file, key, problem);
+        }
         config.source = ConfigSource {
             path: path.to_path_buf(),
             bytes,

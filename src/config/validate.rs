@@ -104,6 +104,16 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
     }
 
     let st = &config.store;
+    if config.signing.ephemeral && st.backend == "redis" {
+        // Replicas share cached tokens through Redis; each would sign with its own
+        // ephemeral key, and hand out another replica's token that fails against its
+        // own JWKS.
+        errs.push(
+            file,
+            "signing.ephemeral",
+            "cannot be used with the redis store (replicas would each sign with their own key); use keys_dir",
+        );
+    }
     match st.backend.as_str() {
         "memory" => {}
         "redis" => {

@@ -399,16 +399,24 @@ pub async fn exchange(
             return hit(credential, identity, decision);
         }
     };
-    let minted = mint(rt, svc, &target, &identity, &req, &key, request_id, trace).await;
+    // Covered by the same subject, target and issuer/sub revocations as the request
+    // (not its subject token's `jti`: a revoked subject token is refused above), and by a
+    // revocation of the credential's own id.
+    let identity_fields = fields
+        .get(..if token.sub().is_some() { 3 } else { 2 })
+        .unwrap_or(&fields);
+    let minted = mint(
+        rt,
+        svc,
+        (&target, &identity, &req),
+        identity_fields,
+        &key,
+        request_id,
+        trace,
+    )
+    .await;
     if let Ok(credential) = &minted {
-        // Covered by the same subject, target and issuer/sub revocations as the request
-        // (not its subject token's `jti`: a revoked subject token is refused above), and
-        // by a revocation of the credential's own id.
-        let identity_fields = if token.sub().is_some() { 3 } else { 2 };
-        let covered_by = crate::store::covering_fields(
-            fields.get(..identity_fields).unwrap_or(&fields),
-            credential,
-        );
+        let covered_by = crate::store::covering_fields(identity_fields, credential);
         let usable_for = credential
             .expires_at
             .saturating_sub(svc.clock.now())
@@ -445,13 +453,11 @@ pub async fn exchange(
     ))
 }
 
-#[allow(clippy::too_many_arguments, reason = "private step of `exchange`")]
 async fn mint(
     rt: &Runtime,
     svc: &Services,
-    target: &Target,
-    identity: &Identity,
-    req: &ExchangeRequest,
+    (target, identity, req): (&Target, &Identity, &ExchangeRequest),
+    revocation_fields: &[String],
     key: &CacheKey,
     request_id: &str,
     trace: &mut ExchangeTrace,
@@ -467,6 +473,7 @@ async fn mint(
         request_id: request_id.to_owned(),
         traceparent: req.traceparent.clone(),
         target_values: rt.mapper.eval_over_identity(&target.values, identity)?,
+        revocation_fields: revocation_fields.to_vec(),
     };
     let started = std::time::Instant::now();
     let issued = target.provider.issue(&grant).await;
@@ -475,6 +482,7 @@ async fn mint(
         Ok(_) => "ok",
         Err(ProviderError::Denied { .. }) => "denied",
         Err(ProviderError::Unavailable { .. }) => "unavailable",
+        Err(ProviderError::BadAnswer(_)) => "bad_answer",
         Err(_) => "error",
     });
     if let Err(ProviderError::Denied { code }) = &issued

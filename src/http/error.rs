@@ -19,6 +19,8 @@ pub struct ApiError {
     pub description: String,
     /// `Retry-After`, for 429/503.
     pub retry_after: Option<Duration>,
+    /// `WWW-Authenticate`, for 401 (RFC 6749 §5.2, RFC 9110 §11.6.1).
+    pub www_authenticate: Option<&'static str>,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             code,
             description: description.into(),
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -82,7 +85,7 @@ impl From<ExchangeError> for ApiError {
     fn from(e: ExchangeError) -> Self {
         match &e {
             ExchangeError::Verify(v) if v.is_unavailable() => {
-                Self::unavailable(e.to_string(), Duration::from_secs(5))
+                Self::unavailable(e.to_string(), v.retry_after())
             }
             // RFC 8693 §2.2.2: an invalid or unacceptable subject token is invalid_request.
             ExchangeError::Verify(_)
@@ -120,6 +123,13 @@ impl From<ExchangeError> for ApiError {
                     "the target's cloud is unavailable; retry later",
                     retry_after.unwrap_or(Duration::from_secs(5)),
                 ),
+                ProviderError::BadAnswer(cause) => {
+                    tracing::warn!(%cause, "the target's cloud gave an unusable answer");
+                    Self::unavailable(
+                        "the target's cloud gave an answer Ferry cannot use; retry later",
+                        Duration::from_secs(5),
+                    )
+                }
                 ProviderError::Misconfigured(_) | ProviderError::Internal(_) => {
                     Self::server_error(p)
                 }
@@ -143,6 +153,12 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
         {
             headers.insert(header::RETRY_AFTER, v);
+        }
+        if let Some(challenge) = self.www_authenticate {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

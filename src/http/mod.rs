@@ -58,7 +58,9 @@ impl AppState {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "ferry".to_owned());
         let file = a.file.as_ref().map(|f| runtime.config.source.resolve(f));
-        let audit = AuditLog::open(file.as_deref(), a.stdout, replica)?;
+        let audit = AuditLog::open(file.as_deref(), a.stdout, replica)?
+            .with_checkpoint_every(a.checkpoint_every);
+        audit.set_signer(runtime.issuer.clone());
         Ok(Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
             services,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -26,16 +26,78 @@ fn token_param(pairs: &[(String, String)]) -> Result<String, ApiError> {
     }
 }
 
-/// `POST /oauth2/introspect` (RFC 7662 §2): admin bearer token required. An inactive,
-/// foreign, expired or revoked token is `{"active": false}` and nothing else (§2.2).
+/// Authenticates an introspection client (RFC 7662 §2.1) by HTTP Basic with its name and
+/// secret, each form-urlencoded first (RFC 6749 §2.3.1); secrets compared in constant
+/// time. The admin token is not accepted: a resource server that introspects must not
+/// also hold the power to reload and revoke.
+fn authorize_introspection(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    use base64::Engine as _;
+    use subtle::ConstantTimeEq as _;
+    let runtime = state.runtime.load();
+    if runtime.introspection_clients.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "introspection is disabled (configure [[introspection.clients]])",
+        ));
+    }
+    let unauthorized = || ApiError {
+        www_authenticate: Some("Basic realm=\"ferry-introspection\""),
+        ..ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "introspection client authentication failed",
+        )
+    };
+    let decoded = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, b64)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or_else(unauthorized)?;
+    let (name, secret) = decoded.split_once(':').ok_or_else(unauthorized)?;
+    let unescape = |s: &str| -> String {
+        form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (name, secret) = (unescape(name), unescape(secret));
+    // An unknown name is compared against a dummy, so timing does not tell names apart.
+    let expected = runtime.introspection_clients.get(&name);
+    let dummy = ferry_provider_api::Secret::new("\0".repeat(32));
+    let matches = bool::from(
+        secret
+            .as_bytes()
+            .ct_eq(expected.unwrap_or(&dummy).expose().as_bytes()),
+    );
+    if matches && expected.is_some() {
+        Ok(name)
+    } else {
+        Err(unauthorized())
+    }
+}
+
+/// `POST /oauth2/introspect` (RFC 7662 §2): an introspection client's credentials
+/// required. An inactive, foreign, expired or revoked token is `{"active": false}` and
+/// nothing else (§2.2); revoking its subject, target, issuer `sub` or `jti` makes it
+/// inactive.
 pub async fn introspect(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = super::admin::authorize(&state, &headers) {
-        return *r;
-    }
+    let client = match authorize_introspection(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    tracing::debug!(client = %client, "introspection");
     let pairs = match form(&body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -50,6 +112,7 @@ pub async fn introspect(
         return inactive();
     };
     let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+    let identity = claims.get(crate::issuer::IDENTITY_CLAIM);
     let mut fields = Vec::new();
     if let Some(jti) = s("jti") {
         fields.push(RevocationTarget::Jti { jti }.field());
@@ -57,8 +120,7 @@ pub async fn introspect(
     if let Some(sub) = s("sub") {
         fields.push(RevocationTarget::Subject { subject: sub }.field());
     }
-    if let Some(target) = claims
-        .get(crate::issuer::IDENTITY_CLAIM)
+    if let Some(target) = identity
         .and_then(|f| f.get("target"))
         .and_then(Value::as_str)
     {
@@ -67,6 +129,17 @@ pub async fn introspect(
                 target: target.to_owned(),
             }
             .field(),
+        );
+    }
+    // The revocation fields the token was minted under (Ferry signed them, so they are
+    // what it wrote): they include the subject token's issuer and `sub`.
+    if let Some(Value::Array(minted_under)) = identity.and_then(|f| f.get("revocation")) {
+        fields.extend(
+            minted_under
+                .iter()
+                .take(8)
+                .filter_map(Value::as_str)
+                .map(str::to_owned),
         );
     }
     match state

@@ -66,6 +66,8 @@ impl AppState {
                         "[store] connection settings (backend, url, cluster, keys, timeout, max_entries, revocation_max_lag) take effect at the next restart"
                     );
                 }
+                // Checkpoints are signed with the key the new config makes active.
+                self.audit.set_signer(runtime.issuer.clone());
                 self.runtime.store(Arc::new(runtime));
                 self.reload.set_error(None);
                 self.metrics

@@ -32,8 +32,12 @@ pub struct FerryIssuer {
 }
 
 impl FerryIssuer {
-    /// An issuer at `public_url` signing with `keys`.
-    pub fn new(public_url: &str, keys: KeyRing, clock: SharedClock) -> Self {
+    /// An issuer at `public_url` signing with `keys`; its discovery document advertises
+    /// `scopes` (every scope some target accepts, and nothing Ferry would refuse).
+    pub fn new(public_url: &str, keys: KeyRing, clock: SharedClock, scopes: &[String]) -> Self {
+        let mut scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        scopes.sort_unstable();
+        scopes.dedup();
         let public_url = public_url.trim_end_matches('/').to_owned();
         let alg = keys::alg_name(keys.active.alg);
         // OpenID Connect Discovery 1.0 §3 (required members) plus RFC 8414 token endpoint.
@@ -46,7 +50,12 @@ impl FerryIssuer {
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [alg],
             "token_endpoint_auth_methods_supported": ["none"],
-            "scopes_supported": ["openid"],
+            // RFC 8414 §2: introspection and revocation (RFC 7662, RFC 7009).
+            "introspection_endpoint": format!("{public_url}/oauth2/introspect"),
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "revocation_endpoint": format!("{public_url}/oauth2/revoke"),
+            "revocation_endpoint_auth_methods_supported": ["none"],
+            "scopes_supported": scopes,
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", IDENTITY_CLAIM],
         });
         let discovery = serde_json::to_vec(&discovery).unwrap_or_default();
@@ -148,6 +157,16 @@ impl FerryIssuer {
     }
 }
 
+impl crate::audit::CheckpointSigner for FerryIssuer {
+    fn sign_checkpoint(&self, claims: &Map<String, Value>) -> Option<String> {
+        let key = &self.keys.active;
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("ferry-audit-checkpoint+jwt".into());
+        jsonwebtoken::encode(&header, claims, &key.encoding).ok()
+    }
+}
+
 impl AssertionSigner for FerryIssuer {
     fn sign_assertion(
         &self,
@@ -196,6 +215,7 @@ impl CredentialProvider for JwtProvider {
                 "groups": grant.groups,
                 "attributes": grant.attributes,
                 "target": grant.target_id,
+                "revocation": grant.revocation_fields,
             }),
         );
         if !grant.scopes.is_empty() {

@@ -37,7 +37,6 @@ pub struct Identity {
 /// A compiled CEL expression with the config key it came from.
 pub struct Rule {
     key: String,
-    source: String,
     program: Program,
 }
 
@@ -55,7 +54,6 @@ impl Rule {
         let program = Program::compile(source).map_err(|e| one_line(&e.to_string()))?;
         Ok(Self {
             key: key.into(),
-            source: source.to_owned(),
             program,
         })
     }
@@ -135,24 +133,76 @@ impl IssuerMapping {
         groups: Option<Rule>,
         attributes: Vec<(String, Rule)>,
     ) -> Self {
-        let mentions_per_token = std::iter::once(&subject)
+        let cacheable = std::iter::once(&subject)
             .chain(condition.iter())
             .chain(groups.iter())
             .chain(attributes.iter().map(|(_, r)| r))
-            .any(|r| PER_TOKEN_CLAIMS.iter().any(|c| r.source.contains(c)));
+            .all(|r| reads_only_stable_claims(r.program.expression()));
         Self {
             issuer_id,
             condition,
             subject,
             groups,
             attributes,
-            cacheable: !mentions_per_token,
+            cacheable,
         }
     }
 
     /// Attribute names this mapping produces.
     pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
         self.attributes.iter().map(|(name, _)| name.as_str())
+    }
+}
+
+/// Whether a compiled expression reads `assertion` only through fixed claim names, none
+/// of them per-token (`assertion.sub`, `assertion["sub"]`, `has(assertion.groups)`). Any
+/// other use — a computed index (`assertion["j" + "ti"]`), the whole object handed to a
+/// function or a macro (`assertion.exists(…)`), a per-token claim — makes the identity
+/// depend on what the memo key leaves out, so it is not memoised.
+fn reads_only_stable_claims(e: &cel::common::ast::IdedExpr) -> bool {
+    use cel::common::ast::{EntryExpr, Expr, LiteralValue, operators};
+    let is_assertion =
+        |e: &cel::common::ast::IdedExpr| matches!(&e.expr, Expr::Ident(n) if n == "assertion");
+    let stable = |claim: &str| !PER_TOKEN_CLAIMS.contains(&claim);
+    match &e.expr {
+        Expr::Unspecified | Expr::Literal(_) => true,
+        Expr::Ident(name) => name != "assertion",
+        Expr::Select(s) if is_assertion(&s.operand) => stable(&s.field),
+        Expr::Select(s) => reads_only_stable_claims(&s.operand),
+        Expr::Call(c) => {
+            let indexed = (c.func_name == operators::INDEX || c.func_name == operators::OPT_INDEX)
+                && c.args.first().is_some_and(is_assertion);
+            if indexed {
+                return matches!(
+                    c.args.get(1).map(|a| &a.expr),
+                    Some(Expr::Literal(LiteralValue::String(claim))) if stable(claim.inner())
+                ) && c.args.len() == 2;
+            }
+            c.target.as_deref().is_none_or(reads_only_stable_claims)
+                && c.args.iter().all(reads_only_stable_claims)
+        }
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .all(reads_only_stable_claims),
+        Expr::List(l) => l.elements.iter().all(reads_only_stable_claims),
+        Expr::Map(m) => m.entries.iter().all(|entry| match &entry.expr {
+            EntryExpr::MapEntry(me) => {
+                reads_only_stable_claims(&me.key) && reads_only_stable_claims(&me.value)
+            }
+            EntryExpr::StructField(f) => reads_only_stable_claims(&f.value),
+        }),
+        Expr::Struct(s) => s.entries.iter().all(|entry| match &entry.expr {
+            EntryExpr::MapEntry(me) => {
+                reads_only_stable_claims(&me.key) && reads_only_stable_claims(&me.value)
+            }
+            EntryExpr::StructField(f) => reads_only_stable_claims(&f.value),
+        }),
     }
 }
 
@@ -522,5 +572,34 @@ mod tests {
     fn syntax_errors_are_reported_at_compile() {
         assert!(Rule::compile("k", "assertion.a +").is_err());
         assert!(Rule::compile("k", "assertion.a == 'x'").is_ok());
+    }
+
+    #[test]
+    fn memoisation_is_decided_from_the_compiled_expression() {
+        let stable = |src: &str| reads_only_stable_claims(rule("k", src).program.expression());
+        for ok in [
+            r#""gh:" + assertion.repository + ":" + assertion.ref"#,
+            r#"assertion["sub"]"#,
+            "has(assertion.groups) ? assertion.groups : []",
+            r#"assertion.org == "acme" && assertion.k8s.ns.startsWith("p")"#,
+            r#"[assertion.a, {"k": assertion.b}]"#,
+            "assertion.groups.map(g, g + assertion.org)",
+        ] {
+            assert!(stable(ok), "{ok}");
+        }
+        for per_token in [
+            "string(assertion.jti)",
+            r#"assertion["j" + "ti"]"#,
+            r#"assertion[assertion.which]"#,
+            r#"assertion["exp"] > 0"#,
+            "has(assertion.nbf)",
+            "string(assertion.iat)",
+            "assertion.exists(k, k == 'sub')",
+            "string(assertion)",
+            "size(assertion) > 2",
+            r#"[assertion][0].jti"#,
+        ] {
+            assert!(!stable(per_token), "{per_token}");
+        }
     }
 }

@@ -64,13 +64,29 @@ pub fn require_secure(url: &Url) -> Result<(), FetchError> {
     }
 }
 
+/// Whether a fetch that started at `origin` (a URL the config wrote, or derived from one)
+/// may go on to `next` (a redirect, or a document's `jwks_uri`): https always; plain http
+/// only to loopback, and only when the origin itself was loopback http. A remote https
+/// issuer cannot send Ferry to plain http or into its own host.
+pub fn may_follow(origin: &Url, next: &Url) -> bool {
+    match next.scheme() {
+        "https" => true,
+        "http" => is_loopback(next) && origin.scheme() == "http" && is_loopback(origin),
+        _ => false,
+    }
+}
+
 /// Builds the HTTP client used for discovery and JWKS: bounded time, redirects only to
-/// https (or loopback http), at most three of them.
+/// https (or loopback http from a loopback http origin: [`may_follow`]), at most three.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let origin = attempt.previous().first().cloned();
         if attempt.previous().len() >= 3 {
             attempt.error("too many redirects")
-        } else if require_secure(attempt.url()).is_err() {
+        } else if !origin.map_or_else(
+            || require_secure(attempt.url()).is_ok(),
+            |o| may_follow(&o, attempt.url()),
+        ) {
             attempt.error("redirect to an insecure URL")
         } else {
             attempt.follow()
@@ -174,6 +190,21 @@ fn error_chain(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_loopback_http_origin_may_lead_to_plain_http() -> Result<(), url::ParseError> {
+        let u = |s: &str| Url::parse(s);
+        let remote = u("https://issuer.example.com/.well-known/openid-configuration")?;
+        let local = u("http://127.0.0.1:8000/.well-known/openid-configuration")?;
+        assert!(may_follow(&remote, &u("https://keys.example.com/jwks")?));
+        assert!(!may_follow(&remote, &u("http://127.0.0.1:9/jwks")?));
+        assert!(!may_follow(&remote, &u("http://localhost/jwks")?));
+        assert!(!may_follow(&remote, &u("http://keys.example.com/jwks")?));
+        assert!(may_follow(&local, &u("http://127.0.0.1:8001/jwks")?));
+        assert!(!may_follow(&local, &u("http://keys.example.com/jwks")?));
+        assert!(!may_follow(&local, &u("file:///etc/passwd")?));
+        Ok(())
+    }
 
     #[test]
     fn max_age_parsing() {

@@ -76,6 +76,10 @@ pub struct VerifyingKey {
     /// The public key's bytes in aws-lc-rs's input form: RSA `(n, e)`, an uncompressed
     /// EC point, or the Ed25519 public key.
     material: KeyMaterial,
+    /// Digest of the key's type and public bytes: what the remembered-signature cache
+    /// checks is still published under the `kid` (an issuer may replace the key behind
+    /// a `kid`).
+    pub thumbprint: crate::slots::Digest,
     /// The key parsed once per algorithm it is used with (aws-lc-rs binds a parsed key to
     /// an algorithm): parsing an RSA key costs a Montgomery set-up per use otherwise.
     parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; ALGORITHM_SLOTS],
@@ -222,6 +226,10 @@ pub enum KeyLookupError {
     /// The issuer's keys have never been fetched, or are older than the stale bound.
     #[error("keys for this issuer are unavailable")]
     Unavailable,
+    /// The `kid` is unknown and the refresh that could find it is rate-limited: the
+    /// issuer may have rotated, so the client should retry after this many seconds.
+    #[error("no key with kid `{0}` yet; keys are refreshed again in {1}s")]
+    RefreshLimited(String, u64),
 }
 
 /// What operators see about an issuer's keys.
@@ -274,6 +282,13 @@ pub enum RefreshError {
     /// The JWKS document is unusable.
     #[error("jwks: {0}")]
     Jwks(String),
+}
+
+/// Whether an unknown-`kid` refresh ran (now, or just before by another caller) or was
+/// held back by the rate limit for this many more seconds.
+enum Refreshed {
+    Now,
+    Limited(u64),
 }
 
 /// The key cache of one trusted issuer.
@@ -387,12 +402,12 @@ impl JwksCache {
         }
     }
 
+    /// Keys can be used: static ones, or fetched within `max_stale`. A fetched set may
+    /// be empty — an issuer that publishes no keys has withdrawn them all, and its tokens
+    /// are refused — but a cache that never fetched any is not usable.
     fn usable(&self, set: &KeySet) -> bool {
-        if set.keys.is_empty() {
-            return false;
-        }
         match set.fetched_at {
-            None => true,
+            None => !set.keys.is_empty(),
             Some(at) => {
                 let bound = i64::try_from(self.policy.max_stale.as_secs()).unwrap_or(i64::MAX);
                 self.clock.now() < at.saturating_add(bound)
@@ -400,10 +415,15 @@ impl JwksCache {
         }
     }
 
-    /// Whether a key with this `kid` is currently published and usable.
-    pub fn publishes(&self, kid: &str) -> bool {
+    /// Whether this very key (by thumbprint) is currently published under `kid`, and
+    /// the key set is usable.
+    pub fn publishes(&self, kid: &str, thumbprint: &crate::slots::Digest) -> bool {
         let set = self.keys.load();
-        self.usable(&set) && set.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+        self.usable(&set)
+            && set
+                .keys
+                .iter()
+                .any(|k| k.kid.as_deref() == Some(kid) && k.thumbprint == *thumbprint)
     }
 
     /// Seconds until the next scheduled refresh is due (0 when due now).
@@ -425,8 +445,14 @@ impl JwksCache {
             Err(KeyLookupError::UnknownKid(_) | KeyLookupError::Unavailable)
                 if self.is_remote() =>
             {
-                self.refresh_for_unknown_kid().await;
-                self.lookup(kid, alg)
+                let refreshed = self.refresh_for_unknown_kid().await;
+                match (self.lookup(kid, alg), refreshed) {
+                    // Not found, and no refresh could run now: retry after the window.
+                    (Err(KeyLookupError::UnknownKid(k)), Refreshed::Limited(after)) => {
+                        Err(KeyLookupError::RefreshLimited(k, after))
+                    }
+                    (other, _) => other,
+                }
             }
             other => other,
         }
@@ -469,26 +495,30 @@ impl JwksCache {
 
     /// One refresh shared by every concurrent caller, at most once per
     /// `unknown_kid_min_interval`.
-    async fn refresh_for_unknown_kid(&self) {
+    async fn refresh_for_unknown_kid(&self) -> Refreshed {
         let window =
             i64::try_from(self.policy.unknown_kid_min_interval.as_secs()).unwrap_or(i64::MAX);
         // Always queue on the lock, even inside the window: a refresh may be in flight
         // right now, and its result is what this caller needs.
         let _guard = self.refresh_lock.lock().await;
-        // Whoever held the lock before us may have just refreshed: share its result.
-        if self.within_window(window) {
-            return;
+        // Whoever held the lock before us may have just refreshed: share its result —
+        // unless it was long enough ago that the issuer may have rotated since.
+        let last = self.last_unknown_kid_refresh.load(Ordering::SeqCst);
+        let now = self.clock.now();
+        if last != NEVER && now < last.saturating_add(window) {
+            // A refresh this second is as good as ours; an older one may predate a
+            // rotation.
+            if now <= last.saturating_add(1) {
+                return Refreshed::Now;
+            }
+            let after = last.saturating_add(window).saturating_sub(now);
+            return Refreshed::Limited(u64::try_from(after).unwrap_or(1).max(1));
         }
-        self.last_unknown_kid_refresh
-            .store(self.clock.now(), Ordering::SeqCst);
+        self.last_unknown_kid_refresh.store(now, Ordering::SeqCst);
         if let Err(e) = self.fetch_and_store().await {
             tracing::warn!(issuer = %self.issuer_id, error = %e, "jwks refresh on unknown kid failed");
         }
-    }
-
-    fn within_window(&self, window: i64) -> bool {
-        let last = self.last_unknown_kid_refresh.load(Ordering::SeqCst);
-        last != NEVER && self.clock.now() < last.saturating_add(window)
+        Refreshed::Now
     }
 
     /// A scheduled refresh (start-up warm-up and the background loop).
@@ -559,8 +589,17 @@ impl JwksCache {
                         crate::text::echo(&doc.issuer)
                     )));
                 }
-                Url::parse(&doc.jwks_uri)
-                    .map_err(|e| RefreshError::Discovery(format!("bad jwks_uri: {e}")))?
+                let jwks = Url::parse(&doc.jwks_uri)
+                    .map_err(|e| RefreshError::Discovery(format!("bad jwks_uri: {e}")))?;
+                // Plain http only where the config itself named a loopback http URL: a
+                // remote https document cannot send Ferry to http, nor to loopback.
+                if !fetch::may_follow(&url, &jwks) {
+                    return Err(RefreshError::Discovery(format!(
+                        "jwks_uri `{}` must use https",
+                        crate::text::echo(&doc.jwks_uri)
+                    )));
+                }
+                jwks
             }
         };
         let fetched = fetch::get_limited(&self.client, &jwks_url, MAX_JWKS_BYTES).await?;
@@ -593,7 +632,9 @@ pub fn parse_jwks(document: &[u8]) -> Result<(Vec<Arc<VerifyingKey>>, usize), Re
             None => skipped += 1,
         }
     }
-    if keys.is_empty() {
+    // An empty `keys` is a deliberate withdrawal and is honoured; keys that are all
+    // unusable are a broken document, and the old keys stay (up to `max_stale`).
+    if keys.is_empty() && skipped > 0 {
         return Err(RefreshError::Jwks("no usable signature keys".into()));
     }
     Ok((keys, skipped))
@@ -623,10 +664,17 @@ pub fn to_verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
         Some(ka) => Some(key_algorithm(ka)?),
     };
     let material = key_material(&jwk.algorithm)?;
+    let mut print = crate::key_digest::KeyDigest::new("jwk");
+    print.str(&format!("{kind:?}"));
+    match &material {
+        KeyMaterial::Rsa { n, e } => print.bytes(n).bytes(e),
+        KeyMaterial::Point(p) => print.bytes(p),
+    };
     let key = VerifyingKey {
         kid: jwk.common.key_id.clone(),
         alg,
         kind,
+        thumbprint: print.finish(),
         material,
         parsed: Default::default(),
     };
@@ -769,8 +817,9 @@ mod tests {
     }
 
     #[test]
-    fn a_document_without_usable_keys_is_an_error() {
-        assert!(parse_jwks(br#"{"keys":[]}"#).is_err());
+    fn a_document_without_usable_keys_is_an_error_but_an_empty_one_is_honoured() {
+        assert!(matches!(parse_jwks(br#"{"keys":[]}"#), Ok((k, 0)) if k.is_empty()));
+        assert!(parse_jwks(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).is_err());
         assert!(parse_jwks(b"not json").is_err());
     }
 

@@ -163,6 +163,18 @@ pub enum VerifyError {
     /// The issuer's keys could not be fetched at all (a 503, not the client's fault).
     #[error("signing keys of issuer `{0}` are unavailable")]
     KeysUnavailable(String),
+    /// The `kid` is unknown and the issuer's keys cannot be refreshed again for
+    /// `retry_after` seconds (the unknown-`kid` rate limit): a 503, since a rotation at
+    /// the issuer would make it known.
+    #[error(
+        "no signing key for this token at issuer `{issuer}` yet; keys are refreshed again in {retry_after}s"
+    )]
+    KeyNotYetKnown {
+        /// The issuer id.
+        issuer: String,
+        /// Seconds until a refresh may run.
+        retry_after: u64,
+    },
     /// The signature does not verify.
     #[error("the token signature is invalid")]
     BadSignature,
@@ -214,7 +226,17 @@ pub enum VerifyError {
 impl VerifyError {
     /// True when the failure is Ferry's or the issuer's, not the token's (maps to 503).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::KeysUnavailable(_))
+        matches!(self, Self::KeysUnavailable(_) | Self::KeyNotYetKnown { .. })
+    }
+
+    /// How long a client should wait before retrying an unavailable answer.
+    pub fn retry_after(&self) -> std::time::Duration {
+        match self {
+            Self::KeyNotYetKnown { retry_after, .. } => {
+                std::time::Duration::from_secs(*retry_after)
+            }
+            _ => std::time::Duration::from_secs(5),
+        }
     }
 }
 
@@ -266,6 +288,8 @@ pub struct Verifier {
 struct Recent {
     issuer: Arc<TrustedIssuer>,
     kid: String,
+    /// The key that verified it: remembered only while that same key is published.
+    thumbprint: crate::slots::Digest,
     claims: Arc<Map<String, Value>>,
 }
 
@@ -326,7 +350,10 @@ impl Verifier {
     pub async fn verify(&self, token: &UnverifiedToken) -> Result<VerifiedToken, VerifyError> {
         let sha = token.sha256();
         if let Some(recent) = self.recent.get(&token.1)
-            && recent.issuer.jwks.publishes(&recent.kid)
+            && recent
+                .issuer
+                .jwks
+                .publishes(&recent.kid, &recent.thumbprint)
         {
             tracing::trace!(issuer = %recent.issuer.id, "signature verified before; claims re-checked");
             self.remembered.fetch_add(1, Ordering::Relaxed);
@@ -363,6 +390,10 @@ impl Verifier {
             .await
             .map_err(|reason| match reason {
                 KeyLookupError::Unavailable => VerifyError::KeysUnavailable(issuer.id.to_string()),
+                KeyLookupError::RefreshLimited(_, after) => VerifyError::KeyNotYetKnown {
+                    issuer: issuer.id.to_string(),
+                    retry_after: after,
+                },
                 reason => VerifyError::Key {
                     issuer: issuer.id.to_string(),
                     reason,
@@ -384,6 +415,7 @@ impl Verifier {
                 Arc::new(Recent {
                     issuer,
                     kid,
+                    thumbprint: key.thumbprint,
                     claims,
                 }),
             );

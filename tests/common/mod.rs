@@ -41,6 +41,10 @@ struct FakeState {
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
     failing: AtomicBool,
+    /// Answer JWKS requests with a body that is not JSON.
+    garbage: AtomicBool,
+    /// Wait this long (ms) before answering discovery and JWKS requests.
+    delay_ms: std::sync::atomic::AtomicU64,
     cache_control: Mutex<Option<String>>,
 }
 
@@ -59,6 +63,7 @@ impl Drop for FakeIssuer {
 
 async fn discovery(State(s): State<Arc<FakeState>>) -> axum::response::Response {
     s.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+    slow(&s).await;
     if s.failing.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
@@ -68,8 +73,12 @@ async fn discovery(State(s): State<Arc<FakeState>>) -> axum::response::Response 
 
 async fn jwks(State(s): State<Arc<FakeState>>) -> axum::response::Response {
     s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    slow(&s).await;
     if s.failing.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if s.garbage.load(Ordering::SeqCst) {
+        return (StatusCode::OK, "<html>not a key set</html>").into_response();
     }
     let keys: Vec<Value> = s
         .keys
@@ -83,6 +92,13 @@ async fn jwks(State(s): State<Arc<FakeState>>) -> axum::response::Response {
         headers.insert(header::CACHE_CONTROL, cc.parse().unwrap());
     }
     (headers, axum::Json(json!({ "keys": keys }))).into_response()
+}
+
+async fn slow(s: &FakeState) {
+    let ms = s.delay_ms.load(Ordering::SeqCst);
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 }
 
 pub fn make_key(alg: Algorithm, kid: &str) -> Arc<SigningKey> {
@@ -104,6 +120,8 @@ impl FakeIssuer {
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
+            garbage: AtomicBool::new(false),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
             cache_control: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,6 +163,16 @@ impl FakeIssuer {
 
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// JWKS answers that are not JSON (true) or real ones (false).
+    pub fn set_garbage(&self, garbage: bool) {
+        self.state.garbage.store(garbage, Ordering::SeqCst);
+    }
+
+    /// Delays every discovery and JWKS answer by `ms`.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub fn set_cache_control(&self, value: Option<&str>) {

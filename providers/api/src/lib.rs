@@ -72,6 +72,10 @@ pub struct Grant {
     /// Values the target's own expressions computed from the identity (AWS:
     /// `session_tag:<Key>` and `source_identity`).
     pub target_values: BTreeMap<String, String>,
+    /// The revocation fields (opaque hashes) that cover what is minted: the subject, the
+    /// target, the issuer's `sub`. A token Ferry signs carries them, so introspection
+    /// reports it inactive once any of them is revoked.
+    pub revocation_fields: Vec<String>,
 }
 
 /// A credential a provider minted.
@@ -140,7 +144,11 @@ pub enum ProviderError {
     /// The provider's configuration cannot work (found at request time).
     #[error("provider misconfigured: {0}")]
     Misconfigured(String),
-    /// Anything else: a bug or an unexpected answer.
+    /// The upstream answered, but with something Ferry cannot use (a success body that
+    /// does not parse, a credential without an expiry): the cloud's fault, answered 503.
+    #[error("unusable answer: {0}")]
+    BadAnswer(String),
+    /// Anything else: a bug.
     #[error("provider failed: {0}")]
     Internal(String),
 }
@@ -167,7 +175,7 @@ pub enum AttemptError {
 
 /// An HTTP token service's answer, classified the same way for every provider that calls
 /// one (GCP's STS and IAM Credentials, Entra ID, Azure's instance metadata service):
-/// - a 2xx body parses as `T`; one that does not is final ([`ProviderError::Internal`]:
+/// - a 2xx body parses as `T`; one that does not is final ([`ProviderError::BadAnswer`]:
 ///   an answer Ferry does not understand is not worth asking for again);
 /// - 429 and 5xx are worth another attempt;
 /// - any other status is a denial.
@@ -182,7 +190,7 @@ pub fn classify_answer<T: serde::de::DeserializeOwned>(
 ) -> Result<T, AttemptError> {
     if (200..300).contains(&status) {
         return serde_json::from_str::<T>(body).map_err(|e| {
-            AttemptError::Fatal(ProviderError::Internal(format!(
+            AttemptError::Fatal(ProviderError::BadAnswer(format!(
                 "unexpected answer from {service}: {e}"
             )))
         });
@@ -305,7 +313,7 @@ mod tests {
             entra_code,
         );
         assert!(
-            matches!(&r, Err(AttemptError::Fatal(ProviderError::Internal(m)))
+            matches!(&r, Err(AttemptError::Fatal(ProviderError::BadAnswer(m)))
                 if m.starts_with("unexpected answer from the IAM API: ") && !m.contains("secret-value")),
             "{r:?}"
         );

@@ -150,11 +150,11 @@ impl AwsProvider {
         request_id: Option<&str>,
     ) -> Result<Credential, ProviderError> {
         let c = creds
-            .ok_or_else(|| ProviderError::Internal("STS answered without credentials".into()))?;
+            .ok_or_else(|| ProviderError::BadAnswer("STS answered without credentials".into()))?;
         let expiration = c
             .expiration()
             .fmt(DateTimeFormat::DateTime)
-            .map_err(|e| ProviderError::Internal(format!("expiration: {e}")))?;
+            .map_err(|e| ProviderError::BadAnswer(format!("expiration: {e}")))?;
         let mut fields = BTreeMap::new();
         fields.insert("access_key_id".to_owned(), Secret::new(c.access_key_id()));
         fields.insert(

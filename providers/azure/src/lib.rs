@@ -223,7 +223,7 @@ impl CredentialProvider for AzureProvider {
         .await?;
         let expires_on = number(token.expires_on.as_ref())
             .or_else(|| number(token.expires_in.as_ref()).map(|s| now() + s))
-            .ok_or_else(|| ProviderError::Internal("Entra answered without an expiry".into()))?;
+            .ok_or_else(|| ProviderError::BadAnswer("Entra answered without an expiry".into()))?;
         let token_type = token.token_type.unwrap_or_else(|| "Bearer".into());
         let mut fields = BTreeMap::new();
         fields.insert(

@@ -268,7 +268,7 @@ impl CredentialProvider for GcpProvider {
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
                         .ok_or_else(|| {
-                            ProviderError::Internal(
+                            ProviderError::BadAnswer(
                                 "generateAccessToken: unreadable expireTime".into(),
                             )
                         })?;
