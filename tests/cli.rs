@@ -830,4 +830,25 @@ fn check_refuses_what_serve_would_refuse_at_start() {
         "{}",
         text(&out.stderr)
     );
+    // A store key file serve could not read.
+    let keyless = write(
+        dir.path(),
+        "keyless.toml",
+        &dev::dev_config("")
+            .replace("ephemeral = true ", "keys_dir = \"keys\" ")
+            .replace(
+                "backend = \"memory\"",
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nencryption_key_file = \"missing.key\"",
+            ),
+    );
+    let out = run(&["check", "--config", keyless.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: store.encryption_key_file:",
+            keyless.display()
+        )) && err.contains("missing.key"),
+        "{err}"
+    );
 }

@@ -20,6 +20,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for w in &warnings {
         eprintln!("{w}");
     }
+    // What `ferry serve` reads when it opens the store.
+    if runtime.config.store.backend == "redis" {
+        let mut errs = ferry::config::ConfigErrors::default();
+        let _ = ferry::store::read_encryption_keys(&runtime.config, &mut errs);
+        if !errs.is_empty() {
+            eprintln!("{errs}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     println!(
         "{}: ok: {} issuer(s), {} target(s), {} polic{} (revision {})",
         args.config.display(),

@@ -261,6 +261,34 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The Redis store's encryption keys (current, previous), each file's problem recorded
+/// in `errs`: what [`open`] reads at start, and `ferry check` checks.
+pub fn read_encryption_keys(
+    config: &crate::config::Config,
+    errs: &mut crate::config::ConfigErrors,
+) -> (Option<[u8; 32]>, Vec<[u8; 32]>) {
+    let st = &config.store;
+    let file = config.source.display();
+    let mut read =
+        |p: &std::path::Path, entry: &str| match seal::read_key_file(&config.source.resolve(p)) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                errs.push(&file, entry, e.to_string());
+                None
+            }
+        };
+    let current = st
+        .encryption_key_file
+        .as_deref()
+        .and_then(|p| read(p, "store.encryption_key_file"));
+    let previous = st
+        .previous_encryption_key_files
+        .iter()
+        .filter_map(|p| read(p, "store.previous_encryption_key_files"))
+        .collect();
+    (current, previous)
+}
+
 /// Opens the store `[store]` configures. Redis connects lazily: Ferry starts (not ready)
 /// while Redis is down and connects when it comes up.
 pub fn open(
@@ -271,24 +299,7 @@ pub fn open(
     let mut errs = crate::config::ConfigErrors::default();
     match st.backend.as_str() {
         "redis" => {
-            let read = |p: &std::path::Path, errs: &mut crate::config::ConfigErrors| {
-                match seal::read_key_file(&config.source.resolve(p)) {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        errs.push(&file, "store.encryption_key_file", e.to_string());
-                        None
-                    }
-                }
-            };
-            let current = st
-                .encryption_key_file
-                .as_deref()
-                .and_then(|p| read(p, &mut errs));
-            let previous: Vec<[u8; 32]> = st
-                .previous_encryption_key_files
-                .iter()
-                .filter_map(|p| read(p, &mut errs))
-                .collect();
+            let (current, previous) = read_encryption_keys(config, &mut errs);
             let endpoint = match (&st.url, st.cluster.is_empty()) {
                 (Some(url), true) => Some(redis::Endpoint::Standalone(url.clone())),
                 (None, false) => Some(redis::Endpoint::Cluster(st.cluster.clone())),
