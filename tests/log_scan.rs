@@ -30,7 +30,17 @@ fn serve_as(
     log: Option<&str>,
     format: &str,
 ) -> (std::process::Child, String, reqwest::blocking::Client) {
-    let config = dev_config("\n[audit]\nstdout = true\n");
+    serve_with(dir, log, format, "\n[audit]\nstdout = true\n")
+}
+
+/// [`serve_as`], with `extra` appended to the dev config instead of the stdout trail.
+fn serve_with(
+    dir: &std::path::Path,
+    log: Option<&str>,
+    format: &str,
+    extra: &str,
+) -> (std::process::Child, String, reqwest::blocking::Client) {
+    let config = dev_config(extra);
     let cfg = dir.join("ferry.toml");
     std::fs::write(&cfg, config).unwrap();
     let port = free_port();
@@ -303,27 +313,11 @@ fn client_input_cannot_forge_log_lines_or_come_back_whole() {
 fn a_stopped_server_leaves_a_closed_signed_audit_trail() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
-    let config = dev_config(&format!(
+    let extra = format!(
         "\n[audit]\nfile = \"{}\"\ncheckpoint_every = 2\n",
         audit.display()
-    ));
-    let cfg = dir.path().join("ferry.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = await_ready(&mut child, &base);
+    );
+    let (mut child, base, client) = serve_with(dir.path(), None, "json", &extra);
     let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
     for _ in 0..3 {
         let r = client
