@@ -1840,7 +1840,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         println!(
             "B5 audit trail: {audit_lines} hash-chained lines appended to a file, {} ({:.1} µs of CPU per exchange over B1's)",
             match &audit_chain {
-                Ok(r) => format!("the chain and its {} signed checkpoint(s) verify", r.checkpoints),
+                Ok(r) => format!(
+                    "the chain and its {} signed checkpoint(s) verify",
+                    r.checkpoints
+                ),
                 Err(e) => format!("the chain is BROKEN at line {}: {}", e.line, e.problem),
             },
             b5.cpu_us

@@ -84,7 +84,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("NOTE: signature not checked (explaining a claims file)");
         }
         for s in &report.stages {
-            println!("{:<8} {:<7} {}", s.stage, s.outcome, s.detail);
+            // Details carry the token's own values (a subject, an issuer): one line each.
+            println!(
+                "{:<8} {:<7} {}",
+                s.stage,
+                s.outcome,
+                ferry::text::escape_control(&s.detail)
+            );
             if !s.data.is_null() && s.outcome == "pass" {
                 println!("{:<16} {}", "", s.data);
             }

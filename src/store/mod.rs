@@ -378,6 +378,26 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn distinct_revocations_never_share_a_field(
+            a in "[ab:\n]{0,3}", b in "[ab:\n]{0,3}", c in "[ab:\n]{0,3}", d in "[ab:\n]{0,3}",
+        ) {
+            let targets = [
+                RevocationTarget::Subject { subject: a.clone() },
+                RevocationTarget::IssuerSub { issuer: a.clone(), sub: b.clone() },
+                RevocationTarget::IssuerSub { issuer: c.clone(), sub: d.clone() },
+                RevocationTarget::Jti { jti: b.clone() },
+                RevocationTarget::Target { target: c.clone() },
+            ];
+            for (i, x) in targets.iter().enumerate() {
+                for y in targets.iter().skip(i + 1) {
+                    proptest::prop_assert_eq!(x == y, x.field() == y.field(), "{:?} {:?}", x, y);
+                }
+            }
+        }
+    }
+
     #[test]
     fn cache_keys_are_length_prefixed() {
         assert_ne!(
