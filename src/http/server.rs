@@ -156,10 +156,18 @@ impl Registry {
     }
 }
 
-/// Marks a connection busy for as long as it lives.
-struct Busy<'a>(&'a Connection, &'a Registry);
+/// Marks a connection busy for as long as it lives (from the moment a request is handed
+/// to the router until its response future ends, polled or not).
+struct Busy(Arc<Connection>, Arc<Registry>);
 
-impl Drop for Busy<'_> {
+impl Busy {
+    fn new(conn: &Arc<Connection>, registry: &Arc<Registry>) -> Self {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(conn), Arc::clone(registry))
+    }
+}
+
+impl Drop for Busy {
     fn drop(&mut self) {
         self.0.idle_since.store(self.1.now_ms(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
@@ -324,13 +332,11 @@ async fn serve_connection(
         let conn = Arc::clone(&conn);
         let registry = Arc::clone(&registry);
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            conn.busy.fetch_add(1, Ordering::AcqRel);
-            let conn = Arc::clone(&conn);
-            let registry = Arc::clone(&registry);
+            let busy = Busy::new(&conn, &registry);
             let router = router.clone();
             req.extensions_mut().insert(ConnectInfo(peer));
             async move {
-                let _busy = Busy(&conn, &registry);
+                let _busy = busy;
                 tower::ServiceExt::oneshot(router, req).await
             }
         })
