@@ -53,7 +53,8 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "B5 B1 with an audit trail file",
         "B5 audit trail: ",
         // Its concurrent requests' lines, written by group commit, form one chain.
-        "hash-chained lines appended to a file, the chain verifies (",
+        "hash-chained lines appended to a file, the chain and its ",
+        " signed checkpoint(s) verify (",
         "C1 hit, RS256",
         // C3 with and without the local revocation copy, and whether it was in use.
         "C3 hit, RS256, same token, redis",
