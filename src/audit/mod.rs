@@ -743,6 +743,10 @@ impl CheckpointKeys {
         let header =
             jsonwebtoken::decode_header(jws).map_err(|e| format!("malformed signature: {e}"))?;
         let alg = header.alg;
+        // Never a shared-secret algorithm: the verifier's key is public.
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(format!("algorithm {alg:?} is not accepted"));
+        }
         let key = match self {
             Self::Jwks(set) => {
                 let kid = header
@@ -767,10 +771,6 @@ impl CheckpointKeys {
             }
             .map_err(|e| format!("the key: {e}"))?,
         };
-        // Never a shared-secret algorithm: the verifier's key is public.
-        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(format!("algorithm {alg:?} is not accepted"));
-        }
         let mut validation = Validation::new(alg);
         validation.required_spec_claims.clear();
         validation.validate_exp = false;

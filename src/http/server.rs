@@ -27,6 +27,10 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+/// Most shed connections being answered at once; past it a connection over the cap is
+/// closed without an answer, so shedding itself cannot hold descriptors without bound.
+const MAX_SHEDDING: usize = 64;
+
 /// Descriptors kept free under the open-file limit for everything but client
 /// connections: the store, issuers' JWKS endpoints, clouds, the audit file, logs.
 const RESERVED_DESCRIPTORS: u64 = 256;
@@ -259,6 +263,7 @@ impl Server {
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let mut tasks = tokio::task::JoinSet::new();
+        let shedding = Arc::new(tokio::sync::Semaphore::new(MAX_SHEDDING));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -280,7 +285,13 @@ impl Server {
             let Some((id, conn)) = self.registry.admit(self.limits.max_connections) else {
                 self.registry.shed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, "connection cap reached; answered 503");
-                tasks.spawn(shed(tcp));
+                // Dropped without an answer when too many are being answered already.
+                if let Ok(permit) = Arc::clone(&shedding).try_acquire_owned() {
+                    tasks.spawn(async move {
+                        shed(tcp).await;
+                        drop(permit);
+                    });
+                }
                 continue;
             };
             tasks.spawn(serve_connection(
