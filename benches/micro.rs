@@ -25,7 +25,7 @@ use ferry::issuer::keys::{KeyRing, generate_private_pem, signing_key_from_pem};
 use ferry::mapping::{Identity, IssuerMapping, Mapper, Rule};
 use ferry::policy::{AttributePresence, AuthzInput, PolicyEngine, PolicySource};
 use ferry::provider_api::{Credential, Secret};
-use ferry::store::{CacheKey, Store};
+use ferry::store::{CacheKey, CredentialCache as _, RevocationList as _};
 use ferry::verify::jwks::{JwksCache, JwksPolicy};
 use ferry::verify::{TrustedIssuer, UnverifiedToken, Verifier};
 use jsonwebtoken::Algorithm;

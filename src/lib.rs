@@ -17,6 +17,7 @@ pub mod key_digest;
 pub mod mapping;
 pub mod metrics;
 pub mod policy;
+pub mod record;
 pub mod runtime;
 pub mod slots;
 pub mod store;

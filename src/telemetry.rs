@@ -8,6 +8,9 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// The target of the one span log lines carry: each request's (`http/observe.rs`).
+pub const REQUEST_SPAN_TARGET: &str = "ferry::http";
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -63,7 +66,7 @@ pub fn init(
     // stage spans (exchange, verify, mapping, policy) are for trace export. Formatting
     // every span's fields for the log cost more CPU than a cache hit (BENCHMARKS.md).
     let only_the_request_span = tracing_subscriber::filter::filter_fn(|meta| {
-        meta.is_event() || (meta.name() == "request" && meta.target() == "ferry::http")
+        meta.is_event() || (meta.name() == "request" && meta.target() == REQUEST_SPAN_TARGET)
     });
     let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()

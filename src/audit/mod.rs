@@ -28,41 +28,40 @@ pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 /// The `prev` of the first line of a new chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One decision, as the audit trail records it.
+/// One decision, as the audit trail records it (borrowed from the decision's
+/// `ExchangeRecord`; `http/observe.rs` builds it).
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct AuditEvent {
+pub struct AuditEvent<'a> {
     /// Unix seconds.
     pub time: i64,
-    /// The request id.
-    pub request_id: String,
-    /// The client address.
+    pub request_id: &'a str,
     pub client_ip: String,
     /// The issuer id, once known.
-    pub issuer: Option<String>,
+    pub issuer: Option<&'a str>,
     /// The subject token's `sub`, once verified.
-    pub token_sub: Option<String>,
+    pub token_sub: Option<&'a str>,
     /// SHA-256 (hex) of the presented token; never the token.
-    pub token_sha256: Option<String>,
+    pub token_sha256: Option<&'a str>,
     /// The canonical subject, once mapped.
-    pub subject: Option<String>,
+    pub subject: Option<&'a str>,
     /// The target id, when it names a configured target.
-    pub target: Option<String>,
+    pub target: Option<&'a str>,
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// Policies that determined the decision.
-    pub policy_ids: Vec<String>,
+    pub policy_ids: &'a [String],
     /// The RFC 6749 error code of a denial.
-    pub error: Option<String>,
-    /// Why it was denied.
-    pub reason: Option<String>,
+    pub error: Option<&'a str>,
+    /// The error description the client was sent.
+    pub reason: Option<&'a str>,
     /// `hit` or `miss` for granted exchanges.
     pub cache: Option<&'static str>,
     /// SHA-256 (hex) of the issued access token; never the credential.
-    pub credential_sha256: Option<String>,
+    pub credential_sha256: Option<&'a str>,
     /// The upstream request id, for cloud credentials.
-    pub upstream_request_id: Option<String>,
+    pub upstream_request_id: Option<&'a str>,
     /// The config revision that decided.
-    pub revision: String,
+    pub revision: &'a str,
 }
 
 /// Where lines go.
@@ -527,7 +526,7 @@ impl AuditLog {
 
     /// Appends one line per sink and returns once it is written: false when a sink could
     /// not be written.
-    pub async fn record(&self, event: &AuditEvent) -> bool {
+    pub async fn record(&self, event: &AuditEvent<'_>) -> bool {
         if !self.is_enabled() {
             return true;
         }
@@ -930,12 +929,12 @@ fn check_checkpoint(
 mod tests {
     use super::*;
 
-    fn event(n: i64) -> AuditEvent {
+    fn event(n: i64) -> AuditEvent<'static> {
         AuditEvent {
             time: 1_700_000_000 + n,
-            request_id: format!("r{n}"),
+            request_id: format!("r{n}").leak(),
             decision: "allow",
-            revision: "rev".into(),
+            revision: "rev",
             ..Default::default()
         }
     }

@@ -14,10 +14,11 @@ use ferry_provider_api::{Credential, Grant, ProviderError, Secret};
 use crate::clock::SharedClock;
 use crate::mapping::{Identity, MappingError};
 use crate::policy::{AuthzInput, Decision};
+use crate::record::{CacheResult, ExchangeRecord, ProviderCall};
 use crate::runtime::{Runtime, Target};
-use crate::store::{CacheKey, RateDecision, RevocationTarget, Store};
-use crate::verify::VerifyError;
-pub use flight::SingleFlight;
+use crate::store::{CacheKey, RateDecision, Store};
+use crate::verify::{VerifiedToken, VerifyError};
+pub use flight::{CacheRules, Lookup, RevocationFields, SingleFlight, SingleUse};
 pub use request::{ExchangeRequest, RequestError, TargetSelector};
 
 /// Token types a `jwt` target can satisfy when a client names `requested_token_type`.
@@ -128,49 +129,6 @@ pub struct ExchangeResponse {
     pub credentials: BTreeMap<String, Secret>,
 }
 
-/// A successful exchange and the facts the audit trail and logs need.
-#[derive(Debug)]
-pub struct ExchangeOutcome {
-    /// What the client receives.
-    pub response: ExchangeResponse,
-    /// Who got it.
-    pub identity: Identity,
-    /// Why.
-    pub decision: Decision,
-    /// Which target.
-    pub target: String,
-    /// Whether it came from the cache.
-    pub cache_hit: bool,
-    /// The upstream request id of the call that minted it.
-    pub upstream_request_id: Option<String>,
-}
-
-/// What became known about a request as it went through the stages, success or not:
-/// the audit trail and metrics read it after the exchange returns.
-#[derive(Debug, Clone, Default)]
-pub struct ExchangeTrace {
-    /// The issuer id, once the token verified.
-    pub issuer: Option<String>,
-    /// The token's `sub`, once verified.
-    pub token_sub: Option<String>,
-    /// SHA-256 of the presented token.
-    pub token_sha256: Option<String>,
-    /// The canonical subject, once mapped.
-    pub subject: Option<String>,
-    /// The target id, once resolved to a configured target.
-    pub target: Option<String>,
-    /// The target's kind.
-    pub target_kind: Option<String>,
-    /// Policies that determined the decision.
-    pub policy_ids: Vec<String>,
-    /// `allow`, `deny` or `error`, once policy ran.
-    pub policy_decision: Option<&'static str>,
-    /// Provider call latency, when there was one.
-    pub provider_seconds: Option<f64>,
-    /// Provider call outcome, when there was one.
-    pub provider_outcome: Option<&'static str>,
-}
-
 /// Resolves the target a request names.
 pub fn resolve_target(
     rt: &Runtime,
@@ -231,35 +189,33 @@ fn cache_key(target: &Target, identity: &Identity, scopes: &[String]) -> CacheKe
     CacheKey::from_digest(digest)
 }
 
-/// Runs one exchange end to end.
-#[tracing::instrument(skip_all, fields(issuer, subject, target, cache))]
+/// Runs one exchange end to end: verify, map, target, authorize, then the credential
+/// from the cache or the provider ([`Services::get_or_mint`]). What each stage learns
+/// goes into `record`, success or not.
+#[tracing::instrument(name = "exchange", skip_all)]
 pub async fn exchange(
     rt: &Runtime,
     svc: &Services,
     req: ExchangeRequest,
-    request_id: &str,
-    trace: &mut ExchangeTrace,
-) -> Result<ExchangeOutcome, ExchangeError> {
-    let span = tracing::Span::current();
-    trace.token_sha256 = Some(req.subject_token.sha256());
+    record: &mut ExchangeRecord,
+) -> Result<ExchangeResponse, ExchangeError> {
+    record.token_sha256 = Some(req.subject_token.sha256());
     let limits = &rt.config.rate_limits;
     if let Some(limit) = limits.per_client {
-        rate_limit(svc, &format!("client:{}", req.client_ip), limit).await?;
+        svc.admit(&format!("client:{}", req.client_ip), limit)
+            .await?;
     }
     let token = rt.verifier.verify(&req.subject_token).await?;
-    span.record("issuer", token.issuer_id());
-    trace.issuer = Some(token.issuer_id().to_owned());
-    trace.token_sub = token.sub().map(str::to_owned);
+    record.verified(&token);
     let identity = rt.mapper.map(&token)?;
-    span.record("subject", identity.subject.as_str());
-    trace.subject = Some(identity.subject.clone());
+    record.mapped(&identity);
     if let Some(limit) = limits.per_subject {
-        rate_limit(svc, &format!("subject:{}", identity.subject), limit).await?;
+        svc.admit(&format!("subject:{}", identity.subject), limit)
+            .await?;
     }
     let target = resolve_target(rt, &req.target)?;
-    span.record("target", target.id.as_str());
-    trace.target = Some(target.id.clone());
-    trace.target_kind = Some(target.kind.clone());
+    record.target = Some(target.id.clone());
+    record.target_kind = Some(target.provider.kind());
     check_target_request(&target, &req.scopes, req.requested_token_type.as_deref())?;
 
     let now = svc.clock.now();
@@ -271,14 +227,7 @@ pub async fn exchange(
         scopes: &req.scopes,
         timestamp: now,
     });
-    trace.policy_ids = decision.policy_ids.clone();
-    trace.policy_decision = Some(if decision.allowed {
-        "allow"
-    } else if decision.errors.is_empty() {
-        "deny"
-    } else {
-        "error"
-    });
+    record.decided(&decision);
     if !decision.allowed {
         return Err(ExchangeError::Denied {
             subject: identity.subject.clone(),
@@ -287,182 +236,99 @@ pub async fn exchange(
         });
     }
 
-    // Revocation: asked of the store on every exchange (Redis answers from a local copy
-    // only while that is provably at most `revocation_max_lag` old); if it cannot be
-    // answered, the answer is no (DESIGN §4).
-    // In this order: the first two or three also cover the credential minted below.
-    let mut fields = Vec::with_capacity(4);
-    fields.push(RevocationTarget::subject_field(&identity.subject));
-    fields.push(target.revocation_field.clone());
-    fields.extend(
-        token
-            .sub()
-            .map(|sub| RevocationTarget::issuer_sub_field(token.issuer_id(), sub)),
+    let fields = RevocationFields::new(
+        &identity.subject,
+        &target.revocation_field,
+        token.sub().map(|sub| (token.issuer_id(), sub)),
+        token.jti(),
     );
-    if let Some(jti) = token.jti() {
-        fields.push(RevocationTarget::jti_field(jti));
-    }
-    let key = cache_key(&target, &identity, &req.scopes);
-    let min_remaining = i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX);
-    let bypass = rt.config.store.on_cache_error == "bypass";
-    // The revocation check and the cache read go out together (one round trip of
-    // latency on a multiplexed connection); a cached credential is used only if the
-    // revocation check, and then the replay check, pass.
-    let (revoked, cached_credential) = svc.store.revoked_and_cached(&fields, now, &key).await;
-    let cached_credential = usable(svc, cached_credential, min_remaining, bypass);
-    match revoked {
-        Ok(None) => {}
-        Ok(Some(r)) => return Err(ExchangeError::Revoked(describe_revocation(&r.target))),
-        Err(e) => return Err(ExchangeError::StoreUnavailable(e.to_string())),
-    }
-
-    // Replay: a single-use issuer's token is accepted once, on any replica.
-    if rt.single_use_issuers.contains(token.issuer_id()) {
-        let jti = token.jti().ok_or(ExchangeError::Replay(
-            "the token has no `jti`, which single-use issuers require",
-        ))?;
-        let ttl = token
-            .expires_at()
-            .saturating_sub(now)
-            .saturating_add(rt.leeway_of(token.issuer_id()))
-            .max(1);
-        let id = format!("{}\n{jti}", token.issuer_id());
-        match svc
-            .store
-            .first_use(&id, Duration::from_secs(u64::try_from(ttl).unwrap_or(1)))
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return Err(ExchangeError::Replay("the token has already been used")),
-            Err(e) => return Err(ExchangeError::StoreUnavailable(e.to_string())),
-        }
-    }
-
-    let hit = |c: Credential, identity: Identity, decision: Decision| {
-        span.record("cache", "hit");
-        Ok(outcome(
-            svc,
-            c,
-            identity,
-            decision,
-            &target,
-            &req.scopes,
-            true,
-        ))
+    let lookup = Lookup {
+        key: cache_key(&target, &identity, &req.scopes),
+        fields: &fields,
+        single_use: single_use(rt, &token, now)?,
+        now,
+        rules: cache_rules(rt, &target),
     };
-    if let Some(credential) = cached_credential? {
-        return hit(credential, identity, decision);
-    }
-    match svc.store.get_denial(&key).await {
-        Ok(Some(code)) => return Err(ExchangeError::Provider(ProviderError::Denied { code })),
-        Ok(None) => {}
-        Err(e) if !bypass => return Err(ExchangeError::StoreUnavailable(e.to_string())),
-        Err(_) => {}
-    }
-
-    // Single flight: in this process first, then across replicas through the store.
-    let local = svc.flights.lock_for(key.as_str());
-    let _local = local.lock().await;
-    if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
-        return hit(credential, identity, decision);
-    }
-    let lock_ttl = rt.config.store.lock_ttl.0;
-    let wait_until = std::time::Instant::now() + rt.config.store.lock_wait.0;
-    let lock_token = loop {
-        match svc.store.try_lock(&key, lock_ttl).await {
-            Ok(Some(t)) => break Some(t),
-            Ok(None) => {}
-            Err(e) if !bypass => return Err(ExchangeError::StoreUnavailable(e.to_string())),
-            Err(_) => break None,
-        }
-        // Another replica is minting: wait for its result, or for its lock to lapse.
-        loop {
-            if std::time::Instant::now() >= wait_until {
-                return Err(ExchangeError::StoreUnavailable(
-                    "another replica is minting this credential; retry".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
-                return hit(credential, identity, decision);
-            }
-            if let Ok(Some(code)) = svc.store.get_denial(&key).await {
-                return Err(ExchangeError::Provider(ProviderError::Denied { code }));
-            }
-            match svc.store.is_locked(&key).await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => return Err(ExchangeError::StoreUnavailable(e.to_string())),
-            }
-        }
-        if let Some(credential) = cached(svc, &key, min_remaining, bypass).await? {
-            return hit(credential, identity, decision);
-        }
+    let mut call = None;
+    let served = svc
+        .get_or_mint(lookup, || async {
+            let grant = grant(rt, &target, &identity, &req, &fields, &record.request_id)?;
+            let (issued, made) = issue(&target, &grant).await;
+            call = Some(made);
+            Ok(issued?)
+        })
+        .await;
+    record.provider = call;
+    record.cache = match &served {
+        Ok(s) if s.cache_hit => Some(CacheResult::Hit),
+        _ => call.map(|_| CacheResult::Miss),
     };
-    // Covered by the same subject, target and issuer/sub revocations as the request
-    // (not its subject token's `jti`: a revoked subject token is refused above), and by a
-    // revocation of the credential's own id.
-    let identity_fields = fields
-        .get(..if token.sub().is_some() { 3 } else { 2 })
-        .unwrap_or(&fields);
-    let minted = mint(
-        rt,
-        svc,
-        (&target, &identity, &req),
-        identity_fields,
-        &key,
-        request_id,
-        trace,
-    )
-    .await;
-    if let Ok(credential) = &minted {
-        let covered_by = crate::store::covering_fields(identity_fields, credential);
-        let usable_for = credential
-            .expires_at
-            .saturating_sub(svc.clock.now())
-            .saturating_sub(min_remaining);
-        if usable_for > 0 {
-            let ttl = Duration::from_secs(u64::try_from(usable_for).unwrap_or(0));
-            if let Err(e) = svc
-                .store
-                .put_credential(&key, credential, ttl, &covered_by)
-                .await
-            {
-                tracing::warn!(error = %e, "credential cache unavailable; not cached");
-            }
-        }
-    }
-    // Released only once the result is cached (or the denial remembered, in `mint`): a
-    // waiter that sees the lock gone reads the cache next, and must find the credential
-    // there rather than take the lock and mint a second one.
-    if let Some(t) = lock_token
-        && let Err(e) = svc.store.unlock(&key, &t).await
-    {
-        tracing::warn!(error = %e, "could not release the mint lock; it expires by itself");
-    }
-    let credential = minted?;
-    span.record("cache", "miss");
-    Ok(outcome(
-        svc,
+    let credential = served?.credential;
+    record
+        .upstream_request_id
+        .clone_from(&credential.upstream_request_id);
+    Ok(ExchangeResponse::new(
         credential,
-        identity,
-        decision,
-        &target,
         &req.scopes,
-        false,
+        svc.clock.now(),
     ))
 }
 
-async fn mint(
+impl ExchangeResponse {
+    /// The response carrying `credential`, its lifetime counted from `now`.
+    fn new(credential: Credential, scopes: &[String], now: i64) -> Self {
+        Self {
+            expires_in: credential.expires_at.saturating_sub(now).max(0),
+            access_token: credential.access_token,
+            issued_token_type: credential.issued_token_type,
+            token_type: credential.token_type,
+            scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
+            credentials: credential.fields,
+        }
+    }
+}
+
+/// How the cache treats the target's credentials (`[store]` and its `min_remaining`).
+fn cache_rules(rt: &Runtime, target: &Target) -> CacheRules {
+    let store = &rt.config.store;
+    CacheRules {
+        min_remaining: i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX),
+        bypass: store.on_cache_error == "bypass",
+        lock_ttl: store.lock_ttl.0,
+        lock_wait: store.lock_wait.0,
+        negative_ttl: store.negative_ttl.0,
+    }
+}
+
+/// One provider call, and what it did.
+async fn issue(
+    target: &Target,
+    grant: &Grant,
+) -> (Result<Credential, ProviderError>, ProviderCall) {
+    let started = std::time::Instant::now();
+    let issued = target.provider.issue(grant).await;
+    let outcome = match &issued {
+        Ok(_) => "ok",
+        Err(ProviderError::Denied { .. }) => "denied",
+        Err(ProviderError::Unavailable { .. }) => "unavailable",
+        Err(ProviderError::BadAnswer(_)) => "bad_answer",
+        Err(_) => "error",
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    (issued, ProviderCall { outcome, seconds })
+}
+
+/// What the provider is asked for: the identity, the target's values evaluated over it,
+/// and the revocation fields a Ferry-signed token carries.
+fn grant(
     rt: &Runtime,
-    svc: &Services,
-    (target, identity, req): (&Target, &Identity, &ExchangeRequest),
-    revocation_fields: &[String],
-    key: &CacheKey,
+    target: &Target,
+    identity: &Identity,
+    req: &ExchangeRequest,
+    fields: &RevocationFields,
     request_id: &str,
-    trace: &mut ExchangeTrace,
-) -> Result<Credential, ExchangeError> {
-    let grant = Grant {
+) -> Result<Grant, ExchangeError> {
+    Ok(Grant {
         target_id: target.id.clone(),
         issuer_id: identity.issuer_id.clone(),
         subject: identity.subject.clone(),
@@ -473,123 +339,54 @@ async fn mint(
         request_id: request_id.to_owned(),
         traceparent: req.traceparent.clone(),
         target_values: rt.mapper.eval_over_identity(&target.values, identity)?,
-        revocation_fields: revocation_fields.to_vec(),
-    };
-    let started = std::time::Instant::now();
-    let issued = target.provider.issue(&grant).await;
-    trace.provider_seconds = Some(started.elapsed().as_secs_f64());
-    trace.provider_outcome = Some(match &issued {
-        Ok(_) => "ok",
-        Err(ProviderError::Denied { .. }) => "denied",
-        Err(ProviderError::Unavailable { .. }) => "unavailable",
-        Err(ProviderError::BadAnswer(_)) => "bad_answer",
-        Err(_) => "error",
-    });
-    if let Err(ProviderError::Denied { code }) = &issued
-        && let Err(e) = svc
+        revocation_fields: fields.credential().to_vec(),
+    })
+}
+
+/// The replay record of a single-use issuer's token (which must have a `jti`): kept for
+/// the token's remaining life plus the issuer's leeway.
+fn single_use(
+    rt: &Runtime,
+    token: &VerifiedToken,
+    now: i64,
+) -> Result<Option<SingleUse>, ExchangeError> {
+    if !rt.single_use_issuers.contains(token.issuer_id()) {
+        return Ok(None);
+    }
+    let jti = token.jti().ok_or(ExchangeError::Replay(
+        "the token has no `jti`, which single-use issuers require",
+    ))?;
+    let ttl = token
+        .expires_at()
+        .saturating_sub(now)
+        .saturating_add(rt.leeway_of(token.issuer_id()))
+        .max(1);
+    Ok(Some(SingleUse {
+        id: format!("{}\n{jti}", token.issuer_id()),
+        ttl: Duration::from_secs(u64::try_from(ttl).unwrap_or(1)),
+    }))
+}
+
+impl Services {
+    /// Counts the request against a rate-limit bucket.
+    async fn admit(
+        &self,
+        bucket: &str,
+        limit: crate::config::RateLimit,
+    ) -> Result<(), ExchangeError> {
+        match self
             .store
-            .put_denial(key, code, rt.config.store.negative_ttl.0)
+            .rate_limit(
+                bucket,
+                limit.requests,
+                limit.window.0.as_secs(),
+                self.clock.now(),
+            )
             .await
-    {
-        tracing::warn!(error = %e, "could not cache the upstream denial");
-    }
-    Ok(issued?)
-}
-
-fn describe_revocation(t: &RevocationTarget) -> String {
-    match t {
-        RevocationTarget::Subject { subject } => format!(
-            "subject `{}` has been revoked",
-            crate::text::escape_control(subject)
-        ),
-        RevocationTarget::IssuerSub { issuer, .. } => {
-            format!("this token's subject at issuer `{issuer}` has been revoked")
+        {
+            Ok(RateDecision::Allowed) => Ok(()),
+            Ok(RateDecision::Limited(retry_after)) => Err(ExchangeError::RateLimited(retry_after)),
+            Err(e) => Err(ExchangeError::StoreUnavailable(e.to_string())),
         }
-        RevocationTarget::Jti { .. } => "this token has been revoked".into(),
-        RevocationTarget::Target { target } => format!("target `{target}` has been revoked"),
-    }
-}
-
-async fn rate_limit(
-    svc: &Services,
-    bucket: &str,
-    limit: crate::config::RateLimit,
-) -> Result<(), ExchangeError> {
-    match svc
-        .store
-        .rate_limit(
-            bucket,
-            limit.requests,
-            limit.window.0.as_secs(),
-            svc.clock.now(),
-        )
-        .await
-    {
-        Ok(RateDecision::Allowed) => Ok(()),
-        Ok(RateDecision::Limited(retry_after)) => Err(ExchangeError::RateLimited(retry_after)),
-        Err(e) => Err(ExchangeError::StoreUnavailable(e.to_string())),
-    }
-}
-
-/// A cached credential with at least `min_remaining` left. A store error is a miss when
-/// `bypass` is set (a cache that is down is bypassed, never trusted), else a 503.
-async fn cached(
-    svc: &Services,
-    key: &CacheKey,
-    min_remaining: i64,
-    bypass: bool,
-) -> Result<Option<Credential>, ExchangeError> {
-    tracing::trace!(key = %key.as_str().get(..16).unwrap_or(""), "credential cache lookup");
-    usable(
-        svc,
-        svc.store.get_credential(key).await,
-        min_remaining,
-        bypass,
-    )
-}
-
-/// Judges a cache answer: see [`cached`].
-fn usable(
-    svc: &Services,
-    answer: Result<Option<Credential>, crate::store::StoreError>,
-    min_remaining: i64,
-    bypass: bool,
-) -> Result<Option<Credential>, ExchangeError> {
-    match answer {
-        Ok(Some(c)) if c.expires_at.saturating_sub(svc.clock.now()) >= min_remaining => Ok(Some(c)),
-        Ok(_) => Ok(None),
-        Err(e) if bypass => {
-            tracing::warn!(error = %e, "credential cache unavailable; bypassing");
-            Ok(None)
-        }
-        Err(e) => Err(ExchangeError::StoreUnavailable(e.to_string())),
-    }
-}
-
-fn outcome(
-    svc: &Services,
-    credential: Credential,
-    identity: Identity,
-    decision: Decision,
-    target: &Target,
-    scopes: &[String],
-    cache_hit: bool,
-) -> ExchangeOutcome {
-    let expires_in = credential.expires_at.saturating_sub(svc.clock.now()).max(0);
-    let upstream_request_id = credential.upstream_request_id.clone();
-    ExchangeOutcome {
-        response: ExchangeResponse {
-            access_token: credential.access_token,
-            issued_token_type: credential.issued_token_type,
-            token_type: credential.token_type,
-            expires_in,
-            scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
-            credentials: credential.fields,
-        },
-        identity,
-        decision,
-        target: target.id.clone(),
-        cache_hit,
-        upstream_request_id,
     }
 }

@@ -3,20 +3,20 @@
 pub mod admin;
 pub mod error;
 pub mod oauth;
+pub mod observe;
 pub mod reload;
 pub mod server;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,9 +26,10 @@ use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use crate::audit::{AuditEvent, AuditLog};
-use crate::exchange::{self, ExchangeOutcome, ExchangeTrace, Services, request};
+use crate::audit::AuditLog;
+use crate::exchange::{self, Services, request};
 use crate::metrics::Metrics;
+use crate::record::ExchangeRecord;
 use crate::runtime::Runtime;
 pub use error::ApiError;
 
@@ -95,9 +96,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(move |req, next| {
-            log_request(req, next, timeout)
-        }))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), timeout),
+            observe::log_request,
+        ))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 // Defence in depth: a panic is a bug, answered like any other 500.
@@ -132,74 +134,6 @@ async fn drop_unsafe_request_id(mut req: Request) -> Request {
     req
 }
 
-/// One span per request (request id, route), one log line at the end, and a hard
-/// timeout that answers 503 rather than hanging.
-async fn log_request(req: Request, next: Next, timeout: Duration) -> Response {
-    let started = Instant::now();
-    let request_id = request_id_of(req.headers());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().clone();
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(request::parse_traceparent);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        %method,
-        %route,
-        traceparent = traceparent.as_deref(),
-        issuer = tracing::field::Empty,
-        subject = tracing::field::Empty,
-        target = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        cache = tracing::field::Empty,
-        policies = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
-    crate::telemetry::adopt_remote_parent(&span, traceparent.as_deref());
-    let mut response = {
-        use tracing::Instrument as _;
-        match tokio::time::timeout(timeout, next.run(req).instrument(span.clone())).await {
-            Ok(r) => r,
-            Err(_) => ApiError::unavailable("the request timed out", Duration::from_secs(1))
-                .into_response(),
-        }
-    };
-    let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let facts = response.extensions_mut().remove::<ExchangeFacts>();
-    // Recorded on the span only for trace export: a log line formats its own fields once,
-    // while each field recorded on a span re-encodes the span's JSON.
-    if crate::telemetry::spans_exported() {
-        span.record("latency_ms", latency_ms);
-        if let Some(f) = &facts {
-            f.record_on(&span);
-        }
-    }
-    span.in_scope(|| match &facts {
-        Some(f) => tracing::info!(
-            status,
-            latency_ms,
-            issuer = f.issuer.as_deref(),
-            subject = f.subject.as_deref(),
-            // `target` in a JSON line is the module that logged it.
-            target_id = f.target.as_deref(),
-            outcome = f.outcome,
-            cache = f.cache,
-            policies = ?f.policies,
-            "request finished"
-        ),
-        None => tracing::info!(status, latency_ms, "request finished"),
-    });
-    response
-}
-
 fn request_id_of(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
@@ -223,22 +157,44 @@ fn no_store(mut response: Response) -> Response {
 }
 
 /// `POST /oauth2/token` (RFC 8693 §2).
-async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let started = Instant::now();
-    let (parts, body) = request.into_parts();
+async fn token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<observe::Granted, observe::Refused> {
+    let (mut parts, body) = request.into_parts();
     let request_id = parts
         .extensions
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| request_id_of(&parts.headers));
-    let ip = client_ip(&parts.extensions);
+    // In-flight requests finish on the config they started with, even across a reload.
+    let runtime = state.runtime.load_full();
+    let mut record = ExchangeRecord::start(
+        request_id,
+        client_ip(&parts.extensions),
+        runtime.revision.clone(),
+    );
     let traceparent = parts
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(request::parse_traceparent);
-    // RFC 6749 §4.1.3 / RFC 8693 §2.1: the body is application/x-www-form-urlencoded.
+        .extensions
+        .remove::<observe::Traceparent>()
+        .map(|t| t.0);
+    let result = async {
+        let mut req = read_form(parts, body, record.client_ip).await?;
+        req.traceparent = traceparent;
+        Ok(exchange::exchange(&runtime, &state.services, req, &mut record).await?)
+    }
+    .await;
+    observe::settle(&state, record, result).await
+}
+
+/// The exchange request in a token request's body (RFC 6749 §4.1.3 / RFC 8693 §2.1:
+/// `application/x-www-form-urlencoded`, at most `max_body_bytes`).
+async fn read_form(
+    parts: axum::http::request::Parts,
+    body: axum::body::Body,
+    client_ip: IpAddr,
+) -> Result<exchange::ExchangeRequest, ApiError> {
     let is_form = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -248,222 +204,17 @@ async fn token(State(state): State<Arc<AppState>>, request: Request) -> Response
             mime.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
-    let body: Result<Bytes, BytesRejection> =
-        <Bytes as axum::extract::FromRequest<()>>::from_request(
-            Request::from_parts(parts, body),
-            &(),
-        )
-        .await;
-    // In-flight requests finish on the config they started with, even across a reload.
-    let runtime = state.runtime.load_full();
-    let mut trace = ExchangeTrace::default();
-    let result = token_inner(
-        &state,
-        &runtime,
-        is_form,
-        body,
-        ip,
-        traceparent,
-        &request_id,
-        &mut trace,
-    )
-    .await;
-    // The audit event is built only when there is an audit trail to write it to.
-    let audited = state.audit.is_enabled();
-    let event = || AuditEvent {
-        time: state.services.clock.now(),
-        request_id: request_id.clone(),
-        client_ip: ip.to_string(),
-        issuer: trace.issuer.clone(),
-        token_sub: trace.token_sub.clone(),
-        token_sha256: trace.token_sha256.clone(),
-        subject: trace.subject.clone(),
-        target: trace.target.clone(),
-        policy_ids: trace.policy_ids.clone(),
-        revision: runtime.revision.clone(),
-        ..Default::default()
-    };
-    let mut cache_label = None;
-    let response = match result {
-        Ok(outcome) => {
-            cache_label = Some(if outcome.cache_hit { "hit" } else { "miss" });
-            let recorded = !audited
-                || state
-                    .audit
-                    .record(&AuditEvent {
-                        decision: "allow",
-                        cache: cache_label,
-                        credential_sha256: Some(crate::sha256_hex(
-                            outcome.response.access_token.expose().as_bytes(),
-                        )),
-                        upstream_request_id: outcome.upstream_request_id.clone(),
-                        ..event()
-                    })
-                    .await;
-            if recorded {
-                // At debug: the request's one line at info ("request finished") carries
-                // the same facts (`log_request`), and a second line per exchange cost
-                // as much CPU as the rest of a cache hit (BENCHMARKS.md).
-                tracing::debug!(
-                    issuer = %outcome.identity.issuer_id,
-                    subject = %outcome.identity.subject,
-                    target_id = %outcome.target,
-                    policies = ?outcome.decision.policy_ids,
-                    cache = if outcome.cache_hit { "hit" } else { "miss" },
-                    outcome = "granted",
-                    "exchange granted"
-                );
-                Ok(granted(outcome))
-            } else {
-                // Fail closed: a credential whose grant cannot be audited is not handed out.
-                state.metrics.inc("ferry_audit_write_failures_total", &[]);
-                tracing::error!("audit trail unavailable; refusing to hand out a credential");
-                Err(ApiError::unavailable(
-                    "the audit trail is unavailable",
-                    Duration::from_secs(5),
-                ))
-            }
-        }
-        Err(e) => {
-            if audited
-                && !state
-                    .audit
-                    .record(&AuditEvent {
-                        decision: "deny",
-                        error: Some(e.code.to_owned()),
-                        reason: Some(e.description.clone()),
-                        ..event()
-                    })
-                    .await
-            {
-                state.metrics.inc("ferry_audit_write_failures_total", &[]);
-            }
-            tracing::info!(
-                issuer = trace.issuer.as_deref().unwrap_or("-"),
-                subject = trace.subject.as_deref().unwrap_or("-"),
-                target_id = trace.target.as_deref().unwrap_or("-"),
-                policies = ?trace.policy_ids,
-                outcome = e.code,
-                description = %e.description,
-                "exchange refused"
-            );
-            Err(e)
-        }
-    };
-    let outcome_label = match &response {
-        Ok(_) => "granted",
-        Err(e) => e.code,
-    };
-    let issuer = trace.issuer.as_deref().unwrap_or("unknown");
-    let target = trace.target.as_deref().unwrap_or("unknown");
-    let m = &state.metrics;
-    m.inc(
-        "ferry_exchanges_total",
-        &[
-            ("issuer", issuer),
-            ("target", target),
-            ("outcome", outcome_label),
-        ],
-    );
-    m.observe(
-        "ferry_exchange_duration_seconds",
-        &[("outcome", outcome_label)],
-        started.elapsed().as_secs_f64(),
-    );
-    if outcome_label == "slow_down" {
-        m.inc("ferry_rate_limited_total", &[]);
-    }
-    if let Some(decision) = trace.policy_decision {
-        m.inc("ferry_policy_decisions_total", &[("decision", decision)]);
-    }
-    if cache_label.is_some() || trace.provider_outcome.is_some() {
-        m.inc(
-            "ferry_cache_requests_total",
-            &[(
-                "result",
-                if trace.provider_outcome.is_some() {
-                    "miss"
-                } else {
-                    "hit"
-                },
-            )],
-        );
-    }
-    if let (Some(outcome), Some(secs), Some(kind)) = (
-        trace.provider_outcome,
-        trace.provider_seconds,
-        trace.target_kind.as_deref(),
-    ) {
-        m.inc(
-            "ferry_provider_calls_total",
-            &[("provider", kind), ("outcome", outcome)],
-        );
-        m.observe(
-            "ferry_provider_duration_seconds",
-            &[("provider", kind)],
-            secs,
-        );
-    }
-    let mut response = match response {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    response.extensions_mut().insert(ExchangeFacts {
-        issuer: trace.issuer.take(),
-        target: trace.target.take(),
-        outcome: outcome_label,
-        subject: trace.subject.take(),
-        cache: cache_label,
-        policies: std::mem::take(&mut trace.policy_ids),
-    });
-    response
-}
-
-/// What a token request decided, for the request's log line (`log_request`) and, when
-/// spans are exported, its span.
-#[derive(Clone, Debug)]
-struct ExchangeFacts {
-    issuer: Option<String>,
-    target: Option<String>,
-    outcome: &'static str,
-    subject: Option<String>,
-    cache: Option<&'static str>,
-    policies: Vec<String>,
-}
-
-impl ExchangeFacts {
-    fn record_on(&self, span: &tracing::Span) {
-        span.record("issuer", self.issuer.as_deref());
-        span.record("target", self.target.as_deref());
-        span.record("outcome", self.outcome);
-        span.record("subject", self.subject.as_deref());
-        span.record("cache", self.cache);
-        if !self.policies.is_empty() {
-            span.record("policies", tracing::field::debug(&self.policies));
-        }
-    }
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces come from different layers"
-)]
-async fn token_inner(
-    state: &AppState,
-    runtime: &Runtime,
-    is_form: bool,
-    body: Result<Bytes, BytesRejection>,
-    client_ip: IpAddr,
-    traceparent: Option<String>,
-    request_id: &str,
-    trace: &mut ExchangeTrace,
-) -> Result<ExchangeOutcome, ApiError> {
     if !is_form {
         return Err(ApiError::invalid_request(
             "the request body must be application/x-www-form-urlencoded",
         ));
     }
-    let body = body.map_err(|e| {
+    let body = <Bytes as axum::extract::FromRequest<()>>::from_request(
+        Request::from_parts(parts, body),
+        &(),
+    )
+    .await
+    .map_err(|e: BytesRejection| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -477,12 +228,10 @@ async fn token_inner(
     // Every body decodes (invalid UTF-8 becomes U+FFFD); the checks on the values are
     // `request::parse`'s.
     let pairs = request::form_pairs(&body);
-    let mut req = request::parse(&pairs, client_ip)?;
-    req.traceparent = traceparent;
-    Ok(exchange::exchange(runtime, &state.services, req, request_id, trace).await?)
+    Ok(request::parse(&pairs, client_ip)?)
 }
 
-fn granted(outcome: ExchangeOutcome) -> Response {
+fn granted(r: &exchange::ExchangeResponse) -> Response {
     /// RFC 8693 §2.2.1, serialized straight from the outcome: the secrets are written
     /// once, into the body, with no intermediate JSON tree holding copies of them.
     #[derive(serde::Serialize)]
@@ -501,7 +250,6 @@ fn granted(outcome: ExchangeOutcome) -> Response {
             s.collect_map(self.0.iter().map(|(k, v)| (k, v.expose())))
         }
     }
-    let r = &outcome.response;
     let body = Body {
         access_token: r.access_token.expose(),
         issued_token_type: &r.issued_token_type,

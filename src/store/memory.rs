@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ferry_provider_api::Credential;
 
-use super::{CacheKey, RateDecision, Revocation, Store, StoreError};
+use super::{
+    CacheKey, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation, RevocationList,
+    Store, StoreError,
+};
 
 /// A record that must not forget: entries live until their own expiry, and a record that
 /// is full of live entries refuses a new one (the caller fails closed) instead of
@@ -242,6 +245,13 @@ impl Store for MemoryStore {
         "memory"
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CredentialCache for MemoryStore {
     async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError> {
         self.credentials.get(&key.digest())
     }
@@ -316,7 +326,10 @@ impl Store for MemoryStore {
             .denials
             .insert(key.as_str(), code.to_owned(), Instant::now() + ttl)
     }
+}
 
+#[async_trait]
+impl RevocationList for MemoryStore {
     async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError> {
         let field = revocation.target.field();
         self.shared()?
@@ -351,7 +364,10 @@ impl Store for MemoryStore {
             .cloned()
             .collect())
     }
+}
 
+#[async_trait]
+impl ReplayRecord for MemoryStore {
     async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut shared = self.shared()?;
         let now = Instant::now();
@@ -361,7 +377,10 @@ impl Store for MemoryStore {
         shared.seen.insert(id, (), now + ttl)?;
         Ok(true)
     }
+}
 
+#[async_trait]
+impl RateLimiter for MemoryStore {
     async fn rate_limit(
         &self,
         bucket: &str,
@@ -389,10 +408,6 @@ impl Store for MemoryStore {
         } else {
             RateDecision::Allowed
         })
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ferry_provider_api::Credential;
 
 use super::memory::MemoryStore;
-use super::{CacheKey, Revocation, Store, StoreError};
+use super::{CacheKey, CredentialCache as _, Revocation, RevocationList as _, StoreError};
 
 /// The local copy and how recent it is.
 pub struct Mirror {

@@ -172,18 +172,17 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// The answers of [`Store::revoked_and_cached`]: the revocation check, the cache read.
+/// The answers of [`CredentialCache::revoked_and_cached`]: the revocation check, the
+/// cache read.
 pub type RevokedAndCached = (
     Result<Option<Revocation>, StoreError>,
     Result<Option<Credential>, StoreError>,
 );
 
-/// Where Ferry keeps what replicas share.
+/// The credential cache, the negative cache of upstream denials and the cross-replica
+/// mint lock: what [`crate::exchange::flight`] drives, and nothing else calls.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The backend's name, for logs and `/readyz`.
-    fn backend(&self) -> &'static str;
-
+pub trait CredentialCache: RevocationList {
     /// A cached credential, if any (expiry is the caller's to judge).
     async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError>;
 
@@ -213,18 +212,11 @@ pub trait Store: Send + Sync + 'static {
     async fn put_denial(&self, key: &CacheKey, code: &str, ttl: Duration)
     -> Result<(), StoreError>;
 
-    /// Records a revocation and purges the cached credentials it covers; returns how
-    /// many were purged.
-    async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError>;
-
-    /// The first live revocation among `fields`, if any. Never cached: every call asks.
-    async fn revoked(&self, fields: &[String], now: i64) -> Result<Option<Revocation>, StoreError>;
-
-    /// [`Store::revoked`] and [`Store::get_credential`] together: the exchange path asks
-    /// both on every request, and a backend that can send them as one round trip (Redis:
-    /// one pipeline) does. Redis answers from its local copy and near cache instead while
-    /// the copy is provably current (`mirror.rs`); never from a copy that is not. The
-    /// caller uses the credential only if the revocation check passed.
+    /// [`RevocationList::revoked`] and [`CredentialCache::get_credential`] together: the
+    /// exchange path asks both on every request, and a backend that can send them as one
+    /// round trip (Redis: one pipeline) does. Redis answers from its local copy and near
+    /// cache instead while the copy is provably current (`mirror.rs`); never from a copy
+    /// that is not. The caller uses the credential only if the revocation check passed.
     async fn revoked_and_cached(
         &self,
         fields: &[String],
@@ -233,24 +225,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> RevokedAndCached {
         tokio::join!(self.revoked(fields, now), self.get_credential(key))
     }
+}
+
+/// Revocations: recorded by operators (`/admin/revocations`, `/oauth2/revoke`,
+/// `ferry revoke`), checked on every exchange.
+#[async_trait]
+pub trait RevocationList: Send + Sync + 'static {
+    /// Records a revocation and purges the cached credentials it covers; returns how
+    /// many were purged.
+    async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError>;
+
+    /// The first live revocation among `fields`, if any. Never cached: every call asks.
+    async fn revoked(&self, fields: &[String], now: i64) -> Result<Option<Revocation>, StoreError>;
 
     /// Every live revocation.
     async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
-
-    /// Records the first use of a single-use token id; false when it was seen before.
-    async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
-
-    /// Counts one request against `bucket` (fixed window of `window` seconds).
-    async fn rate_limit(
-        &self,
-        bucket: &str,
-        limit: u64,
-        window: u64,
-        now: i64,
-    ) -> Result<RateDecision, StoreError>;
-
-    /// Whether the store answers (readiness).
-    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Whether this replica keeps a local copy of a shared revocation list
     /// (`mirror.rs`), and if so how old it is: `None` when it keeps none (every exchange
@@ -259,6 +248,37 @@ pub trait Store: Send + Sync + 'static {
     fn revocation_copy(&self) -> Option<Option<Duration>> {
         None
     }
+}
+
+/// Single-use token ids already presented, on any replica.
+#[async_trait]
+pub trait ReplayRecord: Send + Sync + 'static {
+    /// Records the first use of a single-use token id; false when it was seen before.
+    async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
+}
+
+/// Fixed-window request counters shared by replicas.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Counts one request against `bucket` (fixed window of `window` seconds).
+    async fn rate_limit(
+        &self,
+        bucket: &str,
+        limit: u64,
+        window: u64,
+        now: i64,
+    ) -> Result<RateDecision, StoreError>;
+}
+
+/// Where Ferry keeps what replicas share: every role in one backend. Callers take the
+/// role they use (`Arc<dyn Store>` coerces to `Arc<dyn RevocationList>`, …).
+#[async_trait]
+pub trait Store: CredentialCache + ReplayRecord + RateLimiter {
+    /// The backend's name, for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// The Redis store's encryption keys (current, previous), each file's problem recorded

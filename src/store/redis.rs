@@ -26,7 +26,10 @@ use redis::FromRedisValue;
 
 use super::mirror::Mirror;
 use super::seal::{Sealer, StoredCredential};
-use super::{CacheKey, RateDecision, Revocation, Store, StoreError};
+use super::{
+    CacheKey, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation, RevocationList,
+    Store, StoreError,
+};
 
 /// Where the Redis store connects.
 #[derive(Debug, Clone)]
@@ -471,6 +474,19 @@ impl Store for RedisStore {
         }
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.start_mirror();
+        let pong: String = self.run(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(unavailable("unexpected PING answer"))
+        }
+    }
+}
+
+#[async_trait]
+impl CredentialCache for RedisStore {
     async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError> {
         let k = self.cred_key(key);
         let sealed: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(&k)).await?;
@@ -562,6 +578,76 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn revoked_and_cached(
+        &self,
+        fields: &[String],
+        now: i64,
+        key: &CacheKey,
+    ) -> super::RevokedAndCached {
+        if let Some(m) = &self.mirror {
+            self.start_mirror();
+            // A copy that is not current, or cannot answer, is not asked: Redis is.
+            if m.is_current()
+                && let Ok(revoked) = m.revoked(fields, now).await
+            {
+                if let Some(r) = revoked {
+                    return (Ok(Some(r)), Ok(None));
+                }
+                if let Some(c) = m.get(key).await {
+                    return (Ok(None), Ok(Some(c)));
+                }
+                let generation = m.generation();
+                return match self.get_credential_and_ttl(key).await {
+                    Ok(Some((c, ttl))) => {
+                        // Every field of the request covers it (a superset of what the
+                        // exchange indexes a minted one under; near entries cost no index).
+                        let covered_by = super::covering_fields(fields, &c);
+                        if !ttl.is_zero() {
+                            m.fill(generation, key, &c, ttl, &covered_by).await;
+                        }
+                        (Ok(None), Ok(Some(c)))
+                    }
+                    Ok(None) => (Ok(None), Ok(None)),
+                    Err(e) => (Ok(None), Err(e)),
+                };
+            }
+        }
+        // A cluster routes each key to its own node: ask separately (still concurrently).
+        if matches!(self.endpoint, Endpoint::Cluster(_)) {
+            return tokio::join!(self.revoked(fields, now), self.get_credential(key));
+        }
+        let k = self.cred_key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(self.revocations_key());
+        for f in fields {
+            pipe.arg(f);
+        }
+        // HMGET needs a field; a request always has some, but never send a bad command.
+        if fields.is_empty() {
+            pipe.arg("-");
+        }
+        pipe.cmd("GET").arg(&k);
+        let reply = self
+            .run_pipe::<(Vec<Option<String>>, Option<Vec<u8>>)>(&pipe)
+            .await;
+        let (values, sealed) = match reply {
+            Ok(r) => r,
+            Err(StoreError::Unavailable(m)) => {
+                return (
+                    Err(StoreError::Unavailable(m.clone())),
+                    Err(StoreError::Unavailable(m)),
+                );
+            }
+        };
+        (
+            Ok(first_live(values, now)),
+            Ok(sealed.and_then(|sealed| self.open_credential(&k, &sealed))),
+        )
+    }
+}
+
+#[async_trait]
+impl RevocationList for RedisStore {
     async fn revoke(&self, revocation: &Revocation) -> Result<usize, StoreError> {
         let field = revocation.target.field();
         let record = serde_json::to_string(revocation).map_err(unavailable)?;
@@ -629,73 +715,6 @@ impl Store for RedisStore {
         Ok(first_live(values, now))
     }
 
-    async fn revoked_and_cached(
-        &self,
-        fields: &[String],
-        now: i64,
-        key: &CacheKey,
-    ) -> super::RevokedAndCached {
-        if let Some(m) = &self.mirror {
-            self.start_mirror();
-            // A copy that is not current, or cannot answer, is not asked: Redis is.
-            if m.is_current()
-                && let Ok(revoked) = m.revoked(fields, now).await
-            {
-                if let Some(r) = revoked {
-                    return (Ok(Some(r)), Ok(None));
-                }
-                if let Some(c) = m.get(key).await {
-                    return (Ok(None), Ok(Some(c)));
-                }
-                let generation = m.generation();
-                return match self.get_credential_and_ttl(key).await {
-                    Ok(Some((c, ttl))) => {
-                        // Every field of the request covers it (a superset of what the
-                        // exchange indexes a minted one under; near entries cost no index).
-                        let covered_by = super::covering_fields(fields, &c);
-                        if !ttl.is_zero() {
-                            m.fill(generation, key, &c, ttl, &covered_by).await;
-                        }
-                        (Ok(None), Ok(Some(c)))
-                    }
-                    Ok(None) => (Ok(None), Ok(None)),
-                    Err(e) => (Ok(None), Err(e)),
-                };
-            }
-        }
-        // A cluster routes each key to its own node: ask separately (still concurrently).
-        if matches!(self.endpoint, Endpoint::Cluster(_)) {
-            return tokio::join!(self.revoked(fields, now), self.get_credential(key));
-        }
-        let k = self.cred_key(key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(self.revocations_key());
-        for f in fields {
-            pipe.arg(f);
-        }
-        // HMGET needs a field; a request always has some, but never send a bad command.
-        if fields.is_empty() {
-            pipe.arg("-");
-        }
-        pipe.cmd("GET").arg(&k);
-        let reply = self
-            .run_pipe::<(Vec<Option<String>>, Option<Vec<u8>>)>(&pipe)
-            .await;
-        let (values, sealed) = match reply {
-            Ok(r) => r,
-            Err(StoreError::Unavailable(m)) => {
-                return (
-                    Err(StoreError::Unavailable(m.clone())),
-                    Err(StoreError::Unavailable(m)),
-                );
-            }
-        };
-        (
-            Ok(first_live(values, now)),
-            Ok(sealed.and_then(|sealed| self.open_credential(&k, &sealed))),
-        )
-    }
-
     async fn revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
         let all: Vec<(String, String)> = self
             .run(redis::cmd("HGETALL").arg(self.revocations_key()))
@@ -707,6 +726,15 @@ impl Store for RedisStore {
             .collect())
     }
 
+    fn revocation_copy(&self) -> Option<Option<Duration>> {
+        let m = self.mirror.as_ref()?;
+        let now = Instant::now();
+        Some(m.lag_at(now).filter(|_| m.is_current_at(now)))
+    }
+}
+
+#[async_trait]
+impl ReplayRecord for RedisStore {
     async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key = format!(
             "{}:replay:{}",
@@ -725,7 +753,10 @@ impl Store for RedisStore {
             .await?;
         Ok(set.is_some())
     }
+}
 
+#[async_trait]
+impl RateLimiter for RedisStore {
     async fn rate_limit(
         &self,
         bucket: &str,
@@ -749,22 +780,6 @@ impl Store for RedisStore {
         } else {
             RateDecision::Allowed
         })
-    }
-
-    fn revocation_copy(&self) -> Option<Option<Duration>> {
-        let m = self.mirror.as_ref()?;
-        let now = Instant::now();
-        Some(m.lag_at(now).filter(|_| m.is_current_at(now)))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.start_mirror();
-        let pong: String = self.run(&redis::cmd("PING")).await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(unavailable("unexpected PING answer"))
-        }
     }
 }
 
