@@ -249,14 +249,6 @@ fn credential() -> Credential {
     }
 }
 
-struct RedisChild(std::process::Child);
-impl Drop for RedisChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn bench_cache(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -277,32 +269,8 @@ fn bench_cache(c: &mut Criterion) {
         })
     });
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _redis = RedisChild(
-        std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect(
-                "redis-server is needed for the Redis cache benchmarks (tests/run installs it)",
-            ),
-    );
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let redis_server = ferry_testkit::RedisServer::start();
+    let port = redis_server.port;
     let sealer = ferry::store::seal::Sealer::new([7u8; 32], &[]).unwrap();
     let redis = ferry::store::redis::RedisStore::new(
         ferry::store::redis::Endpoint::Standalone(format!("redis://127.0.0.1:{port}")),

@@ -1,12 +1,6 @@
 //! With `--features otlp`: `ferry serve` exports request spans over OTLP/HTTP, joined to
 //! the caller's W3C trace. (Runs in `tests/run` as `cargo test --features otlp --test otlp`.)
 #![cfg(feature = "otlp")]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 #[path = "common/dev.rs"]
 mod dev;

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::redis_server::{RedisCluster, RedisServer};
 use common::*;
 use ferry::provider_api::{Credential, CredentialProvider, Grant, ProviderError, Secret};
+use ferry_testkit::{RedisCluster, RedisServer};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 

@@ -428,7 +428,6 @@ fn credential_process(response: &Map<String, Value>) -> anyhow::Result<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

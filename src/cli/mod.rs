@@ -1,7 +1,6 @@
 //! Subcommands, one file each.
 
 mod audit;
-mod bench;
 mod check;
 mod dev;
 mod exchange;
@@ -54,25 +53,12 @@ enum Command {
     Keys(keys::Command),
     /// Revoke a subject, an issuer's sub, a token id or a target on every replica.
     Revoke(revoke::Args),
-    /// Measure throughput, latency and CPU per request (see BENCHMARKS.md).
-    Bench(bench::Args),
     /// Verify the audit trail.
     #[command(subcommand)]
     Audit(audit::Command),
     /// Development helpers (never for production).
     #[command(subcommand)]
     Dev(dev::Command),
-}
-
-impl Cli {
-    /// The log level when `RUST_LOG` is unset: `info`, but `warn` for `bench` (two
-    /// access-log lines per request would be part of what it measures).
-    pub fn default_log_level(&self) -> &'static str {
-        match self.command {
-            Command::Bench(_) => "warn",
-            _ => "info",
-        }
-    }
 }
 
 impl LogFormat {
@@ -90,7 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // `serve` sets up logging itself, once its config (`[telemetry]`) is read.
     let _telemetry = match &cli.command {
         Command::Serve(_) => None,
-        _ => ferry::telemetry::init(cli.log_format.to_lib(), cli.default_log_level(), None).ok(),
+        _ => ferry::telemetry::init(cli.log_format.to_lib(), "info", None).ok(),
     };
     match cli.command {
         Command::Serve(a) => serve::run(a, cli.log_format),
@@ -99,7 +85,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exchange(a) => exchange::run(a),
         Command::Keys(c) => keys::run(c),
         Command::Audit(c) => audit::run(c),
-        Command::Bench(a) => bench::run(a),
         Command::Revoke(a) => revoke::run(a),
         Command::Dev(c) => dev::run(c),
     }

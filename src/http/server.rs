@@ -407,7 +407,6 @@ async fn serve_connection(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use axum::routing::get;

@@ -197,7 +197,6 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};

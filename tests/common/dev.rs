@@ -55,34 +55,7 @@ pub fn dev_token(claims: &[&str]) -> String {
 
 /// A free loopback port: bound, then released for a `ferry serve` child to take.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ferry_testkit::free_port().unwrap()
 }
 
-/// Waits (at most 20 s) for the `ferry serve` child at `base` to answer `/readyz` with
-/// 200; if it never does, kills it and fails the test. Returns a client with a 5 s
-/// timeout.
-pub fn await_ready(child: &mut std::process::Child, base: &str) -> reqwest::blocking::Client {
-    use std::time::{Duration, Instant};
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .is_ok_and(|r| r.status() == 200)
-    {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ferry serve at {base} did not become ready");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    client
-}
+pub use ferry_testkit::await_ready;

@@ -8,8 +8,6 @@
     clippy::indexing_slicing
 )]
 
-pub mod redis_server;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

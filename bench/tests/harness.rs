@@ -8,15 +8,25 @@
     clippy::indexing_slicing
 )]
 
-#[path = "common/dev.rs"]
-mod dev;
+use ferry_testkit::await_ready;
 
-use dev::{await_ready, free_port};
+/// The `ferry` binary the workspace build leaves beside `ferry-bench` (the memory
+/// scenario and the export check run it).
+fn ferry() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-bench")).with_file_name("ferry");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the workspace's tests (tests/run), which build it",
+        path.display()
+    );
+    path
+}
 
-/// `ferry bench --quick --connections 16` plus `more`; asserts it exits 0, returns stdout.
+/// `ferry-bench --quick --connections 16` plus `more`; asserts it exits 0, returns stdout.
 fn quick_bench(more: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["bench", "--quick", "--connections", "16"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args(["--quick", "--connections", "16", "--ferry"])
+        .arg(ferry())
         .args(more)
         .env_remove("RUST_LOG")
         .output()
@@ -173,8 +183,8 @@ fn ferry_bench_quick_runs_with_the_pooled_client_under_normal_scheduling() {
 #[test]
 fn the_export_drives_a_real_ferry_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["bench", "--export"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .arg("--export")
         .arg(dir.path())
         .args(["--export-es256", "40", "--export-rs256", "6"])
         .output()
@@ -212,15 +222,15 @@ fn the_export_drives_a_real_ferry_serve() {
     );
 
     let config = dir.path().join("ferry.toml");
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let check = std::process::Command::new(ferry())
         .args(["check", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     assert!(check.status.success(), "{check:?}");
 
-    let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let port = ferry_testkit::free_port().unwrap();
+    let mut child = std::process::Command::new(ferry())
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{port}")])

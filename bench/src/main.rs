@@ -1,0 +1,619 @@
+//! `ferry-bench`: a load harness. Ferry runs in this process on its own runtime (threads
+//! named `ferry-srv`, so its CPU time is read apart from the load generator's), on
+//! loopback, with tokens the harness mints itself. Scenarios run interleaved in rounds
+//! so machine noise spreads over all of them.
+
+mod cpu;
+mod load;
+mod redis;
+mod report;
+mod rss;
+mod setup;
+
+use crate::cpu::*;
+use crate::load::*;
+use crate::redis::*;
+use crate::report::*;
+use crate::rss::*;
+use crate::setup::*;
+use anyhow::Context as _;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// `ferry-bench`: throughput, latency and CPU per request of Ferry's exchange path,
+/// scenario by scenario (BENCHMARKS.md).
+#[derive(Debug, clap::Parser)]
+#[command(name = "ferry-bench", version)]
+pub(crate) struct Args {
+    /// CI mode: a second or so per scenario; checks completion, errors and single flight.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Seconds per scenario, summed over rounds.
+    #[arg(long, default_value_t = 12)]
+    pub(crate) seconds: u64,
+    /// Rounds (scenarios interleave round by round).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: u32,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) connections: usize,
+    /// Skip the Redis scenarios (they need redis-server).
+    #[arg(long)]
+    pub(crate) no_redis: bool,
+    /// Skip the memory scenario (a `ferry serve` child filled with cached credentials).
+    #[arg(long)]
+    pub(crate) no_rss: bool,
+    /// The `ferry` binary the memory scenario runs (default: the one beside this binary,
+    /// as `cargo build` leaves them).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) ferry: Option<std::path::PathBuf>,
+    /// Run only the scenarios whose label starts with one of these (e.g. `--only B1,C1`);
+    /// A always runs, as the baseline the ratios divide by. Useful under a profiler.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
+    /// Linux scheduling policy of the load generator's threads. `batch` (default): its
+    /// wake-ups do not preempt Ferry's threads in the middle of a request, as a generator
+    /// on another host could not; `normal`: it competes as an equal, and every response
+    /// it wakes up for may preempt the server (BENCHMARKS.md compares the two).
+    #[arg(long, value_enum, default_value_t = LoadPolicy::Batch)]
+    pub(crate) load_policy: LoadPolicy,
+    /// The client that drives the load: `raw` (default; wrk's way) or `hyper` (the
+    /// pooled client earlier runs used; BENCHMARKS.md compares the two).
+    #[arg(long, value_enum, default_value_t = Generator::Raw)]
+    pub(crate) generator: Generator,
+    /// Write the harness's config, issuer keys and pre-minted exchange requests into this
+    /// directory for another load generator (wrk: `benches/wrk-cross-check`), then exit
+    /// without measuring anything.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) export: Option<std::path::PathBuf>,
+    /// With `--export`: fresh ES256-token requests to write (≈ 20 µs each to sign).
+    #[arg(long, default_value_t = 300_000, requires = "export")]
+    pub(crate) export_es256: usize,
+    /// With `--export`: fresh RS256-token requests to write (≈ 0.3–0.6 ms each to sign).
+    #[arg(long, default_value_t = 50_000, requires = "export")]
+    pub(crate) export_rs256: usize,
+}
+
+/// How the load generator's threads are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LoadPolicy {
+    /// `SCHED_BATCH`: never preempts on wake-up.
+    Batch,
+    /// `SCHED_OTHER`, like Ferry's own threads.
+    Normal,
+}
+
+/// Which client drives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Generator {
+    /// Two threads, each with its own event loop and half of the connections; each
+    /// connection writes its request with one `write` and parses the response itself
+    /// (as wrk does), sharing no state with the others.
+    Raw,
+    /// hyper-util's pooled client: one pool shared by all connections, and a task per
+    /// connection beside each request's own.
+    Hyper,
+}
+
+/// Runs the harness and prints the report.
+fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let (seconds, rounds) = if args.quick {
+        (2, 2)
+    } else {
+        (args.seconds, args.rounds.max(1))
+    };
+    if let Some(dir) = &args.export {
+        return export(dir, args.export_rs256, args.export_es256);
+    }
+    let per_run = Duration::from_secs_f64(seconds as f64 / f64::from(rounds));
+    let dir = tempfile::tempdir()?;
+    let (rs, es) = write_setup(dir.path())?;
+
+    let redis = if args.no_redis {
+        None
+    } else {
+        Some(start_redis()?)
+    };
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ferry-srv")
+        .enable_all()
+        .build()?;
+    // The generator's threads take the policy as they start (these, which run the hyper
+    // generator, and the raw generator's own); a thread that could not is counted, and
+    // the report says so.
+    let scheduling = LoadScheduling {
+        batch: args.load_policy == LoadPolicy::Batch,
+        failures: Arc::default(),
+    };
+    let client_rt = {
+        let scheduling = scheduling.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-load")
+            .on_thread_start(move || scheduling.apply())
+            .enable_all()
+            .build()?
+    };
+
+    let mem = server_rt.block_on(start_server(
+        dir.path(),
+        "mem",
+        &config_text(dir.path(), None),
+    ))?;
+    // The same with an audit trail (one hash-chained line per exchange, appended to a
+    // file), as a production config has it; the other scenarios run without one.
+    let audit_log = dir.path().join("audit.log");
+    let audited = server_rt.block_on(start_server(
+        dir.path(),
+        "audited",
+        &format!(
+            "{}\n[audit]\nfile = \"{}\"\n",
+            config_text(dir.path(), None),
+            audit_log.display()
+        ),
+    ))?;
+    // Redis with the defaults (a local copy of the revocation list and a near cache), and
+    // without the copy (`revocation_max_lag = "0s"`: every exchange asks Redis).
+    let redis_server = |name: &str, extra: &str| -> anyhow::Result<Option<Server>> {
+        match &redis {
+            Some((_, port)) => Ok(Some(server_rt.block_on(start_server(
+                dir.path(),
+                name,
+                &config_text(
+                    dir.path(),
+                    Some((
+                        &format!("redis://127.0.0.1:{port}"),
+                        &dir.path().join("store.key"),
+                        extra,
+                    )),
+                ),
+            ))?)),
+            None => Ok(None),
+        }
+    };
+    let red = redis_server("redis", "")?;
+    let red_direct = redis_server("redis-direct", "revocation_max_lag = \"0s\"\n")?;
+
+    // Token sets: fresh tokens (distinct jti, same identity → cache hits), one repeated
+    // token, and distinct identities (→ cache misses). A set a scenario runs through
+    // wraps around and its tokens come again: Ferry then remembers some signatures, and
+    // a "miss" finds its identity's credential cached. The report counts both. ES256
+    // sets are sized to go round at most once at up to 45k (fresh) and 35k (misses)
+    // requests/s; RS256 signing is too slow for that (≈ 0.3–0.6 ms a token), so its
+    // fresh set is 50k and goes round.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "a token count from a rate and a duration"
+    )]
+    let sized = |per_second: f64, quick: usize| -> usize {
+        if args.quick {
+            quick
+        } else {
+            (per_second * seconds as f64).ceil() as usize
+        }
+    };
+    let fresh = |issuer: &Issuer, count: usize| mint(count, |_| issuer.token("hit"), "api");
+    // With `--only`, token sets no selected scenario uses are left empty (minting 50k
+    // RS256 tokens takes half a minute).
+    let want = |labels: &[&str]| {
+        args.only.is_empty()
+            || labels
+                .iter()
+                .any(|l| args.only.iter().any(|o| l.starts_with(o.as_str())))
+    };
+    let empty = || Arc::new(Vec::new());
+    let rs_fresh = if want(&["B1", "B5", "C1"]) {
+        fresh(&rs, if args.quick { 2_000 } else { 50_000 })?
+    } else {
+        empty()
+    };
+    let es_fresh = if want(&["B2", "C2"]) {
+        fresh(&es, sized(45_000.0, 2_000))?
+    } else {
+        empty()
+    };
+    let rs_same = Arc::new(vec![form(&rs.token("hit")?, "api")]);
+    let es_same = Arc::new(vec![form(&es.token("hit")?, "api")]);
+    let misses = |target: &str, count: usize| {
+        let run = uuid::Uuid::new_v4();
+        mint(
+            count,
+            |i| es.token(&format!("miss-{target}-{i}-{run}")),
+            target,
+        )
+    };
+    let miss0 = if want(&["D1"]) {
+        misses("miss0", sized(35_000.0, 2_000))?
+    } else {
+        empty()
+    };
+    // 64 connections waiting 50 ms each make at most 1 280 misses/s.
+    let miss50 = if want(&["D2"]) {
+        misses("miss50", sized(1_500.0, 1_000))?
+    } else {
+        empty()
+    };
+
+    let mut scenarios: Vec<(&str, &Server, Load)> = Vec::new();
+    let url = |a: SocketAddr, p: &str| format!("http://{a}{p}");
+    scenarios.push((
+        "A  baseline GET /healthz",
+        &mem,
+        Load::Get(url(mem.addr, "/healthz")),
+    ));
+    scenarios.push((
+        "B1 hit, RS256, fresh token, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), rs_fresh.clone()),
+    ));
+    scenarios.push((
+        "B2 hit, ES256, fresh token, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), es_fresh.clone()),
+    ));
+    scenarios.push((
+        "B3 hit, RS256, same token, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), rs_same.clone()),
+    ));
+    scenarios.push((
+        "B4 hit, ES256, same token, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), es_same.clone()),
+    ));
+    scenarios.push((
+        "B5 B1 with an audit trail file",
+        &audited,
+        Load::post(url(audited.addr, "/oauth2/token"), rs_fresh.clone()),
+    ));
+    if let Some(r) = &red {
+        scenarios.push((
+            "C1 hit, RS256, fresh token, redis",
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), rs_fresh.clone()),
+        ));
+        scenarios.push((
+            "C2 hit, ES256, fresh token, redis",
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), es_fresh.clone()),
+        ));
+        scenarios.push((
+            "C3 hit, RS256, same token, redis",
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), rs_same.clone()),
+        ));
+    }
+    if let Some(r) = &red_direct {
+        scenarios.push((
+            "C4 C3 with no local revocation copy",
+            r,
+            Load::post(url(r.addr, "/oauth2/token"), rs_same.clone()),
+        ));
+    }
+    scenarios.push((
+        "D1 miss, ES256, upstream 0 ms, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), miss0),
+    ));
+    scenarios.push((
+        "D2 miss, ES256, upstream 50 ms, memory",
+        &mem,
+        Load::post(url(mem.addr, "/oauth2/token"), miss50),
+    ));
+
+    if !args.only.is_empty() {
+        scenarios.retain(|(name, _, _)| {
+            name.starts_with('A') || args.only.iter().any(|o| name.starts_with(o.as_str()))
+        });
+    }
+    let client: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(args.connections)
+            .build_http();
+    let driver = Driver {
+        generator: args.generator,
+        client: client.clone(),
+        scheduling: scheduling.clone(),
+    };
+    // Warm up: first hits populate the caches.
+    client_rt.block_on(async {
+        for (_, _, load) in &scenarios {
+            drive(&driver, load, 4, Duration::from_millis(200)).await;
+        }
+    });
+    let mut tallies: Vec<Tally> = vec![Tally::default(); scenarios.len()];
+    let mut reuse: Vec<Reuse> = vec![Reuse::default(); scenarios.len()];
+    for _ in 0..rounds {
+        for (i, (_, server, load)) in scenarios.iter().enumerate() {
+            let before = server.reuse();
+            let t = client_rt.block_on(drive(&driver, load, args.connections, per_run));
+            if let (Some(acc), Some(r)) = (tallies.get_mut(i), reuse.get_mut(i)) {
+                acc.absorb(t);
+                server.reuse().add_since(before, r);
+            }
+        }
+    }
+
+    // E: 100 concurrent identical misses, per store: exactly one upstream call.
+    let mut single_flight = Vec::new();
+    for (name, server) in std::iter::once(("memory", &mem)).chain(red.iter().map(|r| ("redis", r)))
+    {
+        let fake = server
+            .fakes
+            .iter()
+            .find(|(t, _)| t == "miss50")
+            .map(|(_, f)| Arc::clone(f))
+            .context("fake")?;
+        let before = fake.calls.load(Ordering::SeqCst);
+        let sub = format!("single-flight-{}", uuid::Uuid::new_v4());
+        let bodies: Vec<Bytes> = (0..100)
+            .map(|_| rs.token(&sub).map(|t| form(&t, "miss50")))
+            .collect::<Result<_, _>>()?;
+        let target = url(server.addr, "/oauth2/token");
+        let errors = client_rt.block_on(async {
+            let mut tasks = Vec::new();
+            for body in bodies {
+                let client = client.clone();
+                let target = target.clone();
+                tasks.push(tokio::spawn(async move {
+                    let req = form_request(target.as_str(), body);
+                    match req {
+                        Ok(req) => client
+                            .request(req)
+                            .await
+                            .map(|r| r.status().is_success())
+                            .unwrap_or(false),
+                        Err(_) => false,
+                    }
+                }));
+            }
+            let mut errors = 0;
+            for t in tasks {
+                if !t.await.unwrap_or(false) {
+                    errors += 1;
+                }
+            }
+            errors
+        });
+        single_flight.push((name, fake.calls.load(Ordering::SeqCst) - before, errors));
+    }
+
+    // B5 ran with an audit trail: every exchange it made must have left a line, and the
+    // lines its concurrent requests wrote (by group commit) must form one valid chain,
+    // its checkpoints (every 1000 lines, and the closing one) signed by the server's key.
+    audited.state.audit.close();
+    let checkpoint_keys = ferry::audit::CheckpointKeys::from_jwks(
+        audited.state.runtime.load().issuer.jwks_document(),
+    )
+    .map_err(|e| anyhow::anyhow!("the audited server's JWKS: {e}"))?;
+    let audit_chain =
+        ferry::audit::verify_files(std::slice::from_ref(&audit_log), Some(&checkpoint_keys));
+    let audit_lines = audit_chain.as_ref().map_or(0, |r| r.lines);
+    let ((rs_cost, es_cost), (rs_jwt, es_jwt)) = verify_cost(&rs, &es)?;
+    let redis_rtt = match &redis {
+        Some((_, port)) => Some(redis_round_trip_us(*port, 5_000)?),
+        None => None,
+    };
+    let rows: Vec<Row> = scenarios
+        .iter()
+        .zip(tallies.iter_mut())
+        .map(|((name, _, _), t)| summarize(name, t))
+        .collect();
+
+    // Memory: a real `ferry serve` child, filled with cached credentials over HTTP.
+    let rss = if args.no_rss {
+        None
+    } else {
+        let count = if args.quick { 2_000 } else { 100_000 };
+        let ferry = match &args.ferry {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("ferry"),
+        };
+        anyhow::ensure!(
+            ferry.is_file(),
+            "the memory scenario runs `{}`, which does not exist: build it (`cargo build --release`), pass --ferry PATH, or --no-rss",
+            ferry.display()
+        );
+        Some(client_rt.block_on(rss_scenario(
+            &ferry,
+            dir.path(),
+            &es,
+            &driver,
+            count,
+            args.connections,
+        ))?)
+    };
+
+    let baseline = rows
+        .first()
+        .map(|r| (r.rps, r.cpu_us))
+        .unwrap_or((1.0, 1.0));
+    println!(
+        "ferry-bench: {} connections, {}s per scenario over {} interleaved rounds{}",
+        args.connections,
+        seconds,
+        rounds,
+        if args.quick { " (quick)" } else { "" }
+    );
+    let failed_policy = scheduling
+        .failures
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or_default();
+    println!(
+        "load generator: {} client, 2 threads in this process, {}",
+        match args.generator {
+            Generator::Raw => "raw HTTP/1.1 (a connection per task, wrk's way)",
+            Generator::Hyper => "hyper-util pooled",
+        },
+        match (args.load_policy, failed_policy.first()) {
+            (LoadPolicy::Batch, None) =>
+                "SCHED_BATCH (its wake-ups do not preempt Ferry; --load-policy normal to compare)"
+                    .to_owned(),
+            (LoadPolicy::Batch, Some(e)) => format!(
+                "SCHED_BATCH REFUSED ({e}) at {} generator thread start(s): those threads ran under the normal policy",
+                failed_policy.len()
+            ),
+            (LoadPolicy::Normal, _) =>
+                "normal scheduling (its wake-ups may preempt Ferry mid-request)".to_owned(),
+        }
+    );
+    println!(
+        "one signature verify in this process: RS256 {rs_cost:.1} µs, ES256 {es_cost:.1} µs \
+         (key parsed once, as Ferry does; jsonwebtoken::crypto::verify, re-parsing the key: \
+         RS256 {rs_jwt:.1} µs, ES256 {es_jwt:.1} µs)\n"
+    );
+    println!(
+        "{:<38} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7} {:>9} {:>9} {:>11} {:>12}",
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "cpu µs/req",
+        "x A rps",
+        "cpu/verify",
+        "preempt/req",
+        "p99 arr ms",
+        "unread ms"
+    );
+    let mut total_errors = 0;
+    for r in &rows {
+        total_errors += r.errors;
+        let verify = if r.name.contains("ES256") {
+            es_cost
+        } else {
+            rs_cost
+        };
+        let (arrival_p99, unread) = r.arrival.map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |(p99, unread)| (format!("{p99:.2}"), format!("{unread:.2}")),
+        );
+        println!(
+            "{:<38} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1} {:>7.2} {:>9.2} {:>9.3} {:>11} {:>12}",
+            r.name,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.errors,
+            r.cpu_us,
+            r.rps / baseline.0.max(1e-9),
+            r.cpu_us / verify.max(1e-9),
+            r.preempted,
+            arrival_p99,
+            unread
+        );
+    }
+    print_reuse(&scenarios, &tallies, &reuse);
+    println!();
+    let mut single_flight_ok = true;
+    for (store, calls, errors) in &single_flight {
+        println!(
+            "E  single-flight ({store}): 100 concurrent identical misses -> {calls} upstream call(s), {errors} error(s)"
+        );
+        single_flight_ok &= *calls == 1 && *errors == 0;
+        total_errors += errors;
+    }
+    if let Some(b5) = rows.iter().find(|r| r.name.starts_with("B5")) {
+        println!(
+            "B5 audit trail: {audit_lines} hash-chained lines appended to a file, {} ({:.1} µs of CPU per exchange over B1's)",
+            match &audit_chain {
+                Ok(r) => format!(
+                    "the chain and its {} signed checkpoint(s) verify",
+                    r.checkpoints
+                ),
+                Err(e) => format!("the chain is BROKEN at line {}: {}", e.line, e.problem),
+            },
+            b5.cpu_us
+                - rows
+                    .iter()
+                    .find(|r| r.name.starts_with("B1"))
+                    .map_or(b5.cpu_us, |b1| b1.cpu_us)
+        );
+        if audit_lines == 0 || audit_chain.is_err() {
+            total_errors += 1;
+        }
+    }
+    if let Some(r) = &red {
+        // C1–C3 ran with the default local revocation copy; say whether it was in use.
+        println!(
+            "C1-C3 local revocation copy at the end of the run: {}",
+            match r.state.services.store.revocation_copy() {
+                Some(Some(lag)) =>
+                    format!("current (proven {:.1} ms ago)", lag.as_secs_f64() * 1e3),
+                Some(None) => "NOT current (exchanges were asking Redis)".to_owned(),
+                None => "off".to_owned(),
+            }
+        );
+    }
+    println!(
+        "harness process peak RSS (Ferry, load generator, pre-minted tokens): {} MiB",
+        status_kib("/proc/self/status", "VmHWM:") / 1024
+    );
+    if let Some(r) = &rss {
+        total_errors += r.errors;
+        #[expect(clippy::cast_precision_loss, reason = "sizes to MiB")]
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "RSS  `ferry serve` (memory store): ready {:.1} MiB, warm {:.1} MiB, with {} cached credentials {:.1} MiB \
+             ({:.0} bytes per credential; each an ES256 Ferry JWT of {} bytes), {} error(s)",
+            mib(r.ready_kib),
+            mib(r.warm_kib),
+            r.count,
+            mib(r.full_kib),
+            r.per_credential_bytes(),
+            r.credential_len,
+            r.errors
+        );
+    }
+    println!(
+        "baseline A: {:.0} req/s, {:.1} µs CPU per request",
+        baseline.0, baseline.1
+    );
+    print_goals(
+        &rows,
+        baseline,
+        (rs_cost, es_cost),
+        redis_rtt,
+        rss.as_ref(),
+        args.quick,
+        args.connections,
+    );
+    println!("errors: {total_errors}");
+    // Servers first: a Redis that goes away under a live server is an outage it reports.
+    drop(server_rt);
+    drop(redis);
+    let ok = total_errors == 0 && single_flight_ok;
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// jemalloc, as the `ferry` binary has it (src/main.rs): Ferry runs in this process.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> std::process::ExitCode {
+    let args = <Args as clap::Parser>::parse();
+    ferry::install_crypto_provider();
+    // Warnings only: an access-log line per request would be part of what is measured.
+    let _telemetry = ferry::telemetry::init(ferry::telemetry::LogFormat::Pretty, "warn", None).ok();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! What Ferry's tests, micro-benchmarks and load harness share: private `redis-server`
+//! processes (standalone or a 3-master cluster) on free loopback ports, started and
+//! killed by pid, keeping nothing on disk.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port: bound, then released for a child process to take.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits (at most 20 s) for the `ferry serve` child at `base` to answer `/readyz` with
+/// 200; if it never does, kills it and fails the test. Returns a client with a 5 s
+/// timeout.
+#[expect(
+    clippy::panic,
+    reason = "test support: a server that never becomes ready fails the test"
+)]
+pub fn await_ready(child: &mut std::process::Child, base: &str) -> reqwest::blocking::Client {
+    use std::time::{Duration, Instant};
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .is_ok_and(|r| r.status() == 200)
+    {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferry serve at {base} did not become ready");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client
+}
+
+/// `name` on `PATH`, or why not.
+fn binary(name: &str) -> Result<&str, String> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{name} not found: the README's test command (tests/run) installs it"
+        ))
+    }
+}
+
+/// One redis-server on 127.0.0.1, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    cluster: bool,
+}
+
+impl RedisServer {
+    /// Starts a server; panics (failing the test) if it cannot.
+    #[expect(
+        clippy::panic,
+        reason = "test support: a server that cannot start fails the test"
+    )]
+    pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server, or says why it could not.
+    pub fn try_start() -> Result<Self, String> {
+        Self::start_with(false)
+    }
+
+    fn start_with(cluster: bool) -> Result<Self, String> {
+        let mut s = Self {
+            port: free_port().map_err(|e| format!("no free port: {e}"))?,
+            child: None,
+            dir: tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?,
+            cluster,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut args = vec![
+            "--port".to_owned(),
+            self.port.to_string(),
+            "--bind".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
+            "--dir".to_owned(),
+            self.dir.path().display().to_string(),
+            "--protected-mode".to_owned(),
+            "no".to_owned(),
+        ];
+        if self.cluster {
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        let child = Command::new(binary("redis-server")?)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]) != "PONG" {
+            if Instant::now() >= deadline {
+                return Err(format!("redis-server on {} did not start", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs redis-cli against this server; stdout, trimmed (empty if it cannot run).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let Ok(cli) = binary("redis-cli") else {
+            return String::new();
+        };
+        Command::new(cli)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Kills the server (SIGKILL, by pid).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: it keeps nothing on disk); panics if it
+    /// cannot.
+    #[expect(
+        clippy::panic,
+        reason = "test support: a server that cannot start fails the test"
+    )]
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Every key and its value(s), as redis-cli prints them.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for key in self.cli(&["--scan"]).lines() {
+            let kind = self.cli(&["TYPE", key]);
+            let value = match kind.as_str() {
+                "string" => self.cli(&["GET", key]),
+                "hash" => self.cli(&["HGETALL", key]),
+                "set" => self.cli(&["SMEMBERS", key]),
+                other => format!("<{other}>"),
+            };
+            out.push_str(&format!("{key} {kind} {value}\n"));
+        }
+        out
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-master Redis Cluster.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes and joins them; panics (failing the test) if it cannot.
+    #[expect(
+        clippy::panic,
+        reason = "test support: a cluster that cannot start fails the test"
+    )]
+    pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts three nodes and joins them, or says why it could not.
+    pub fn try_start() -> Result<Self, String> {
+        let nodes = (0..3)
+            .map(|_| RedisServer::start_with(true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new(binary("redis-cli")?)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            if Instant::now() >= deadline {
+                return Err("cluster did not become ok".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self { nodes })
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    pub fn dump(&self) -> String {
+        self.nodes.iter().map(RedisServer::dump).collect()
+    }
+}
