@@ -40,6 +40,16 @@ pub(crate) struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 64)]
     pub(crate) connections: usize,
+    /// Drive every scenario as an open loop at this many requests per second (over all
+    /// connections; each connection on its own fixed schedule) instead of a closed loop.
+    /// Latency then counts from each request's intended send time.
+    #[arg(long, value_name = "REQ_PER_S")]
+    pub(crate) rate: Option<f64>,
+    /// After the closed-loop rounds, run these scenarios as an open loop at 50 % and 80 %
+    /// of the throughput they just reached, and report their latency there (a closed
+    /// loop at saturation only measures connections ÷ throughput). `none` for none.
+    #[arg(long, value_delimiter = ',', default_value = "B1,C1")]
+    pub(crate) open_loop: Vec<String>,
     /// Skip the Redis scenarios (they need redis-server).
     #[arg(long)]
     pub(crate) no_redis: bool,
@@ -109,6 +119,14 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         return export(dir, args.export_rs256, args.export_es256);
     }
     let per_run = Duration::from_secs_f64(seconds as f64 / f64::from(rounds));
+    anyhow::ensure!(
+        args.rate.is_none() || args.generator == Generator::Raw,
+        "--rate needs the raw generator (the pooled client has no send schedule)"
+    );
+    anyhow::ensure!(
+        args.rate.is_none_or(|r| r.is_finite() && r > 0.0),
+        "--rate must be a positive number of requests per second"
+    );
     let dir = tempfile::tempdir()?;
     let (rs, es) = write_setup(dir.path())?;
 
@@ -324,7 +342,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // Warm up: first hits populate the caches.
     client_rt.block_on(async {
         for (_, _, load) in &scenarios {
-            drive(&driver, load, 4, Duration::from_millis(200)).await;
+            drive(&driver, load, 4, Duration::from_millis(200), None).await;
         }
     });
     let mut tallies: Vec<Tally> = vec![Tally::default(); scenarios.len()];
@@ -332,10 +350,32 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     for _ in 0..rounds {
         for (i, (_, server, load)) in scenarios.iter().enumerate() {
             let before = server.reuse();
-            let t = client_rt.block_on(drive(&driver, load, args.connections, per_run));
+            let t = client_rt.block_on(drive(&driver, load, args.connections, per_run, args.rate));
             if let (Some(acc), Some(r)) = (tallies.get_mut(i), reuse.get_mut(i)) {
                 acc.absorb(t);
                 server.reuse().add_since(before, r);
+            }
+        }
+    }
+
+    // Open loop at 50 % and 80 % of each selected scenario's closed-loop throughput.
+    let mut open_rows = Vec::new();
+    if args.rate.is_none() && args.generator == Generator::Raw {
+        for (i, (name, _, load)) in scenarios.iter().enumerate() {
+            if !args.open_loop.iter().any(|o| name.starts_with(o.as_str())) {
+                continue;
+            }
+            let Some(closed) = tallies.get(i) else {
+                continue;
+            };
+            #[expect(clippy::cast_precision_loss, reason = "a count to a rate")]
+            let capacity =
+                closed.latencies_us.len() as f64 / closed.elapsed.as_secs_f64().max(1e-9);
+            for share in [0.5, 0.8] {
+                let rate = capacity * share;
+                let mut t =
+                    client_rt.block_on(drive(&driver, load, args.connections, per_run, Some(rate)));
+                open_rows.push((share, rate, summarize(name, &mut t)));
             }
         }
     }
@@ -435,11 +475,17 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .map(|r| (r.rps, r.cpu_us))
         .unwrap_or((1.0, 1.0));
     println!(
-        "ferry-bench: {} connections, {}s per scenario over {} interleaved rounds{}",
+        "ferry-bench: {} connections, {}s per scenario over {} interleaved rounds{}, {}",
         args.connections,
         seconds,
         rounds,
-        if args.quick { " (quick)" } else { "" }
+        if args.quick { " (quick)" } else { "" },
+        match args.rate {
+            Some(rate) => format!(
+                "open loop at {rate:.0} req/s (latency from each request's intended send time)"
+            ),
+            None => "closed loop (each connection sends when its last answer is in)".to_owned(),
+        }
     );
     let failed_policy = scheduling
         .failures
@@ -513,6 +559,24 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         );
     }
     print_reuse(&scenarios, &tallies, &reuse);
+    if !open_rows.is_empty() {
+        println!(
+            "\nopen loop: a fixed arrival rate, as a share of the closed-loop throughput above; latency from each request's intended send time"
+        );
+    }
+    for (share, rate, r) in &open_rows {
+        total_errors += r.errors;
+        println!(
+            "{:<38} {:>3.0} % ({rate:.0} req/s): achieved {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} error(s)",
+            r.name,
+            share * 100.0,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.errors
+        );
+    }
     println!();
     let mut single_flight_ok = true;
     for (store, calls, errors) in &single_flight {

@@ -100,6 +100,7 @@ pub(crate) async fn rss_scenario(
         &Load::post(url.clone(), same),
         connections,
         Duration::from_secs(2),
+        None,
     )
     .await;
     let warm_kib = status_kib(&status, "VmRSS:");

@@ -46,6 +46,30 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
     assert!(stdout.contains("E  single-flight (memory): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("E  single-flight (redis): 100 concurrent identical misses -> 1 upstream call(s), 0 error(s)"), "{stdout}");
     assert!(stdout.contains("\nerrors: 0\n"), "{stdout}");
+    assert!(
+        stdout.contains("interleaved rounds (quick), closed loop (each connection sends"),
+        "{stdout}"
+    );
+    // B1 and C1 again as an open loop, at 50 % and 80 % of the throughput they reached.
+    assert!(
+        stdout.contains("\nopen loop: a fixed arrival rate"),
+        "{stdout}"
+    );
+    for scenario in [
+        "B1 hit, RS256, fresh token, memory",
+        "C1 hit, RS256, fresh token, redis",
+    ] {
+        for share in [" 50 % (", " 80 % ("] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(scenario) && l.contains(share))
+                .unwrap_or_else(|| panic!("no open-loop line for {scenario}{share}: {stdout}"));
+            assert!(
+                line.contains("achieved ") && line.ends_with(", 0 error(s)"),
+                "{line}"
+            );
+        }
+    }
     // The memory scenario filled a real `ferry serve` with 2000 credentials, all granted.
     assert!(
         stdout.contains("with 2000 cached credentials") && stdout.contains("bytes), 0 error(s)"),
@@ -262,4 +286,41 @@ fn the_export_drives_a_real_ferry_serve() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(statuses, vec![(200, true); 7]);
+}
+
+/// `--rate` drives every scenario as an open loop at a fixed arrival rate.
+#[test]
+fn ferry_bench_runs_an_open_loop_at_a_fixed_rate() {
+    let stdout = quick_bench(&["--rate", "400", "--only", "B1", "--no-rss", "--no-redis"]);
+    assert!(
+        stdout.contains("open loop at 400 req/s (latency from each request's intended send time)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("B1 hit, RS256, fresh token, memory"),
+        "{stdout}"
+    );
+    // The per-scenario open-loop check is for closed-loop runs only.
+    assert!(
+        !stdout.contains("\nopen loop: a fixed arrival rate"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nerrors: 0\n"), "{stdout}");
+    // The pooled client has no send schedule: refused with a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args([
+            "--quick",
+            "--rate",
+            "400",
+            "--generator",
+            "hyper",
+            "--no-rss",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--rate needs the raw generator"),
+        "{out:?}"
+    );
 }

@@ -9,21 +9,32 @@ use std::time::{Duration, Instant, SystemTime};
 /// The raw generator, laid out as wrk lays out its threads: two threads, each with its
 /// own single-threaded event loop and its own half of the connections (no work moves
 /// between them, so no connection waits behind another thread's queue).
+///
+/// With a `rate` (requests per second over all connections) the load is an open loop:
+/// each connection sends on its own fixed schedule (rate ÷ connections), as wrk2 does.
 pub(crate) fn drive_raw(
     driver: &Driver,
     load: &Load,
     connections: usize,
     duration: Duration,
+    rate: Option<f64>,
 ) -> Tally {
     const THREADS: usize = 2;
     let deadline = Instant::now() + duration;
     let (cpu0, preempted0) = ferry_threads();
     let started = Instant::now();
     let mut total = Tally::default();
+    #[expect(clippy::cast_precision_loss, reason = "a connection count")]
+    let pace = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(connections.max(1) as f64 / r));
     std::thread::scope(|scope| {
         let mut threads = Vec::new();
+        let mut first = 0;
         for k in 0..THREADS {
             let share = connections / THREADS + usize::from(k < connections % THREADS);
+            let thread_first = first;
+            first += share;
             let spawned = std::thread::Builder::new()
                 .name("bench-load".into())
                 .spawn_scoped(scope, move || {
@@ -39,8 +50,14 @@ pub(crate) fn drive_raw(
                     };
                     rt.block_on(async {
                         let mut set = tokio::task::JoinSet::new();
-                        for _ in 0..share {
-                            set.spawn(raw_connection(load.clone(), deadline));
+                        for c in 0..share {
+                            // Schedules spread evenly over one interval: connections
+                            // that all sent at once would measure their own burst.
+                            #[expect(clippy::cast_precision_loss, reason = "connection indices")]
+                            let phase = pace.map(|p| {
+                                p.mul_f64((thread_first + c) as f64 / connections.max(1) as f64)
+                            });
+                            set.spawn(raw_connection(load.clone(), deadline, pace, phase));
                         }
                         let mut t = Tally::default();
                         while let Some(done) = set.join_next().await {
@@ -67,8 +84,21 @@ pub(crate) fn drive_raw(
     finish(total, started, cpu0, preempted0)
 }
 
-/// One connection of the raw generator, sending requests until the deadline.
-pub(crate) async fn raw_connection(load: Load, deadline: Instant) -> Tally {
+/// One connection of the raw generator, sending requests until the deadline: each as
+/// soon as the last is answered, or with a `pace`, the n-th at start + phase + n × pace.
+///
+/// Paced, a request's latency counts from its intended send time whenever the
+/// connection was still busy with the previous one then: a slow answer delays the
+/// requests behind it, and that wait is part of their latency (no coordinated
+/// omission). When the connection was idle, it counts from the actual send, so the
+/// generator's own timer lateness (tokio's timer has millisecond resolution) is not
+/// charged to Ferry.
+pub(crate) async fn raw_connection(
+    load: Load,
+    deadline: Instant,
+    pace: Option<Duration>,
+    phase: Option<Duration>,
+) -> Tally {
     let mut t = Tally::default();
     let Some((addr, host, path)) = split_url(load.url()) else {
         t.errors += 1;
@@ -76,7 +106,18 @@ pub(crate) async fn raw_connection(load: Load, deadline: Instant) -> Tally {
     };
     let mut conn = RawConnection::new(addr);
     let mut requests = RawRequests::new(matches!(load, Load::Post(..)), &host, &path);
-    while Instant::now() < deadline {
+    let start = Instant::now() + phase.unwrap_or_default();
+    let mut free_at = start;
+    for n in 0u32.. {
+        let intended = pace.map(|p| start + p * n);
+        if intended.unwrap_or_else(Instant::now) >= deadline {
+            break;
+        }
+        if let Some(at) = intended
+            && at > Instant::now()
+        {
+            tokio::time::sleep_until(at.into()).await;
+        }
         let request = match &load {
             Load::Get(_) => requests.with_body(None),
             Load::Post(_, bodies, cursor) => {
@@ -85,10 +126,16 @@ pub(crate) async fn raw_connection(load: Load, deadline: Instant) -> Tally {
         };
         let sent_wall = SystemTime::now();
         let sent = Instant::now();
-        match conn.round_trip(request).await {
+        let from = match intended {
+            Some(at) if free_at > at => at,
+            _ => sent,
+        };
+        let answer = conn.round_trip(request).await;
+        free_at = Instant::now();
+        match answer {
             Ok(status) if (200..300).contains(&status) => {
                 let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
-                t.latencies_us.push(us(sent.elapsed()));
+                t.latencies_us.push(us(free_at.duration_since(from)));
                 // The kernel stamps arrivals with the wall clock; a step of that clock
                 // mid-request leaves the request out rather than skewing the tally.
                 if let Some(Ok(d)) = conn.arrived.map(|at| at.duration_since(sent_wall)) {
