@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::slots::Digest;
+use crate::memo::Digest;
 
 const STR: u8 = 1;
 const LIST: u8 = 2;

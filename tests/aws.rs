@@ -264,7 +264,7 @@ async fn web_identity_and_assume_role_reach_sts_with_every_field() {
     let jwt = &call["WebIdentityToken"];
     let claims = h
         .state
-        .runtime
+        .snapshot
         .load()
         .issuer
         .verify_own(jwt)

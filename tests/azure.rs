@@ -156,7 +156,7 @@ async fn federated_client_secret_and_managed_identity_tokens() {
     assert!(!form.contains_key("client_secret"));
     let claims = h
         .state
-        .runtime
+        .snapshot
         .load()
         .issuer
         .verify_own(&form["client_assertion"])

@@ -222,7 +222,7 @@ async fn workload_identity_then_impersonation_sends_every_documented_field() {
     );
     let claims = h
         .state
-        .runtime
+        .snapshot
         .load()
         .issuer
         .verify_own(sts["subjectToken"].as_str().unwrap())

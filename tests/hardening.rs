@@ -17,7 +17,7 @@ use common::*;
 use ferry::config::Config;
 use ferry::exchange::{Services, SingleFlight};
 use ferry::http::{AppState, app};
-use ferry::runtime::{BuildOptions, Runtime};
+use ferry::snapshot::{BuildOptions, Snapshot};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
@@ -120,12 +120,12 @@ async fn replica_with(
     let other = h.dir.path().join("replica.toml");
     std::fs::write(&other, text).unwrap();
     let config = Config::load(&other).unwrap();
-    let (rt, _) = Runtime::build(
+    let (rt, _) = Snapshot::build(
         config,
         &BuildOptions {
             clock: h.clock.clone(),
             require_keys: true,
-            previous_ephemeral: Some(h.state.runtime.load().issuer.keys().clone()),
+            previous_ephemeral: Some(h.state.snapshot.load().issuer.keys().clone()),
         },
     )
     .unwrap();
@@ -166,8 +166,8 @@ async fn unrelated_config_changes_keep_the_cache_and_replicas_share_it() {
     )
     .await;
     assert_ne!(
-        reloaded.runtime.load().revision,
-        h.state.runtime.load().revision
+        reloaded.snapshot.load().revision,
+        h.state.snapshot.load().revision
     );
     let r = h
         .exchange_on(&reloaded, &h.token(|_| {}), "api", None)
@@ -226,7 +226,7 @@ async fn tokens_live_at_most_max_token_lifetime_and_revocations_outlive_them() {
         h.exchange_token(&day, "api", None).await.status,
         StatusCode::OK
     );
-    let runtime = h.state.runtime.load_full();
+    let runtime = h.state.snapshot.load_full();
     let revocation = runtime.revocation(
         ferry::store::RevocationTarget::Jti { jti: jti.into() },
         None,

@@ -17,7 +17,7 @@ use ferry::verify::jwks::JwksCache;
 use jsonwebtoken::Algorithm;
 
 fn jwks_of(h: &Harness) -> Arc<JwksCache> {
-    let rt = h.state.runtime.load();
+    let rt = h.state.snapshot.load();
     Arc::clone(&rt.verifier.issuers().next().unwrap().jwks)
 }
 
@@ -246,7 +246,7 @@ async fn a_key_replaced_behind_its_kid_stops_remembered_tokens() {
     for _ in 0..3 {
         assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
     }
-    assert!(h.state.runtime.load().verifier.signatures().remembered >= 1);
+    assert!(h.state.snapshot.load().verifier.signatures().remembered >= 1);
     // Same kid, another key.
     h.issuer.remove_key("k1");
     h.issuer.add_key(make_key(Algorithm::RS256, "k1"));

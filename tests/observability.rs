@@ -95,7 +95,7 @@ async fn every_decision_is_audited_and_counted() {
     assert_eq!(first["policy_ids"], json!(["deployers-api"]));
     assert_eq!(first["cache"], "miss");
     assert_eq!(first["credential_sha256"], sha(access));
-    assert_eq!(first["revision"], h.state.runtime.load().revision.as_str());
+    assert_eq!(first["revision"], h.state.snapshot.load().revision.as_str());
     assert_eq!(first["prev"], ferry::audit::GENESIS);
     assert_eq!(lines[1]["cache"], "hit");
     assert_eq!(lines[1]["prev"], first["hash"]);
@@ -140,7 +140,7 @@ async fn every_decision_is_audited_and_counted() {
     }
     assert!(text.contains(&format!(
         r#"ferry_config_info{{revision="{}"}} 1"#,
-        h.state.runtime.load().revision
+        h.state.snapshot.load().revision
     )));
     // Bounded labels: no subject or token id anywhere in the metrics.
     assert!(!text.contains("acme/infra") && !text.contains("repo:"));
@@ -215,7 +215,7 @@ async fn a_broken_reload_keeps_the_old_config_serving() {
     let (h, _side) = harness("").await;
     let token = h.token(|_| {});
     assert_eq!(h.exchange_token(&token, "api", None).await.status, 200);
-    let old_revision = h.state.runtime.load().revision.clone();
+    let old_revision = h.state.snapshot.load().revision.clone();
 
     // A policy that names an attribute no mapping produces.
     std::fs::write(
@@ -226,7 +226,7 @@ async fn a_broken_reload_keeps_the_old_config_serving() {
     let result = h.state.reload("test").await;
     let errs = result.unwrap_err().to_string();
     assert!(errs.contains("nope"), "{errs}");
-    assert_eq!(h.state.runtime.load().revision, old_revision);
+    assert_eq!(h.state.snapshot.load().revision, old_revision);
     // The old policy still answers (a fresh identity, so no cache is involved).
     let other = h.token(|c| c["sub"] = "after-bad-reload".into());
     assert_eq!(h.exchange_token(&other, "api", None).await.status, 200);
@@ -272,7 +272,7 @@ async fn a_reload_that_removes_a_trust_mapping_refuses_the_next_exchange() {
         r#"assertion.org == "someone-else""#,
     );
     std::fs::write(&path, text).unwrap();
-    let old_rev = h.state.runtime.load().revision.clone();
+    let old_rev = h.state.snapshot.load().revision.clone();
     let new_rev = h.state.reload("test").await.unwrap();
     assert_ne!(new_rev, old_rev);
     let after = h.exchange_token(&token, "api", None).await;
@@ -311,7 +311,7 @@ async fn the_file_watch_reloads_by_itself() {
         std::sync::Arc::clone(&h.state),
         std::time::Duration::from_millis(50),
     );
-    let old = h.state.runtime.load().revision.clone();
+    let old = h.state.snapshot.load().revision.clone();
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     std::fs::write(
         h.dir.path().join("policies/test.cedar"),
@@ -319,7 +319,7 @@ async fn the_file_watch_reloads_by_itself() {
     )
     .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while h.state.runtime.load().revision == old {
+    while h.state.snapshot.load().revision == old {
         assert!(
             std::time::Instant::now() < deadline,
             "the watch did not reload"

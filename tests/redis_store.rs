@@ -260,7 +260,7 @@ async fn with_the_local_revocation_copy_hits_skip_redis_revocations_arrive_and_o
     // A subject revocation recorded on A reaches B.
     a.services
         .store
-        .revoke(&a.runtime.load().revocation(
+        .revoke(&a.snapshot.load().revocation(
             ferry::store::RevocationTarget::Subject {
                 subject: "fake:repo:acme/infra:ref:refs/heads/main".into(),
             },
@@ -365,7 +365,7 @@ async fn replicas_share_the_cache_and_revocations_take_effect_everywhere_at_once
     let purged = a
         .services
         .store
-        .revoke(&a.runtime.load().revocation(
+        .revoke(&a.snapshot.load().revocation(
             ferry::store::RevocationTarget::Subject {
                 subject: subject.into(),
             },
@@ -719,7 +719,7 @@ async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
     let fresh = again.body["access_token"].as_str().unwrap().to_owned();
     let active = post(&b, "/oauth2/introspect", form(&fresh), true).await;
     assert_eq!(active.body["active"], true);
-    let runtime = a.runtime.load_full();
+    let runtime = a.snapshot.load_full();
     let revocation = runtime.revocation(
         ferry::store::RevocationTarget::IssuerSub {
             issuer: "fake".into(),
@@ -869,7 +869,7 @@ async fn the_store_works_on_a_three_master_cluster() {
     let purged = b
         .services
         .store
-        .revoke(&b.runtime.load().revocation(
+        .revoke(&b.snapshot.load().revocation(
             ferry::store::RevocationTarget::Subject {
                 subject: subject.into(),
             },
@@ -961,7 +961,7 @@ async fn a_paused_redis_gives_503s_never_a_grant_revocation_refuses_and_recovers
             .status,
         200
     );
-    let runtime = a.runtime.load_full();
+    let runtime = a.snapshot.load_full();
     let revocation = runtime.revocation(
         ferry::store::RevocationTarget::Subject {
             subject: "fake:revoked".into(),

@@ -429,7 +429,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // its checkpoints (every 1000 lines, and the closing one) signed by the server's key.
     audited.state.audit.close();
     let checkpoint_keys = ferry::audit::CheckpointKeys::from_jwks(
-        audited.state.runtime.load().issuer.jwks_document(),
+        audited.state.snapshot.load().issuer.jwks_document(),
     )
     .map_err(|e| anyhow::anyhow!("the audited server's JWKS: {e}"))?;
     let audit_chain =

@@ -10,7 +10,7 @@ use ferry::exchange::{Services, SingleFlight};
 use ferry::http::{AppState, app};
 use ferry::issuer::keys::{SigningKey, generate_private_pem, signing_key_from_pem};
 use ferry::provider_api::{Credential, CredentialProvider, Grant, ProviderError, Secret};
-use ferry::runtime::{BuildOptions, Runtime};
+use ferry::snapshot::{BuildOptions, Snapshot};
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
@@ -126,7 +126,7 @@ impl Server {
     /// What this server has done so far that tells a token or an identity seen before
     /// from a new one: its signature counts, and its fake upstream's calls.
     pub(crate) fn reuse(&self) -> Reuse {
-        let signatures = self.state.runtime.load().verifier.signatures();
+        let signatures = self.state.snapshot.load().verifier.signatures();
         Reuse {
             verified: signatures.verified,
             remembered: signatures.remembered,
@@ -161,7 +161,7 @@ pub(crate) async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::
     std::fs::write(&path, text)?;
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let clock: ferry::clock::SharedClock = Arc::new(SystemClock);
-    let (mut runtime, _) = Runtime::build(
+    let (mut runtime, _) = Snapshot::build(
         config,
         &BuildOptions {
             clock: clock.clone(),
@@ -193,7 +193,7 @@ pub(crate) async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::
     let addr = listener.local_addr()?;
     // The same accept loop as `ferry serve`, so its cost is in every figure.
     let limits =
-        ferry::http::server::ConnectionLimits::from_config(&state.runtime.load().config.server);
+        ferry::http::server::ConnectionLimits::from_config(&state.snapshot.load().config.server);
     let server = ferry::http::server::Server::new(listener, app(state), limits);
     tokio::spawn(server.run(std::future::pending()));
     Ok(Server {

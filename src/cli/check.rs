@@ -13,7 +13,7 @@ pub struct Args {
 
 /// Validates everything and prints every problem; exit 1 when there is an error.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (runtime, warnings) = match super::load_runtime(&args.config, false) {
+    let (snapshot, warnings) = match super::load_snapshot(&args.config, false) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -21,9 +21,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("{w}");
     }
     // What `ferry serve` reads when it opens the store.
-    if runtime.config.store.backend == "redis" {
+    if snapshot.config.store.backend == ferry::config::StoreBackend::Redis {
         let mut errs = ferry::config::ConfigErrors::default();
-        let _ = ferry::store::read_encryption_keys(&runtime.config, &mut errs);
+        let _ = ferry::store::read_encryption_keys(&snapshot.config, &mut errs);
         if !errs.is_empty() {
             eprintln!("{errs}");
             return Ok(ExitCode::FAILURE);
@@ -32,15 +32,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!(
         "{}: ok: {} issuer(s), {} target(s), {} polic{} (revision {})",
         args.config.display(),
-        runtime.config.issuers.len(),
-        runtime.targets.len(),
-        runtime.policy.len(),
-        if runtime.policy.len() == 1 {
+        snapshot.config.issuers.len(),
+        snapshot.targets.len(),
+        snapshot.policy.len(),
+        if snapshot.policy.len() == 1 {
             "y"
         } else {
             "ies"
         },
-        runtime.revision
+        snapshot.revision
     );
     Ok(ExitCode::SUCCESS)
 }

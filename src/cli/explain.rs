@@ -38,7 +38,7 @@ pub struct Args {
 
 /// Prints each stage; exits 0 when the exchange would be allowed, 1 otherwise.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (runtime, _warnings) = match super::load_runtime(&args.config, false) {
+    let (snapshot, _warnings) = match super::load_snapshot(&args.config, false) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let now = super::system_clock().now();
     let rt = super::tokio_runtime()?;
     let report = rt.block_on(explain(
-        &runtime,
+        &snapshot,
         input,
         &TargetSelector::Audience(args.target.clone()),
         &scopes,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry::clock::{SharedClock, SystemClock};
 use ferry::config::Config;
-use ferry::runtime::{BuildOptions, Runtime};
+use ferry::snapshot::{BuildOptions, Snapshot};
 
 /// Ferry: exchange workload OIDC tokens for short-lived credentials.
 #[derive(Debug, Parser)]
@@ -96,10 +96,10 @@ pub fn system_clock() -> SharedClock {
 }
 
 /// Loads and compiles a config, printing every problem as `file: entry: problem`.
-pub fn load_runtime(
+pub fn load_snapshot(
     path: &Path,
     require_keys: bool,
-) -> Result<(Runtime, Vec<ferry::config::Problem>), ExitCode> {
+) -> Result<(Snapshot, Vec<ferry::config::Problem>), ExitCode> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errs) => {
@@ -112,7 +112,7 @@ pub fn load_runtime(
         require_keys,
         previous_ephemeral: None,
     };
-    Runtime::build(config, &options).map_err(|errs| {
+    Snapshot::build(config, &options).map_err(|errs| {
         eprintln!("{errs}");
         ExitCode::FAILURE
     })

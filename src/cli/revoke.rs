@@ -33,11 +33,11 @@ pub struct Args {
 
 /// Records a revocation in the shared store; every replica refuses on its next request.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (runtime, _) = match super::load_runtime(&args.config, false) {
+    let (snapshot, _) = match super::load_snapshot(&args.config, false) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    if runtime.config.store.backend != "redis" {
+    if snapshot.config.store.backend != ferry::config::StoreBackend::Redis {
         anyhow::bail!(
             "the memory store lives inside the server process; revoke there with `POST /admin/revocations`, or configure the redis store"
         );
@@ -52,8 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .map_err(|_| {
         anyhow::anyhow!("give exactly one of: --subject; --issuer and --sub; --jti; --target")
     })?;
-    let store = ferry::store::open(&runtime.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let revocation = runtime.revocation(target, args.reason, super::system_clock().now());
+    let store = ferry::store::open(&snapshot.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let revocation = snapshot.revocation(target, args.reason, super::system_clock().now());
     let rt = super::tokio_runtime()?;
     let purged = rt
         .block_on(store.revoke(&revocation))

@@ -22,25 +22,28 @@ pub struct Args {
 
 /// Runs the broker until SIGINT/SIGTERM.
 pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode> {
-    let (mut runtime, warnings) = match super::load_runtime(&args.config, true) {
+    let (mut snapshot, warnings) = match super::load_snapshot(&args.config, true) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    let telemetry =
-        ferry::telemetry::init(log_format.to_lib(), "info", Some(&runtime.config.telemetry))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let telemetry = ferry::telemetry::init(
+        log_format.to_lib(),
+        "info",
+        Some(&snapshot.config.telemetry),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    if runtime.issuer.keys().ephemeral {
+    if snapshot.issuer.keys().ephemeral {
         tracing::warn!(
-            kid = %runtime.issuer.keys().active.kid,
+            kid = %snapshot.issuer.keys().active.kid,
             "EPHEMERAL SIGNING KEY: tokens Ferry issues become unverifiable when this process exits; never use in production"
         );
     }
     let listen: SocketAddr = match args.listen {
         Some(l) => l,
-        None => runtime
+        None => snapshot
             .config
             .server
             .listen
@@ -49,18 +52,18 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
     };
     let rt = super::tokio_runtime()?;
     let result = rt.block_on(async move {
-        runtime.warm_up().await;
-        runtime.start_refreshers();
-        let store = match ferry::store::open(&runtime.config) {
+        snapshot.warm_up().await;
+        snapshot.start_refreshers();
+        let store = match ferry::store::open(&snapshot.config) {
             Ok(s) => s,
             Err(errs) => {
                 eprintln!("{errs}");
                 return Ok(ExitCode::FAILURE);
             }
         };
-        let revision = runtime.revision.clone();
+        let revision = snapshot.revision.clone();
         let state = AppState::new(
-            runtime,
+            snapshot,
             Services {
                 store,
                 clock: super::system_clock(),
@@ -71,7 +74,7 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
         #[cfg(unix)]
         let _hup = ferry::http::reload::spawn_sighup(Arc::clone(&state))
             .context("cannot install the SIGHUP handler")?;
-        let reload = state.runtime.load().config.reload.clone();
+        let reload = state.snapshot.load().config.reload.clone();
         let _watch = reload
             .watch
             .then(|| ferry::http::reload::spawn_watch(Arc::clone(&state), reload.interval.0));
@@ -80,8 +83,9 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, %revision, "ferry serving");
         let closing = Arc::clone(&state);
-        let limits =
-            ferry::http::server::ConnectionLimits::from_config(&state.runtime.load().config.server);
+        let limits = ferry::http::server::ConnectionLimits::from_config(
+            &state.snapshot.load().config.server,
+        );
         ferry::http::server::Server::new(listener, app(state), limits)
             .run(shutdown_signal())
             .await;

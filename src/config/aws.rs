@@ -9,7 +9,7 @@ use super::{TargetConfig, target_keys};
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
     /// `web_identity` (default) or `assume_role`.
-    pub mode: String,
+    pub mode: ferry_provider_aws::Mode,
     /// The role.
     pub role_arn: String,
     /// Requested session length (clamped to 15 min – 12 h).
@@ -180,7 +180,11 @@ pub fn parse(target: &TargetConfig) -> Result<AwsSettings, Vec<(String, String)>
     }
     let max_concurrency = target_keys::concurrency(t, 4, &mut problems);
     let settings = AwsSettings {
-        mode,
+        mode: if mode == "assume_role" {
+            ferry_provider_aws::Mode::AssumeRole
+        } else {
+            ferry_provider_aws::Mode::WebIdentity
+        },
         role_arn,
         clamped: duration != requested,
         duration,

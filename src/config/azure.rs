@@ -4,11 +4,22 @@ use std::path::PathBuf;
 
 use super::{TargetConfig, target_keys};
 
+/// How Ferry authenticates to Entra for an Azure target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureMode {
+    /// A Ferry-signed JWT as the client assertion (keyless).
+    Federated,
+    /// Ferry's own client secret, read from `client_secret_file`.
+    ClientSecret,
+    /// Ferry's own managed identity, through the instance metadata endpoint.
+    ManagedIdentity,
+}
+
 /// An Azure target's settings, parsed from the target table.
 #[derive(Debug, Clone)]
 pub struct AzureSettings {
     /// `federated` (default), `client_secret` or `managed_identity`.
-    pub mode: String,
+    pub mode: AzureMode,
     /// Directory (tenant) id.
     pub tenant_id: String,
     /// Application (client) id.
@@ -103,7 +114,11 @@ pub fn parse(target: &TargetConfig) -> Result<AzureSettings, Vec<(String, String
     }
     let max_concurrency = target_keys::concurrency(t, 8, &mut problems);
     let settings = AzureSettings {
-        mode,
+        mode: match mode.as_str() {
+            "client_secret" => AzureMode::ClientSecret,
+            "managed_identity" => AzureMode::ManagedIdentity,
+            _ => AzureMode::Federated,
+        },
         tenant_id,
         client_id,
         scope,

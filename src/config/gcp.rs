@@ -8,7 +8,7 @@ use super::{TargetConfig, target_keys};
 #[derive(Debug, Clone)]
 pub struct GcpSettings {
     /// `workload_identity` (keyless) or `service_account` (Ferry's own identity).
-    pub mode: String,
+    pub mode: ferry_provider_gcp::Mode,
     /// The workload identity pool provider (`//iam.googleapis.com/projects/…/providers/…`).
     pub audience: String,
     /// `aud` of the Ferry-signed JWT.
@@ -125,7 +125,11 @@ pub fn parse(target: &TargetConfig) -> Result<GcpSettings, Vec<(String, String)>
     );
     let max_concurrency = target_keys::concurrency(t, 8, &mut problems);
     let settings = GcpSettings {
-        mode,
+        mode: if mode == "service_account" {
+            ferry_provider_gcp::Mode::ServiceAccount
+        } else {
+            ferry_provider_gcp::Mode::WorkloadIdentity
+        },
         jwt_audience: string("jwt_audience", &mut problems)
             .unwrap_or_else(|| format!("https:{audience}")),
         audience,

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod azure;
+mod choice;
 mod duration;
 pub mod gcp;
 pub mod target_keys;
@@ -13,6 +14,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use choice::{OnCacheError, StoreBackend, TargetKind};
 
 pub use duration::ConfigDuration;
 
@@ -196,7 +199,7 @@ fn default_request_timeout() -> ConfigDuration {
 pub struct StoreConfig {
     /// `memory` (the embedded default) or `redis`.
     #[serde(default = "default_backend")]
-    pub backend: String,
+    pub backend: StoreBackend,
     /// Most cached credentials kept in memory.
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
@@ -225,7 +228,7 @@ pub struct StoreConfig {
     /// On a cache read/write error: `unavailable` (503) or `bypass` (mint without the
     /// cache). The revocation check is never bypassed.
     #[serde(default = "default_on_cache_error")]
-    pub on_cache_error: String,
+    pub on_cache_error: OnCacheError,
     /// Standalone Redis: how old this replica's local copy of the revocation list may be
     /// and still be used, with a near cache of up to `max_entries` credentials in front of
     /// Redis. `0s`: no copy, every exchange asks Redis (one round trip).
@@ -267,8 +270,8 @@ impl StoreConfig {
     }
 }
 
-fn default_on_cache_error() -> String {
-    "unavailable".into()
+fn default_on_cache_error() -> OnCacheError {
+    OnCacheError::Unavailable
 }
 fn d_250ms() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_millis(250))
@@ -310,8 +313,8 @@ pub struct RateLimit {
     pub window: ConfigDuration,
 }
 
-fn default_backend() -> String {
-    "memory".into()
+fn default_backend() -> StoreBackend {
+    StoreBackend::Memory
 }
 fn default_max_entries() -> u64 {
     100_000
@@ -465,7 +468,7 @@ pub struct TargetConfig {
     /// Target id (the `audience` parameter of an exchange).
     pub id: String,
     /// `jwt` (more kinds come with cloud providers).
-    pub kind: String,
+    pub kind: TargetKind,
     /// For `jwt`: the `aud` of the minted token.
     pub audience: Option<String>,
     /// A resource URI that also selects this target (`resource` parameter).
@@ -661,7 +664,7 @@ mod tests {
         let base = StoreConfig::default();
         let mut live = base.clone();
         live.lock_wait = ConfigDuration::secs(3);
-        live.on_cache_error = "bypass".into();
+        live.on_cache_error = OnCacheError::Bypass;
         assert!(base.opens_the_same_store(&live), "read by each exchange");
         let mut lag = base.clone();
         lag.revocation_max_lag = ConfigDuration::secs(0);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{Config, ConfigErrors, TargetConfig};
+use super::{Config, ConfigErrors, OnCacheError, StoreBackend, TargetConfig, TargetKind};
 use crate::verify::fetch::require_secure;
 use crate::verify::{SUPPORTED_ALGORITHMS, parse_algorithm};
 
@@ -21,9 +21,9 @@ const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 
 /// The lifetime a target issues (its `ttl`, or the kind's default).
 pub fn target_ttl(target: &TargetConfig) -> Duration {
-    match target.kind.as_str() {
-        "aws" => super::aws::ttl(target),
-        "gcp" => super::gcp::ttl(target),
+    match target.kind {
+        TargetKind::Aws => super::aws::ttl(target),
+        TargetKind::Gcp => super::gcp::ttl(target),
         _ => target.ttl.map(|d| d.0).unwrap_or(DEFAULT_JWT_TTL),
     }
 }
@@ -104,7 +104,7 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
     }
 
     let st = &config.store;
-    if config.signing.ephemeral && st.backend == "redis" {
+    if config.signing.ephemeral && st.backend == StoreBackend::Redis {
         // Replicas share cached tokens through Redis; each would sign with its own
         // ephemeral key, and hand out another replica's token that fails against its
         // own JWKS.
@@ -114,9 +114,9 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
             "cannot be used with the redis store (replicas would each sign with their own key); use keys_dir",
         );
     }
-    match st.backend.as_str() {
-        "memory" => {}
-        "redis" => {
+    match &st.backend {
+        StoreBackend::Memory => {}
+        StoreBackend::Redis => {
             match (&st.url, st.cluster.is_empty()) {
                 (None, true) => errs.push(file, "store", "the redis backend needs `url = \"redis://…\"` or `cluster = [\"redis://…\", …]`"),
                 (Some(_), false) => errs.push(file, "store", "`url` and `cluster` exclude each other"),
@@ -146,13 +146,13 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
                 }
             }
         }
-        other => errs.push(
+        StoreBackend::Unknown(other) => errs.push(
             file,
             "store.backend",
             format!("unknown backend `{other}` (expected `memory` or `redis`)"),
         ),
     }
-    if !matches!(st.on_cache_error.as_str(), "unavailable" | "bypass") {
+    if let OnCacheError::Unknown(_) = st.on_cache_error {
         errs.push(
             file,
             "store.on_cache_error",
@@ -421,11 +421,12 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
         if !ids.insert(target.id.as_str()) {
             errs.push(file, format!("{entry}.id"), "is used by another target");
         }
-        for r in target
-            .resource
-            .iter()
-            .chain(target.audience.iter().filter(|_| target.kind == "jwt"))
-        {
+        for r in target.resource.iter().chain(
+            target
+                .audience
+                .iter()
+                .filter(|_| target.kind == TargetKind::Jwt),
+        ) {
             if !resources.insert(r.as_str()) {
                 errs.push(
                     file,
@@ -453,8 +454,8 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                 "must be shorter than the ttl",
             );
         }
-        match target.kind.as_str() {
-            "jwt" => {
+        match &target.kind {
+            TargetKind::Jwt => {
                 match &target.audience {
                     None => errs.push(
                         file,
@@ -473,7 +474,7 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                     errs.push(file, format!("{entry}.{key}"), "unknown key for kind `jwt`");
                 }
             }
-            "aws" => {
+            TargetKind::Aws => {
                 if target.ttl.is_some() {
                     errs.push(
                         file,
@@ -487,7 +488,7 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                     }
                 }
             }
-            "gcp" => {
+            TargetKind::Gcp => {
                 if target.ttl.is_some() {
                     errs.push(
                         file,
@@ -501,14 +502,14 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                     }
                 }
             }
-            "azure" => {
+            TargetKind::Azure => {
                 if let Err(problems) = super::azure::parse(target) {
                     for (key, problem) in problems {
                         errs.push(file, format!("{entry}.{key}"), problem);
                     }
                 }
             }
-            other => errs.push(
+            TargetKind::Unknown(other) => errs.push(
                 file,
                 format!("{entry}.kind"),
                 format!("unknown kind `{other}` (expected `jwt`, `aws`, `gcp` or `azure`)"),

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::{ExchangeError, TargetSelector, check_target_request, resolve_target};
 use crate::policy::AuthzInput;
-use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
 use crate::verify::UnverifiedToken;
 
 /// What to explain.
@@ -63,7 +63,7 @@ fn stage(
 
 /// Runs verify, map, target and policy for `input`, reporting each.
 pub async fn explain(
-    rt: &Runtime,
+    snap: &Snapshot,
     input: ExplainInput,
     target: &TargetSelector,
     scopes: &[String],
@@ -84,14 +84,14 @@ pub async fn explain(
         ExplainReport {
             allowed,
             signature_checked,
-            revision: rt.revision.clone(),
+            revision: snap.revision.clone(),
             stages,
         }
     };
 
     let verified = match input {
-        ExplainInput::Token(t) => rt.verifier.verify(&t).await,
-        ExplainInput::Claims(c) => rt.verifier.check_claims_without_signature(c),
+        ExplainInput::Token(t) => snap.verifier.verify(&t).await,
+        ExplainInput::Claims(c) => snap.verifier.check_claims_without_signature(c),
     };
     let token = match verified {
         Ok(t) => {
@@ -120,7 +120,7 @@ pub async fn explain(
         }
     };
 
-    let identity = match rt.mapper.map(&token) {
+    let identity = match snap.mapper.map(&token) {
         Ok(i) => {
             stages.push(stage(
                 "mapping",
@@ -136,7 +136,7 @@ pub async fn explain(
         }
     };
 
-    let target = match resolve_target(rt, target).and_then(|t| {
+    let target = match resolve_target(snap, target).and_then(|t| {
         check_target_request(&t, scopes, None)?;
         Ok::<_, ExchangeError>(t)
     }) {
@@ -145,7 +145,7 @@ pub async fn explain(
                 "target",
                 "pass",
                 format!("target `{}` (kind `{}`)", t.id, t.kind),
-                json!({"id": t.id, "kind": t.kind, "scopes": scopes}),
+                json!({"id": t.id, "kind": t.kind.as_str(), "scopes": scopes}),
             ));
             t
         }
@@ -155,10 +155,10 @@ pub async fn explain(
         }
     };
 
-    let decision = rt.policy.authorize(&AuthzInput {
+    let decision = snap.policy.authorize(&AuthzInput {
         identity: &identity,
         target_id: &target.id,
-        target_kind: &target.kind,
+        target_kind: target.kind.as_str(),
         source_ip,
         scopes,
         timestamp: now,

@@ -15,7 +15,7 @@ use crate::clock::SharedClock;
 use crate::mapping::{Identity, MappingError};
 use crate::policy::{AuthzInput, Decision};
 use crate::record::{CacheResult, ExchangeRecord, ProviderCall};
-use crate::runtime::{Runtime, Target};
+use crate::snapshot::{Snapshot, Target};
 use crate::store::{CacheKey, RateDecision, Store};
 use crate::verify::{VerifiedToken, VerifyError};
 pub use flight::{CacheRules, Lookup, RevocationFields, SingleFlight, SingleUse};
@@ -131,18 +131,18 @@ pub struct ExchangeResponse {
 
 /// Resolves the target a request names.
 pub fn resolve_target(
-    rt: &Runtime,
+    snap: &Snapshot,
     selector: &TargetSelector,
 ) -> Result<Arc<Target>, ExchangeError> {
     let id = match selector {
         TargetSelector::Audience(id) => id.as_str(),
-        TargetSelector::Resource(uri) => rt
+        TargetSelector::Resource(uri) => snap
             .resources
             .get(uri)
             .map(String::as_str)
             .ok_or_else(|| ExchangeError::UnknownTarget(crate::text::echo(uri)))?,
     };
-    rt.targets
+    snap.targets
         .get(id)
         .cloned()
         .ok_or_else(|| ExchangeError::UnknownTarget(crate::text::echo(id)))
@@ -161,7 +161,7 @@ pub fn check_target_request(
         });
     }
     if let Some(requested) = requested_token_type
-        && target.kind == "jwt"
+        && target.kind == crate::config::TargetKind::Jwt
         && !JWT_TOKEN_TYPES.contains(&requested)
     {
         return Err(ExchangeError::TokenType {
@@ -194,35 +194,35 @@ fn cache_key(target: &Target, identity: &Identity, scopes: &[String]) -> CacheKe
 /// goes into `record`, success or not.
 #[tracing::instrument(name = "exchange", skip_all)]
 pub async fn exchange(
-    rt: &Runtime,
+    snap: &Snapshot,
     svc: &Services,
     req: ExchangeRequest,
     record: &mut ExchangeRecord,
 ) -> Result<ExchangeResponse, ExchangeError> {
     record.token_sha256 = Some(req.subject_token.sha256());
-    let limits = &rt.config.rate_limits;
+    let limits = &snap.config.rate_limits;
     if let Some(limit) = limits.per_client {
         svc.admit(&format!("client:{}", req.client_ip), limit)
             .await?;
     }
-    let token = rt.verifier.verify(&req.subject_token).await?;
+    let token = snap.verifier.verify(&req.subject_token).await?;
     record.verified(&token);
-    let identity = rt.mapper.map(&token)?;
+    let identity = snap.mapper.map(&token)?;
     record.mapped(&identity);
     if let Some(limit) = limits.per_subject {
         svc.admit(&format!("subject:{}", identity.subject), limit)
             .await?;
     }
-    let target = resolve_target(rt, &req.target)?;
+    let target = resolve_target(snap, &req.target)?;
     record.target = Some(target.id.clone());
     record.target_kind = Some(target.provider.kind());
     check_target_request(&target, &req.scopes, req.requested_token_type.as_deref())?;
 
     let now = svc.clock.now();
-    let decision = rt.policy.authorize(&AuthzInput {
+    let decision = snap.policy.authorize(&AuthzInput {
         identity: &identity,
         target_id: &target.id,
-        target_kind: &target.kind,
+        target_kind: target.kind.as_str(),
         source_ip: req.client_ip,
         scopes: &req.scopes,
         timestamp: now,
@@ -245,14 +245,14 @@ pub async fn exchange(
     let lookup = Lookup {
         key: cache_key(&target, &identity, &req.scopes),
         fields: &fields,
-        single_use: single_use(rt, &token, now)?,
+        single_use: single_use(snap, &token, now)?,
         now,
-        rules: cache_rules(rt, &target),
+        rules: cache_rules(snap, &target),
     };
     let mut call = None;
     let served = svc
         .get_or_mint(lookup, || async {
-            let grant = grant(rt, &target, &identity, &req, &fields, &record.request_id)?;
+            let grant = grant(snap, &target, &identity, &req, &fields, &record.request_id)?;
             let (issued, made) = issue(&target, &grant).await;
             call = Some(made);
             Ok(issued?)
@@ -289,11 +289,11 @@ impl ExchangeResponse {
 }
 
 /// How the cache treats the target's credentials (`[store]` and its `min_remaining`).
-fn cache_rules(rt: &Runtime, target: &Target) -> CacheRules {
-    let store = &rt.config.store;
+fn cache_rules(snap: &Snapshot, target: &Target) -> CacheRules {
+    let store = &snap.config.store;
     CacheRules {
         min_remaining: i64::try_from(target.min_remaining.as_secs()).unwrap_or(i64::MAX),
-        bypass: store.on_cache_error == "bypass",
+        bypass: store.on_cache_error == crate::config::OnCacheError::Bypass,
         lock_ttl: store.lock_ttl.0,
         lock_wait: store.lock_wait.0,
         negative_ttl: store.negative_ttl.0,
@@ -321,7 +321,7 @@ async fn issue(
 /// What the provider is asked for: the identity, the target's values evaluated over it,
 /// and the revocation fields a Ferry-signed token carries.
 fn grant(
-    rt: &Runtime,
+    snap: &Snapshot,
     target: &Target,
     identity: &Identity,
     req: &ExchangeRequest,
@@ -338,7 +338,7 @@ fn grant(
         max_ttl: target.ttl,
         request_id: request_id.to_owned(),
         traceparent: req.traceparent.clone(),
-        target_values: rt.mapper.eval_over_identity(&target.values, identity)?,
+        target_values: snap.mapper.eval_over_identity(&target.values, identity)?,
         revocation_fields: fields.credential().to_vec(),
     })
 }
@@ -346,11 +346,11 @@ fn grant(
 /// The replay record of a single-use issuer's token (which must have a `jti`): kept for
 /// the token's remaining life plus the issuer's leeway.
 fn single_use(
-    rt: &Runtime,
+    snap: &Snapshot,
     token: &VerifiedToken,
     now: i64,
 ) -> Result<Option<SingleUse>, ExchangeError> {
-    if !rt.single_use_issuers.contains(token.issuer_id()) {
+    if !snap.single_use_issuers.contains(token.issuer_id()) {
         return Ok(None);
     }
     let jti = token.jti().ok_or(ExchangeError::Replay(
@@ -359,7 +359,7 @@ fn single_use(
     let ttl = token
         .expires_at()
         .saturating_sub(now)
-        .saturating_add(rt.leeway_of(token.issuer_id()))
+        .saturating_add(snap.leeway_of(token.issuer_id()))
         .max(1);
     Ok(Some(SingleUse {
         id: format!("{}\n{jti}", token.issuer_id()),

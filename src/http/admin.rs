@@ -19,8 +19,8 @@ use crate::exchange::explain::{ExplainInput, explain as run_explain};
 use crate::verify::UnverifiedToken;
 
 pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let runtime = state.runtime.load();
-    let Some(expected) = &runtime.admin_token else {
+    let snapshot = state.snapshot.load();
+    let Some(expected) = &snapshot.admin_token else {
         return Err(Box::new(
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -70,14 +70,14 @@ pub async fn issuers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     if let Err(r) = authorize(&state, &headers) {
         return *r;
     }
-    let runtime = state.runtime.load();
+    let snapshot = state.snapshot.load();
     let now = state.services.clock.now();
-    let mut issuers: Vec<Value> = runtime
+    let mut issuers: Vec<Value> = snapshot
         .verifier
         .issuers()
         .map(|i| {
             let s = i.jwks.status();
-            let required = runtime
+            let required = snapshot
                 .config
                 .issuers
                 .iter()
@@ -97,9 +97,9 @@ pub async fn issuers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         })
         .collect();
     issuers.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    let keys = runtime.issuer.keys();
+    let keys = snapshot.issuer.keys();
     let body = json!({
-        "revision": runtime.revision,
+        "revision": snapshot.revision,
         "issuers": issuers,
         "signing": {
             "algorithm": crate::issuer::keys::alg_name(keys.active.alg),
@@ -151,9 +151,9 @@ pub async fn explain(
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
-    let runtime = state.runtime.load_full();
+    let snapshot = state.snapshot.load_full();
     let report = run_explain(
-        &runtime,
+        &snapshot,
         input,
         &TargetSelector::Audience(req.target),
         &scopes,
@@ -228,14 +228,14 @@ pub async fn revoke(
         Ok(t) => t,
         Err(e) => return ApiError::invalid_request(e).into_response(),
     };
-    let runtime = state.runtime.load_full();
+    let snapshot = state.snapshot.load_full();
     let kind = match &target {
         crate::store::RevocationTarget::Subject { .. } => "subject",
         crate::store::RevocationTarget::IssuerSub { .. } => "issuer_sub",
         crate::store::RevocationTarget::Jti { .. } => "jti",
         crate::store::RevocationTarget::Target { .. } => "target",
     };
-    let revocation = runtime.revocation(target, req.reason, state.services.clock.now());
+    let revocation = snapshot.revocation(target, req.reason, state.services.clock.now());
     match state.services.store.revoke(&revocation).await {
         Ok(purged) => {
             state.metrics.inc(

@@ -30,7 +30,7 @@ use crate::audit::AuditLog;
 use crate::exchange::{self, Services, request};
 use crate::metrics::Metrics;
 use crate::record::ExchangeRecord;
-use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
 pub use error::ApiError;
 
 /// The request id header, set on every response.
@@ -39,7 +39,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Everything a request needs: the current compiled config and shared services.
 pub struct AppState {
     /// The compiled config, swapped atomically on reload.
-    pub runtime: ArcSwap<Runtime>,
+    pub snapshot: ArcSwap<Snapshot>,
     /// Store, clock, single-flight.
     pub services: Services,
     /// Prometheus metrics.
@@ -50,20 +50,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over a built runtime; the audit log is opened from its `[audit]` section.
-    pub fn new(runtime: Runtime, services: Services) -> std::io::Result<Arc<Self>> {
-        let a = &runtime.config.audit;
+    /// State over a built snapshot; the audit log is opened from its `[audit]` section.
+    pub fn new(snapshot: Snapshot, services: Services) -> std::io::Result<Arc<Self>> {
+        let a = &snapshot.config.audit;
         let replica = a
             .replica_id
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "ferry".to_owned());
-        let file = a.file.as_ref().map(|f| runtime.config.source.resolve(f));
+        let file = a.file.as_ref().map(|f| snapshot.config.source.resolve(f));
         let audit = AuditLog::open(file.as_deref(), a.stdout, replica)?
             .with_checkpoint_every(a.checkpoint_every);
-        audit.set_signer(runtime.issuer.clone());
+        audit.set_signer(snapshot.issuer.clone());
         Ok(Arc::new(Self {
-            runtime: ArcSwap::from_pointee(runtime),
+            snapshot: ArcSwap::from_pointee(snapshot),
             services,
             metrics: Metrics::default(),
             audit,
@@ -74,9 +74,9 @@ impl AppState {
 
 /// Builds the router. Tests drive it with `oneshot`; `serve` binds it to a socket.
 pub fn app(state: Arc<AppState>) -> Router {
-    let runtime = state.runtime.load();
-    let max_body = runtime.config.server.max_body_bytes;
-    let timeout = runtime.config.server.request_timeout.0;
+    let snapshot = state.snapshot.load();
+    let max_body = snapshot.config.server.max_body_bytes;
+    let timeout = snapshot.config.server.request_timeout.0;
     Router::new()
         .route("/oauth2/token", post(token))
         .route("/.well-known/openid-configuration", get(discovery))
@@ -169,11 +169,11 @@ async fn token(
         .map(str::to_owned)
         .unwrap_or_else(|| request_id_of(&parts.headers));
     // In-flight requests finish on the config they started with, even across a reload.
-    let runtime = state.runtime.load_full();
+    let snapshot = state.snapshot.load_full();
     let mut record = ExchangeRecord::start(
         request_id,
         client_ip(&parts.extensions),
-        runtime.revision.clone(),
+        snapshot.revision.clone(),
     );
     let traceparent = parts
         .extensions
@@ -182,7 +182,7 @@ async fn token(
     let result = async {
         let mut req = read_form(parts, body, record.client_ip).await?;
         req.traceparent = traceparent;
-        Ok(exchange::exchange(&runtime, &state.services, req, &mut record).await?)
+        Ok(exchange::exchange(&snapshot, &state.services, req, &mut record).await?)
     }
     .await;
     observe::settle(&state, record, result).await
@@ -296,11 +296,11 @@ fn json_document(bytes: &[u8]) -> Response {
 }
 
 async fn discovery(State(state): State<Arc<AppState>>) -> Response {
-    json_document(state.runtime.load().issuer.discovery_document())
+    json_document(state.snapshot.load().issuer.discovery_document())
 }
 
 async fn jwks(State(state): State<Arc<AppState>>) -> Response {
-    json_document(state.runtime.load().issuer.jwks_document())
+    json_document(state.snapshot.load().issuer.jwks_document())
 }
 
 async fn healthz() -> Response {
@@ -308,14 +308,14 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let runtime = state.runtime.load();
+    let snapshot = state.snapshot.load();
     let store_ok = state.services.store.ping().await.is_ok();
-    let issuers: serde_json::Map<String, serde_json::Value> = runtime
+    let issuers: serde_json::Map<String, serde_json::Value> = snapshot
         .verifier
         .issuers()
         .map(|i| (i.id.to_string(), json!(i.jwks.status().usable)))
         .collect();
-    let ready = store_ok && runtime.issuers_ready();
+    let ready = store_ok && snapshot.issuers_ready();
     let last_reload_error = state.reload.last_error();
     let status = if ready {
         StatusCode::OK
@@ -327,7 +327,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             status,
             Json(json!({
                 "ready": ready,
-                "revision": runtime.revision,
+                "revision": snapshot.revision,
                 "store": {
                     "backend": state.services.store.backend(),
                     "ok": store_ok,
@@ -348,7 +348,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /metrics`: the registry plus gauges read at scrape time.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     use std::fmt::Write as _;
-    let runtime = state.runtime.load();
+    let snapshot = state.snapshot.load();
     let now = state.services.clock.now();
     let mut extra = String::new();
     let _ = writeln!(
@@ -357,7 +357,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     );
     let mut ages = String::new();
     let mut keys = String::new();
-    for issuer in runtime.verifier.issuers() {
+    for issuer in snapshot.verifier.issuers() {
         let s = issuer.jwks.status();
         let id = crate::metrics::format_labels(&[("issuer", issuer.id.to_string())], None);
         let _ = writeln!(
@@ -382,15 +382,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let _ = writeln!(
         extra,
         "# HELP ferry_jwks_seconds_since_last_refresh Seconds since the last successful JWKS fetch (remote issuers).\n# TYPE ferry_jwks_seconds_since_last_refresh gauge\n{ages}# HELP ferry_jwks_keys Keys currently served per issuer.\n# TYPE ferry_jwks_keys gauge\n{keys}# HELP ferry_config_info The active config revision.\n# TYPE ferry_config_info gauge\nferry_config_info{{revision=\"{}\"}} 1",
-        runtime.revision
+        snapshot.revision
     );
-    let signatures = runtime.verifier.signatures();
+    let signatures = snapshot.verifier.signatures();
     let _ = writeln!(
         extra,
         "# HELP ferry_token_signatures_total Subject-token signatures that checked out since the config revision was loaded: verified against the key now, or remembered from an earlier verify of the same token (its claims re-checked).\n# TYPE ferry_token_signatures_total counter\nferry_token_signatures_total{{result=\"verified\"}} {}\nferry_token_signatures_total{{result=\"remembered\"}} {}",
         signatures.verified, signatures.remembered
     );
-    let age = now.saturating_sub(runtime.issuer.keys().active.created_at);
+    let age = now.saturating_sub(snapshot.issuer.keys().active.created_at);
     let _ = writeln!(
         extra,
         "# HELP ferry_signing_key_age_seconds Age of Ferry's active signing key.\n# TYPE ferry_signing_key_age_seconds gauge\nferry_signing_key_age_seconds {age}"

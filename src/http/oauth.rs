@@ -33,8 +33,8 @@ fn token_param(pairs: &[(String, String)]) -> Result<String, ApiError> {
 fn authorize_introspection(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     use base64::Engine as _;
     use subtle::ConstantTimeEq as _;
-    let runtime = state.runtime.load();
-    if runtime.introspection_clients.is_empty() {
+    let snapshot = state.snapshot.load();
+    if snapshot.introspection_clients.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request",
@@ -70,7 +70,7 @@ fn authorize_introspection(state: &AppState, headers: &HeaderMap) -> Result<Stri
     };
     let (name, secret) = (unescape(name), unescape(secret));
     // An unknown name is compared against a dummy, so timing does not tell names apart.
-    let expected = runtime.introspection_clients.get(&name);
+    let expected = snapshot.introspection_clients.get(&name);
     let dummy = ferry_provider_api::Secret::new("\0".repeat(32));
     let matches = bool::from(
         secret
@@ -106,9 +106,9 @@ pub async fn introspect(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let runtime = state.runtime.load_full();
+    let snapshot = state.snapshot.load_full();
     let inactive = || no_store(Json(json!({"active": false})).into_response());
-    let Some(claims) = runtime.issuer.verify_own(&token) else {
+    let Some(claims) = snapshot.issuer.verify_own(&token) else {
         return inactive();
     };
     let s = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -177,8 +177,8 @@ pub async fn revoke(State(state): State<Arc<AppState>>, body: Bytes) -> Response
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let runtime = state.runtime.load_full();
-    if let Some(claims) = runtime.issuer.verify_own(&token)
+    let snapshot = state.snapshot.load_full();
+    if let Some(claims) = snapshot.issuer.verify_own(&token)
         && let (Some(jti), Some(exp)) = (
             claims.get("jti").and_then(Value::as_str),
             claims.get("exp").and_then(Value::as_i64),
@@ -191,7 +191,7 @@ pub async fn revoke(State(state): State<Arc<AppState>>, body: Bytes) -> Response
             },
             reason: Some("revoked by its holder (RFC 7009)".into()),
             created_at: now,
-            expires_at: exp.saturating_add(runtime.leeway_of("")),
+            expires_at: exp.saturating_add(snapshot.leeway_of("")),
         };
         match state.services.store.revoke(&revocation).await {
             Ok(purged) => {

@@ -1,5 +1,5 @@
 //! Live reload: SIGHUP, `POST /admin/reload` and a file watch rebuild the whole config;
-//! the new runtime is fully validated (and its issuer keys fetched) before it is swapped
+//! the new snapshot is fully validated (and its issuer keys fetched) before it is swapped
 //! in atomically. An invalid config is rejected and the old one keeps serving.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::AppState;
 use crate::config::{Config, ConfigErrors};
-use crate::runtime::{BuildOptions, Runtime};
+use crate::snapshot::{BuildOptions, Snapshot};
 
 /// Reload bookkeeping.
 #[derive(Default)]
@@ -35,7 +35,7 @@ impl AppState {
     /// the new revision; on failure the old config keeps serving.
     pub async fn reload(&self, trigger: &'static str) -> Result<String, ConfigErrors> {
         let _one_at_a_time = self.reload.lock.lock().await;
-        let old = self.runtime.load_full();
+        let old = self.snapshot.load_full();
         let result = async {
             let config = Config::load(&old.config.source.path)?;
             let keys = old.issuer.keys();
@@ -44,31 +44,35 @@ impl AppState {
                 require_keys: true,
                 previous_ephemeral: keys.ephemeral.then(|| keys.clone()),
             };
-            let (mut runtime, warnings) = Runtime::build(config, &options)?;
+            let (mut snapshot, warnings) = Snapshot::build(config, &options)?;
             for w in &warnings {
                 tracing::warn!("{w}");
             }
-            runtime.warm_up().await;
-            runtime.start_refreshers();
-            Ok::<Runtime, ConfigErrors>(runtime)
+            snapshot.warm_up().await;
+            snapshot.start_refreshers();
+            Ok::<Snapshot, ConfigErrors>(snapshot)
         }
         .await;
         match result {
-            Ok(runtime) => {
-                let revision = runtime.revision.clone();
-                if old.config.audit.file != runtime.config.audit.file
-                    || old.config.audit.stdout != runtime.config.audit.stdout
+            Ok(snapshot) => {
+                let revision = snapshot.revision.clone();
+                if old.config.audit.file != snapshot.config.audit.file
+                    || old.config.audit.stdout != snapshot.config.audit.stdout
                 {
                     tracing::warn!("[audit] changes take effect at the next restart");
                 }
-                if !old.config.store.opens_the_same_store(&runtime.config.store) {
+                if !old
+                    .config
+                    .store
+                    .opens_the_same_store(&snapshot.config.store)
+                {
                     tracing::warn!(
                         "[store] connection settings (backend, url, cluster, keys, timeout, max_entries, revocation_max_lag) take effect at the next restart"
                     );
                 }
                 // Checkpoints are signed with the key the new config makes active.
-                self.audit.set_signer(runtime.issuer.clone());
-                self.runtime.store(Arc::new(runtime));
+                self.audit.set_signer(snapshot.issuer.clone());
+                self.snapshot.store(Arc::new(snapshot));
                 self.reload.set_error(None);
                 self.metrics
                     .inc("ferry_config_reloads_total", &[("outcome", "success")]);
@@ -102,7 +106,7 @@ fn snapshot(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 /// Kubernetes ConfigMap symlink swaps alike.
 pub fn spawn_watch(state: Arc<AppState>, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut files = state.runtime.load().watched_files().to_vec();
+        let mut files = state.snapshot.load().watched_files().to_vec();
         let mut seen = snapshot(&files);
         loop {
             tokio::time::sleep(interval).await;
@@ -112,7 +116,7 @@ pub fn spawn_watch(state: Arc<AppState>, interval: Duration) -> tokio::task::Joi
             }
             seen = now;
             if state.reload("file watch").await.is_ok() {
-                files = state.runtime.load().watched_files().to_vec();
+                files = state.snapshot.load().watched_files().to_vec();
                 seen = snapshot(&files);
             }
         }

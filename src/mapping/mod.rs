@@ -9,7 +9,7 @@ use std::sync::Arc;
 use cel::{Context, Env, ExecutionError, Program, Value as CelValue};
 use serde_json::Value;
 
-use crate::slots::{Digest, SlotCache};
+use crate::memo::{Digest, SlotCache};
 use crate::verify::VerifiedToken;
 
 /// The longest canonical subject, in bytes.
@@ -137,7 +137,12 @@ impl IssuerMapping {
             .chain(condition.iter())
             .chain(groups.iter())
             .chain(attributes.iter().map(|(_, r)| r))
-            .all(|r| reads_only_stable_claims(r.program.expression()));
+            .all(|r| {
+                crate::memo::rules::reads_only_stable_claims(
+                    r.program.expression(),
+                    PER_TOKEN_CLAIMS,
+                )
+            });
         Self {
             issuer_id,
             condition,
@@ -151,58 +156,6 @@ impl IssuerMapping {
     /// Attribute names this mapping produces.
     pub fn attribute_names(&self) -> impl Iterator<Item = &str> {
         self.attributes.iter().map(|(name, _)| name.as_str())
-    }
-}
-
-/// Whether a compiled expression reads `assertion` only through fixed claim names, none
-/// of them per-token (`assertion.sub`, `assertion["sub"]`, `has(assertion.groups)`). Any
-/// other use — a computed index (`assertion["j" + "ti"]`), the whole object handed to a
-/// function or a macro (`assertion.exists(…)`), a per-token claim — makes the identity
-/// depend on what the memo key leaves out, so it is not memoised.
-fn reads_only_stable_claims(e: &cel::common::ast::IdedExpr) -> bool {
-    use cel::common::ast::{EntryExpr, Expr, LiteralValue, operators};
-    let is_assertion =
-        |e: &cel::common::ast::IdedExpr| matches!(&e.expr, Expr::Ident(n) if n == "assertion");
-    let stable = |claim: &str| !PER_TOKEN_CLAIMS.contains(&claim);
-    match &e.expr {
-        Expr::Unspecified | Expr::Literal(_) => true,
-        Expr::Ident(name) => name != "assertion",
-        Expr::Select(s) if is_assertion(&s.operand) => stable(&s.field),
-        Expr::Select(s) => reads_only_stable_claims(&s.operand),
-        Expr::Call(c) => {
-            let indexed = (c.func_name == operators::INDEX || c.func_name == operators::OPT_INDEX)
-                && c.args.first().is_some_and(is_assertion);
-            if indexed {
-                return matches!(
-                    c.args.get(1).map(|a| &a.expr),
-                    Some(Expr::Literal(LiteralValue::String(claim))) if stable(claim.inner())
-                ) && c.args.len() == 2;
-            }
-            c.target.as_deref().is_none_or(reads_only_stable_claims)
-                && c.args.iter().all(reads_only_stable_claims)
-        }
-        Expr::Comprehension(c) => [
-            &c.iter_range,
-            &c.accu_init,
-            &c.loop_cond,
-            &c.loop_step,
-            &c.result,
-        ]
-        .into_iter()
-        .all(reads_only_stable_claims),
-        Expr::List(l) => l.elements.iter().all(reads_only_stable_claims),
-        Expr::Map(m) => m.entries.iter().all(|entry| match &entry.expr {
-            EntryExpr::MapEntry(me) => {
-                reads_only_stable_claims(&me.key) && reads_only_stable_claims(&me.value)
-            }
-            EntryExpr::StructField(f) => reads_only_stable_claims(&f.value),
-        }),
-        Expr::Struct(s) => s.entries.iter().all(|entry| match &entry.expr {
-            EntryExpr::MapEntry(me) => {
-                reads_only_stable_claims(&me.key) && reads_only_stable_claims(&me.value)
-            }
-            EntryExpr::StructField(f) => reads_only_stable_claims(&f.value),
-        }),
     }
 }
 
@@ -576,7 +529,12 @@ mod tests {
 
     #[test]
     fn memoisation_is_decided_from_the_compiled_expression() {
-        let stable = |src: &str| reads_only_stable_claims(rule("k", src).program.expression());
+        let stable = |src: &str| {
+            crate::memo::rules::reads_only_stable_claims(
+                rule("k", src).program.expression(),
+                PER_TOKEN_CLAIMS,
+            )
+        };
         for ok in [
             r#""gh:" + assertion.repository + ":" + assertion.ref"#,
             r#"assertion["sub"]"#,

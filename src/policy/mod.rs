@@ -14,7 +14,7 @@ use cedar_policy::{
 
 use crate::config::{ConfigErrors, Problem};
 use crate::mapping::Identity;
-use crate::slots::{Digest, SlotCache};
+use crate::memo::{Digest, SlotCache};
 
 /// How one attribute appears in the derived schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,8 +240,8 @@ impl PolicyEngine {
             );
             return Err(errs);
         };
-        let reads_timestamp = reads_context(&policies, "timestamp");
-        let uses_source_ip = reads_context(&policies, "source_ip");
+        let reads_timestamp = crate::memo::rules::cedar_reads_context(&policies, "timestamp");
+        let uses_source_ip = crate::memo::rules::cedar_reads_context(&policies, "source_ip");
         Ok((
             Self {
                 schema,
@@ -429,7 +429,6 @@ impl PolicyEngine {
     }
 }
 
-/// Whether any policy reads `context.<name>` (conservatively: mentions it at all).
 impl PolicyEngine {
     fn ip_expression(&self, ip: IpAddr) -> RestrictedExpression {
         let text = ip.to_string();
@@ -441,10 +440,6 @@ impl PolicyEngine {
         self.ip_expressions.insert(key, e.clone());
         e
     }
-}
-
-fn reads_context(policies: &PolicySet, name: &str) -> bool {
-    policies.policies().any(|p| p.to_string().contains(name))
 }
 
 fn policy_index(id: &PolicyId) -> usize {

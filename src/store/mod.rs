@@ -15,18 +15,18 @@ use ferry_provider_api::Credential;
 /// A cache key: the SHA-256 of everything that makes two requests the same (kept as
 /// bytes for in-process maps and as hex for Redis key names).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(String, crate::slots::Digest);
+pub struct CacheKey(String, crate::memo::Digest);
 
 impl CacheKey {
     /// Hashes length-prefixed parts, so `("ab","c")` and `("a","bc")` differ.
     pub fn from_parts<'a>(parts: impl IntoIterator<Item = &'a str>) -> Self {
-        Self::from_digest(crate::slots::digest_parts(
+        Self::from_digest(crate::memo::digest_parts(
             parts.into_iter().map(str::as_bytes),
         ))
     }
 
     /// The key for an already computed digest.
-    pub fn from_digest(digest: crate::slots::Digest) -> Self {
+    pub fn from_digest(digest: crate::memo::Digest) -> Self {
         Self(const_hex::encode(digest), digest)
     }
 
@@ -38,7 +38,7 @@ impl CacheKey {
     }
 
     /// The digest.
-    pub fn digest(&self) -> crate::slots::Digest {
+    pub fn digest(&self) -> crate::memo::Digest {
         self.1
     }
 
@@ -123,7 +123,7 @@ pub fn covering_fields(request_fields: &[String], credential: &Credential) -> Ve
 
 /// `kind:` and the first 16 bytes (32 hex digits) of the length-prefixed digest of `parts`.
 fn hashed_field(kind: &str, parts: &[&str]) -> String {
-    let digest = crate::slots::digest_parts(parts.iter().map(|p| p.as_bytes()));
+    let digest = crate::memo::digest_parts(parts.iter().map(|p| p.as_bytes()));
     let mut field = String::with_capacity(kind.len() + 33);
     field.push_str(kind);
     field.push(':');
@@ -317,8 +317,8 @@ pub fn open(
     let st = &config.store;
     let file = config.source.display();
     let mut errs = crate::config::ConfigErrors::default();
-    match st.backend.as_str() {
-        "redis" => {
+    match st.backend {
+        crate::config::StoreBackend::Redis => {
             let (current, previous) = read_encryption_keys(config, &mut errs);
             let endpoint = match (&st.url, st.cluster.is_empty()) {
                 (Some(url), true) => Some(redis::Endpoint::Standalone(url.clone())),

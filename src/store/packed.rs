@@ -5,10 +5,11 @@
 //! only if encoding the decoded bytes gives back the same string.
 //!
 //! Layout: `covered` revocation-field hashes first (so a revocation can scan entries
-//! without decoding them), then the credential. Version 2 (written now) stores lengths
-//! as LEB128 varints, well-known field names as one byte, a field repeating the access
-//! token as one byte, and a token id that is a canonical UUID as its 16 bytes; version 1
-//! entries (u32 lengths, names inline), which a Redis store may still hold, still read.
+//! without decoding them), then the credential: lengths as LEB128 varints, well-known
+//! strings as one byte, a field repeating the access token as one byte, and a token id
+//! that is a canonical UUID as its 16 bytes. An entry of another version (a Redis store
+//! filled by another release) does not decode: it is a cache miss, and is minted again —
+//! entries are short-lived and disposable, so there is one format to read.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ferry_provider_api::{Credential, Secret};
 
-/// Written by this version; version 1 still reads.
+/// The version byte of every entry; an entry with another is not read.
 const VERSION: u8 = 2;
 
 /// A field whose value is the access token itself (a `jwt`, GCP or Azure credential
@@ -30,7 +31,7 @@ const KNOWN: &[&str] = &[
     "urn:ietf:params:oauth:token-type:access_token",
     "Bearer",
     "N_A",
-    // Field names of the providers' credentials (version 2 on).
+    // Field names of the providers' credentials.
     "access_token",
     "access_key_id",
     "secret_access_key",
@@ -40,7 +41,7 @@ const KNOWN: &[&str] = &[
     "token_type",
 ];
 
-/// `put_opt` tags: absent, inline text, a canonical UUID as 16 bytes (version 2 on).
+/// `put_opt` tags: absent, inline text, a canonical UUID as 16 bytes.
 const OPT_NONE: u8 = 0;
 const OPT_TEXT: u8 = 1;
 const OPT_UUID: u8 = 2;
@@ -86,7 +87,7 @@ pub fn pack(credential: &Credential, covered_by: &[String]) -> Box<[u8]> {
 
 /// Whether the entry is covered by a revocation field with this hash.
 pub fn covers(packed: &[u8], hash: u64) -> bool {
-    let Some((mut r, _)) = Reader::open(packed) else {
+    let Some(mut r) = Reader::open(packed) else {
         return false;
     };
     let Some(&[n]) = r.take(1) else {
@@ -97,7 +98,7 @@ pub fn covers(packed: &[u8], hash: u64) -> bool {
 
 /// Decodes an entry; `None` if it is not a valid encoding (never expected).
 pub fn unpack(packed: &[u8]) -> Option<Credential> {
-    let (mut r, version) = Reader::open(packed)?;
+    let mut r = Reader::open(packed)?;
     let n = *r.take(1)?.first()?;
     r.take(usize::from(n) * 8)?;
     let expires_at = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
@@ -107,7 +108,7 @@ pub fn unpack(packed: &[u8]) -> Option<Credential> {
     let count = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
     let mut fields = BTreeMap::new();
     for _ in 0..count {
-        let k = if version == 1 { r.str()? } else { r.known()? };
+        let k = r.known()?;
         let v = if r.buf.first() == Some(&SAME_AS_ACCESS_TOKEN) {
             r.take(1)?;
             access_token.clone()
@@ -210,14 +211,13 @@ fn as_base64url_segments(s: &str) -> Option<Vec<Vec<u8>>> {
 
 struct Reader<'a> {
     buf: &'a [u8],
-    version: u8,
 }
 
 impl<'a> Reader<'a> {
-    /// A reader past the version byte, and the version (1 or 2; anything else is `None`).
-    fn open(packed: &'a [u8]) -> Option<(Self, u8)> {
+    /// A reader past the version byte (`None` for an entry of another version).
+    fn open(packed: &'a [u8]) -> Option<Self> {
         let (&version, buf) = packed.split_first()?;
-        matches!(version, 1 | VERSION).then_some((Self { buf, version }, version))
+        (version == VERSION).then_some(Self { buf })
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -235,9 +235,6 @@ impl<'a> Reader<'a> {
     }
 
     fn len(&mut self) -> Option<usize> {
-        if self.version == 1 {
-            return usize::try_from(u32::from_le_bytes(self.take(4)?.try_into().ok()?)).ok();
-        }
         let mut n: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -268,7 +265,7 @@ impl<'a> Reader<'a> {
     fn opt(&mut self) -> Option<Option<String>> {
         match self.byte()? {
             OPT_NONE => Some(None),
-            OPT_UUID if self.version > 1 => {
+            OPT_UUID => {
                 let bytes: [u8; 16] = self.take(16)?.try_into().ok()?;
                 Some(Some(uuid::Uuid::from_bytes(bytes).hyphenated().to_string()))
             }
@@ -401,7 +398,8 @@ mod tests {
         assert!(packed.len() < 394 + 160, "{} bytes", packed.len());
     }
 
-    /// The version 1 layout, written independently of `pack`: u32 lengths, names inline.
+    /// The layout of an older release (version 1: u32 lengths, names inline), written
+    /// independently of `pack`.
     fn pack_v1(c: &Credential, covered: &[u64]) -> Vec<u8> {
         fn text(out: &mut Vec<u8>, t: &[u8]) {
             out.extend_from_slice(&u32::try_from(t.len()).unwrap_or(0).to_le_bytes());
@@ -441,11 +439,14 @@ mod tests {
     }
 
     #[test]
-    fn version_1_entries_still_read() {
+    fn entries_of_another_version_are_not_read() {
         let mut c = credential("eyJh.eyJi.c2ln");
         c.issued_token_type = "custom:type".into();
         c.token_id = Some("8c0f3f5e-0d5a-4c2e-9a57-3b2f1c0d9e8f".into());
-        let mut packed = pack_v1(&c, &[field_hash("subject:a")]);
+        let v1 = pack_v1(&c, &[field_hash("subject:a")]);
+        assert!(unpack(&v1).is_none());
+        assert!(!covers(&v1, field_hash("subject:a")));
+        let mut packed = pack(&c, &["subject:a".into()]).to_vec();
         assert!(unpack(&packed).is_some_and(|b| same(&c, &b)));
         assert!(covers(&packed, field_hash("subject:a")));
         if let Some(v) = packed.first_mut() {

@@ -38,6 +38,20 @@ pub struct JwksPolicy {
     pub retry_interval: Duration,
 }
 
+impl JwksPolicy {
+    /// The policy `[jwks]` configures.
+    pub fn of(c: &crate::config::JwksConfig) -> Self {
+        Self {
+            refresh_default: c.refresh_default.0,
+            refresh_min: c.refresh_min.0,
+            refresh_max: c.refresh_max.0,
+            unknown_kid_min_interval: c.unknown_kid_min_interval.0,
+            max_stale: c.max_stale.0,
+            retry_interval: c.retry_interval.0,
+        }
+    }
+}
+
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone)]
 pub enum JwksSource {
@@ -79,7 +93,7 @@ pub struct VerifyingKey {
     /// Digest of the key's type and public bytes: what the remembered-signature cache
     /// checks is still published under the `kid` (an issuer may replace the key behind
     /// a `kid`).
-    pub thumbprint: crate::slots::Digest,
+    pub thumbprint: crate::memo::Digest,
     /// The key parsed once per algorithm it is used with (aws-lc-rs binds a parsed key to
     /// an algorithm): parsing an RSA key costs a Montgomery set-up per use otherwise.
     parsed: [std::sync::OnceLock<Option<ParsedPublicKey>>; ALGORITHM_SLOTS],
@@ -417,7 +431,7 @@ impl JwksCache {
 
     /// Whether this very key (by thumbprint) is currently published under `kid`, and
     /// the key set is usable.
-    pub fn publishes(&self, kid: &str, thumbprint: &crate::slots::Digest) -> bool {
+    pub fn publishes(&self, kid: &str, thumbprint: &crate::memo::Digest) -> bool {
         let set = self.keys.load();
         self.usable(&set)
             && set

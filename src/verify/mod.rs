@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
-use crate::slots::SlotCache;
+use crate::memo::SlotCache;
 use ferry_provider_api::Secret;
 use jwks::{JwksCache, KeyLookupError};
 
@@ -38,7 +38,7 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 
 /// A token as presented: trimmed, size-checked, not yet trusted for anything. Its
 /// SHA-256 is computed once, here (the audit trail and the verified-token cache use it).
-pub struct UnverifiedToken(Secret, crate::slots::Digest, String);
+pub struct UnverifiedToken(Secret, crate::memo::Digest, String);
 
 impl std::fmt::Debug for UnverifiedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -289,7 +289,7 @@ struct Recent {
     issuer: Arc<TrustedIssuer>,
     kid: String,
     /// The key that verified it: remembered only while that same key is published.
-    thumbprint: crate::slots::Digest,
+    thumbprint: crate::memo::Digest,
     claims: Arc<Map<String, Value>>,
 }
 
@@ -480,7 +480,7 @@ impl Verifier {
             }
         }
         // A bounded lifetime is what lets a revocation outlive every token it covers
-        // (`Runtime::revocation_ttl`).
+        // (`Snapshot::revocation_ttl`).
         let lifetime = match iat {
             Some(iat) => exp.saturating_sub(iat),
             None => exp.saturating_sub(now).saturating_sub(leeway),

@@ -23,7 +23,7 @@ use ferry::exchange::{Services, SingleFlight};
 use ferry::http::{AppState, app};
 use ferry::issuer::keys::{SigningKey, generate_private_pem, signing_key_from_pem};
 use ferry::provider_api::CredentialProvider;
-use ferry::runtime::{BuildOptions, Runtime};
+use ferry::snapshot::{BuildOptions, Snapshot};
 use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::{Value, json};
@@ -281,7 +281,7 @@ pub fn now() -> i64 {
 }
 
 async fn start_state(
-    mut runtime: Runtime,
+    mut runtime: Snapshot,
     clock: Arc<ManualClock>,
     provider: Option<Arc<dyn CredentialProvider>>,
 ) -> Arc<AppState> {
@@ -306,13 +306,13 @@ pub fn build_runtime(
     text: &str,
     policy: &str,
     clock: Arc<ManualClock>,
-) -> Runtime {
+) -> Snapshot {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(dir.join("policies/test.cedar"), policy).unwrap();
     let path = dir.join("ferry.toml");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-    let (rt, _) = Runtime::build(
+    let (rt, _) = Snapshot::build(
         config,
         &BuildOptions {
             clock,
@@ -368,12 +368,12 @@ impl Harness {
     /// single-flight table.
     pub async fn replica(&self, provider: Option<Arc<dyn CredentialProvider>>) -> Arc<AppState> {
         let config = Config::load(&self.dir.path().join("ferry.toml")).unwrap();
-        let (rt, _) = Runtime::build(
+        let (rt, _) = Snapshot::build(
             config,
             &BuildOptions {
                 clock: self.clock.clone(),
                 require_keys: true,
-                previous_ephemeral: Some(self.state.runtime.load().issuer.keys().clone()),
+                previous_ephemeral: Some(self.state.snapshot.load().issuer.keys().clone()),
             },
         )
         .unwrap();

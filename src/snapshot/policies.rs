@@ -1,0 +1,97 @@
+//! The Cedar policy set, validated against the schema derived from the mappings.
+
+use std::collections::BTreeMap;
+
+use super::Build;
+use crate::config::Config;
+use crate::policy::{AttributePresence, PolicyEngine, PolicySource};
+
+/// Reads the files `[policy] files` match (each joins the revision; the directories
+/// their globs read are watched) and loads them against the schema: an attribute every
+/// issuer maps is always present, one some issuers map sometimes.
+pub(super) fn build(
+    config: &Config,
+    attribute_count: BTreeMap<String, usize>,
+    b: &mut Build,
+) -> Option<PolicyEngine> {
+    let Build {
+        file,
+        errs,
+        warnings,
+        revision_input,
+        watched,
+    } = b;
+    let issuer_count = config.issuers.len();
+    let attributes: BTreeMap<String, AttributePresence> = attribute_count
+        .into_iter()
+        .map(|(name, n)| {
+            let presence = if n == issuer_count {
+                AttributePresence::Always
+            } else {
+                AttributePresence::Sometimes
+            };
+            (name, presence)
+        })
+        .collect();
+    let mut sources = Vec::new();
+    for pattern in &config.policy.files {
+        let resolved = config.source.resolve(std::path::Path::new(pattern));
+        if let Some(dir) = resolved.parent() {
+            // A new file matching the glob changes the directory's mtime.
+            watched.push(dir.to_path_buf());
+        }
+        let resolved = resolved.to_string_lossy().into_owned();
+        let mut matched = Vec::new();
+        match glob::glob(&resolved) {
+            Ok(paths) => {
+                for path in paths.flatten() {
+                    matched.push(path);
+                }
+            }
+            Err(e) => errs.push(
+                file.as_str(),
+                "policy.files",
+                format!("`{pattern}` is not a valid pattern: {e}"),
+            ),
+        }
+        matched.sort();
+        if matched.is_empty() {
+            errs.push(
+                file.as_str(),
+                "policy.files",
+                format!("`{pattern}` matches no file"),
+            );
+        }
+        for path in matched {
+            watched.push(path.clone());
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    revision_input.extend_from_slice(path.to_string_lossy().as_bytes());
+                    revision_input.extend_from_slice(text.as_bytes());
+                    sources.push(PolicySource {
+                        file: path.display().to_string(),
+                        text,
+                    });
+                }
+                Err(e) => errs.push(
+                    path.display().to_string(),
+                    "file",
+                    format!("cannot read: {e}"),
+                ),
+            }
+        }
+    }
+    match PolicyEngine::load(&sources, &attributes, file.as_str()) {
+        Ok((engine, lints)) => {
+            warnings.extend(lints.into_iter().map(|mut p| {
+                p.problem = format!("warning: {}", p.problem);
+                p
+            }));
+            Some(engine)
+        }
+        Err(e) => {
+            errs.0.extend(e.0);
+            None
+        }
+    }
+}
