@@ -2,7 +2,6 @@
 //! replay and rate limits). `memory` is the embedded default.
 
 pub mod memory;
-pub mod mirror;
 pub mod packed;
 pub mod redis;
 pub mod seal;

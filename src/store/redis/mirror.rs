@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use ferry_provider_api::Credential;
 
-use super::memory::MemoryStore;
-use super::{CacheKey, CredentialCache as _, Revocation, RevocationList as _, StoreError};
+use crate::store::memory::MemoryStore;
+use crate::store::{CacheKey, CredentialCache as _, Revocation, RevocationList as _, StoreError};
 
 /// The local copy and how recent it is.
 pub struct Mirror {

@@ -1,0 +1,43 @@
+//! One decision as the audit trail records it.
+
+/// One decision, as the audit trail records it (borrowed from the decision's
+/// `ExchangeRecord`; `http/observe.rs` builds it).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AuditEvent<'a> {
+    /// Unix seconds.
+    pub time: i64,
+    pub request_id: &'a str,
+    pub client_ip: String,
+    /// The issuer id, once known.
+    pub issuer: Option<&'a str>,
+    /// The subject token's `sub`, once verified.
+    pub token_sub: Option<&'a str>,
+    /// SHA-256 (hex) of the presented token; never the token.
+    pub token_sha256: Option<&'a str>,
+    /// The canonical subject, once mapped.
+    pub subject: Option<&'a str>,
+    /// The target id, when it names a configured target.
+    pub target: Option<&'a str>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Policies that determined the decision.
+    pub policy_ids: &'a [String],
+    /// The RFC 6749 error code of a denial.
+    pub error: Option<&'a str>,
+    /// The error description the client was sent.
+    pub reason: Option<&'a str>,
+    /// `hit` or `miss` for granted exchanges.
+    pub cache: Option<&'static str>,
+    /// SHA-256 (hex) of the issued access token; never the credential.
+    pub credential_sha256: Option<&'a str>,
+    /// The upstream request id, for cloud credentials.
+    pub upstream_request_id: Option<&'a str>,
+    /// The config revision that decided.
+    pub revision: &'a str,
+}
+
+pub(crate) fn rfc3339(unix: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
