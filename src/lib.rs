@@ -5,6 +5,7 @@
 //! answers an RFC 8693 token exchange ([`exchange`]) with a credential from a
 //! [`ferry_provider_api::CredentialProvider`].
 
+pub mod algorithms;
 pub mod audit;
 pub mod clock;
 pub mod config;

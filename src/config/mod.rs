@@ -653,7 +653,7 @@ impl Config {
     }
 }
 
-pub use validate::{SIGNING_ALGORITHMS, is_scope_token, target_ttl};
+pub use validate::{is_scope_token, target_ttl};
 
 #[cfg(test)]
 mod tests {

@@ -9,10 +9,7 @@ use url::Url;
 
 use super::{Config, ConfigErrors, OnCacheError, StoreBackend, TargetConfig, TargetKind};
 use crate::verify::fetch::require_secure;
-use crate::verify::{SUPPORTED_ALGORITHMS, parse_algorithm};
-
-/// Algorithms Ferry can sign with.
-pub const SIGNING_ALGORITHMS: &[&str] = &["RS256", "PS256", "ES256", "ES384", "EdDSA"];
+use crate::verify::parse_algorithm;
 
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 const MIN_TTL: Duration = Duration::from_secs(10);
@@ -188,14 +185,14 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
         errs.push(file, "store.max_entries", "must be at least 1");
     }
 
-    if !SIGNING_ALGORITHMS.contains(&config.signing.algorithm.as_str()) {
+    if !crate::algorithms::signing().any(|a| a == config.signing.algorithm) {
         errs.push(
             file,
             "signing.algorithm",
             format!(
                 "`{}` is not supported for signing (one of {})",
                 config.signing.algorithm,
-                SIGNING_ALGORITHMS.join(", ")
+                crate::algorithms::signing().collect::<Vec<_>>().join(", ")
             ),
         );
     }
@@ -362,7 +359,7 @@ fn validate_issuers(config: &Config, file: &str, errs: &mut ConfigErrors) {
                 {
                     "unsigned and symmetric algorithms are never accepted".to_owned()
                 } else {
-                    format!("supported: {}", SUPPORTED_ALGORITHMS.join(", "))
+                    format!("supported: {}", crate::algorithms::accepted())
                 };
                 errs.push(
                     file,

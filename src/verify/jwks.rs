@@ -66,18 +66,7 @@ pub enum JwksSource {
     Static,
 }
 
-/// The kind of public key, which decides which algorithms it can verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
-    /// RSA: RS* and PS*.
-    Rsa,
-    /// EC P-256: ES256.
-    P256,
-    /// EC P-384: ES384.
-    P384,
-    /// Ed25519: EdDSA.
-    Ed25519,
-}
+pub use crate::algorithms::KeyKind;
 
 /// One public key from an issuer's JWKS.
 pub struct VerifyingKey {
@@ -117,34 +106,8 @@ fn decode_signature<'a>(b64: &str, buffer: &'a mut [u8; SIGNATURE_BUFFER]) -> Op
     buffer.get(..len)
 }
 
-/// One parsed key per supported algorithm, indexed by [`alg_slot`].
-const ALGORITHM_SLOTS: usize = 9;
-const ALGORITHMS: [Algorithm; ALGORITHM_SLOTS] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-fn alg_slot(alg: Algorithm) -> Option<usize> {
-    Some(match alg {
-        Algorithm::RS256 => 0,
-        Algorithm::RS384 => 1,
-        Algorithm::RS512 => 2,
-        Algorithm::PS256 => 3,
-        Algorithm::PS384 => 4,
-        Algorithm::PS512 => 5,
-        Algorithm::ES256 => 6,
-        Algorithm::ES384 => 7,
-        Algorithm::EdDSA => 8,
-        _ => return None,
-    })
-}
+/// One parsed key per supported algorithm, indexed by [`crate::algorithms::index`].
+const ALGORITHM_SLOTS: usize = crate::algorithms::ALGORITHMS.len();
 
 impl std::fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,7 +126,7 @@ impl VerifyingKey {
         if !self.fits(alg) {
             return false;
         }
-        let Some(key) = alg_slot(alg)
+        let Some(key) = crate::algorithms::index(alg)
             .and_then(|i| self.parsed.get(i))
             .and_then(|cell| cell.get_or_init(|| self.parse(alg)).as_ref())
         else {
@@ -175,27 +138,16 @@ impl VerifyingKey {
     }
 
     fn parse(&self, alg: Algorithm) -> Option<ParsedPublicKey> {
-        use aws_lc_rs::signature as sig;
-        let rsa = |params: &'static sig::RsaParameters| match &self.material {
-            KeyMaterial::Rsa { n, e } => sig::RsaPublicKeyComponents { n, e }
-                .to_parsed_public_key(params)
-                .ok(),
-            KeyMaterial::Point(_) => None,
-        };
-        let point = |algorithm: &'static dyn sig::VerificationAlgorithm| match &self.material {
-            KeyMaterial::Point(p) => ParsedPublicKey::new(algorithm, p).ok(),
-            KeyMaterial::Rsa { .. } => None,
-        };
-        match alg {
-            Algorithm::RS256 => rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
-            Algorithm::RS384 => rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
-            Algorithm::RS512 => rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
-            Algorithm::PS256 => rsa(&sig::RSA_PSS_2048_8192_SHA256),
-            Algorithm::PS384 => rsa(&sig::RSA_PSS_2048_8192_SHA384),
-            Algorithm::PS512 => rsa(&sig::RSA_PSS_2048_8192_SHA512),
-            Algorithm::ES256 => point(&sig::ECDSA_P256_SHA256_FIXED),
-            Algorithm::ES384 => point(&sig::ECDSA_P384_SHA384_FIXED),
-            Algorithm::EdDSA => point(&sig::ED25519),
+        use crate::algorithms::Verification;
+        match (crate::algorithms::of(alg)?.verification, &self.material) {
+            (Verification::Rsa(params), KeyMaterial::Rsa { n, e }) => {
+                aws_lc_rs::signature::RsaPublicKeyComponents { n, e }
+                    .to_parsed_public_key(params)
+                    .ok()
+            }
+            (Verification::Point(algorithm), KeyMaterial::Point(p)) => {
+                ParsedPublicKey::new(algorithm, p).ok()
+            }
             _ => None,
         }
     }
@@ -205,20 +157,7 @@ impl VerifyingKey {
         if self.alg.is_some_and(|pinned| pinned != alg) {
             return false;
         }
-        matches!(
-            (self.kind, alg),
-            (
-                KeyKind::Rsa,
-                Algorithm::RS256
-                    | Algorithm::RS384
-                    | Algorithm::RS512
-                    | Algorithm::PS256
-                    | Algorithm::PS384
-                    | Algorithm::PS512
-            ) | (KeyKind::P256, Algorithm::ES256)
-                | (KeyKind::P384, Algorithm::ES384)
-                | (KeyKind::Ed25519, Algorithm::EdDSA)
-        )
+        crate::algorithms::of(alg).is_some_and(|a| a.key == self.kind)
     }
 }
 
@@ -694,11 +633,15 @@ pub fn to_verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
     };
     // A key that cannot be parsed for any algorithm it fits is skipped now, like any
     // other unusable key, rather than failing each token later.
-    let usable = ALGORITHMS.into_iter().filter(|a| key.fits(*a)).any(|a| {
-        alg_slot(a)
-            .and_then(|i| key.parsed.get(i))
-            .is_some_and(|cell| cell.get_or_init(|| key.parse(a)).is_some())
-    });
+    let usable = crate::algorithms::ALGORITHMS
+        .iter()
+        .map(|a| a.alg)
+        .filter(|a| key.fits(*a))
+        .any(|a| {
+            crate::algorithms::index(a)
+                .and_then(|i| key.parsed.get(i))
+                .is_some_and(|cell| cell.get_or_init(|| key.parse(a)).is_some())
+        });
     usable.then_some(key)
 }
 
@@ -738,18 +681,7 @@ fn key_material(params: &AlgorithmParameters) -> Option<KeyMaterial> {
 }
 
 fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {
-    Some(match ka {
-        KeyAlgorithm::RS256 => Algorithm::RS256,
-        KeyAlgorithm::RS384 => Algorithm::RS384,
-        KeyAlgorithm::RS512 => Algorithm::RS512,
-        KeyAlgorithm::PS256 => Algorithm::PS256,
-        KeyAlgorithm::PS384 => Algorithm::PS384,
-        KeyAlgorithm::PS512 => Algorithm::PS512,
-        KeyAlgorithm::ES256 => Algorithm::ES256,
-        KeyAlgorithm::ES384 => Algorithm::ES384,
-        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
-        _ => return None,
-    })
+    crate::algorithms::parse(&ka.to_string())
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary (for echoing untrusted values).

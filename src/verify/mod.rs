@@ -23,17 +23,9 @@ use jwks::{JwksCache, KeyLookupError};
 /// Subject tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Algorithms Ferry can accept from an issuer (never `none`, never HS*).
-pub const SUPPORTED_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
-
-/// Parses an algorithm name from the supported list.
+/// Parses a supported algorithm's name ([`crate::algorithms`]).
 pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    if !SUPPORTED_ALGORITHMS.contains(&name) {
-        return None;
-    }
-    name.parse().ok()
+    crate::algorithms::parse(name)
 }
 
 /// A token as presented: trimmed, size-checked, not yet trusted for anything. Its
