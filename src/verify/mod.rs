@@ -3,6 +3,7 @@
 //! Only a [`VerifiedToken`] leaves this module, and only this module can build one.
 
 pub mod fetch;
+pub mod jwk;
 pub mod jwks;
 
 use std::collections::{HashMap, HashSet};
