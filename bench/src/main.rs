@@ -70,12 +70,12 @@ pub(crate) struct Args {
     /// it wakes up for may preempt the server (BENCHMARKS.md compares the two).
     #[arg(long, value_enum, default_value_t = LoadPolicy::Batch)]
     pub(crate) load_policy: LoadPolicy,
-    /// The client that drives the load: `raw` (default; wrk's way) or `hyper` (the
-    /// pooled client earlier runs used; BENCHMARKS.md compares the two).
+    /// The client that drives the load: `raw` (default; wrk's way) or `hyper` (a pooled
+    /// client, where connections are shared between tasks).
     #[arg(long, value_enum, default_value_t = Generator::Raw)]
     pub(crate) generator: Generator,
     /// Write the harness's config, issuer keys and pre-minted exchange requests into this
-    /// directory for another load generator (wrk: `benches/wrk-cross-check`), then exit
+    /// directory for another load generator (wrk: `bench/wrk-cross-check`), then exit
     /// without measuring anything.
     #[arg(long, value_name = "DIR")]
     pub(crate) export: Option<std::path::PathBuf>,

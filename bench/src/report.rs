@@ -84,15 +84,15 @@ pub(crate) fn print_reuse(scenarios: &[(&str, &Server, Load)], tallies: &[Tally]
     }
 }
 
-/// The issue's measure of this machine: a bare axum server answered ≈ 95–100k requests/s
-/// (wrk, 64 connections), the middle of which is taken here.
+/// The reference host the goals were set on: a bare axum server answered ≈ 95–100k
+/// requests/s there (wrk, 64 connections), the middle of which is taken here.
 pub(crate) const REFERENCE_BARE_RPS: f64 = 97_500.0;
 
-/// The issue's measure of one P-256 (ES256) signature verify on this machine.
+/// One P-256 (ES256) signature verify on the reference host.
 pub(crate) const REFERENCE_P256_VERIFY_US: f64 = 68.0;
 
-/// The issue's goals against this run's figures: reported, never asserted (the machine's
-/// speed is not the code's).
+/// The performance goals (BENCHMARKS.md) against this run's figures: reported, never
+/// asserted (the machine's speed is not the code's).
 pub(crate) fn print_goals(
     rows: &[Row],
     (a_rps, a_cpu): (f64, f64),
@@ -113,10 +113,10 @@ pub(crate) fn print_goals(
         }
     );
     // The p99 and throughput goals are absolute, and this VM's speed varies from day to
-    // day: set its speed against the issue's own measures of the machine, so a reader can
-    // tell a faster host from faster code.
+    // day: set its speed against the reference host's, so a reader can tell a faster
+    // host from faster code.
     println!(
-        "  this host against the issue's reference (a bare server ≈ {REFERENCE_BARE_RPS:.0} req/s, \
+        "  this host against the reference host (a bare server ≈ {REFERENCE_BARE_RPS:.0} req/s, \
          one P-256 verify ≈ {REFERENCE_P256_VERIFY_US:.0} µs): A {:.2} × its throughput, \
          ES256 verify {:.2} × its time",
         a_rps / REFERENCE_BARE_RPS,

@@ -129,11 +129,11 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
     let unread: f64 = unread.parse().expect("a mean unread time for B1");
     assert!(arrival_p99 > 0.0 && unread >= 0.0, "{stdout}");
 
-    // The host's speed against the reference: A's throughput over 97 500 req/s,
+    // The host's speed against the reference host's: A's throughput over 97 500 req/s,
     // as the table has it.
     let host = stdout
         .lines()
-        .find(|l| l.contains("this host against the issue's reference"))
+        .find(|l| l.contains("this host against the reference host"))
         .unwrap_or_else(|| panic!("no host line: {stdout}"));
     let ratio_before = |marker: &str| -> f64 {
         let head = host.split(marker).next().unwrap_or_default();
@@ -168,7 +168,7 @@ fn arrival_columns<'a>(stdout: &'a str, scenario: &str) -> (&'a str, &'a str) {
     (fields.next().unwrap_or_default(), unread)
 }
 
-/// The other generator and policy (what earlier runs used) still work, for comparison.
+/// The other generator and scheduling policy work too, for comparison.
 #[test]
 fn ferry_bench_quick_runs_with_the_pooled_client_under_normal_scheduling() {
     let stdout = quick_bench(&[

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}: {problem}")]
 pub struct ChainBreak {
-    /// The file.
     pub file: String,
     /// The line number (1-based).
     pub line: usize,

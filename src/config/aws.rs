@@ -10,7 +10,6 @@ use super::{TargetConfig, target_keys};
 pub struct AwsSettings {
     /// `web_identity` (default) or `assume_role`.
     pub mode: ferry_provider_aws::Mode,
-    /// The role.
     pub role_arn: String,
     /// Requested session length (clamped to 15 min – 12 h).
     pub duration: Duration,

@@ -26,7 +26,6 @@ pub struct AzureSettings {
     pub client_id: String,
     /// Resource scope, `…/.default`.
     pub scope: String,
-    /// Authority host.
     pub authority_host: String,
     /// The client secret file (`client_secret`).
     pub client_secret_file: Option<PathBuf>,

@@ -6,6 +6,7 @@ pub mod azure;
 mod choice;
 mod duration;
 pub mod gcp;
+pub mod key_file;
 pub mod target_keys;
 mod validate;
 
@@ -309,7 +310,6 @@ pub struct RateLimitsConfig {
 pub struct RateLimit {
     /// Requests allowed per window.
     pub requests: u64,
-    /// The window.
     pub window: ConfigDuration,
 }
 

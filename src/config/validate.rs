@@ -132,13 +132,13 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
             match &st.encryption_key_file {
                 None => errs.push(file, "store.encryption_key_file", "is required for the redis backend (32 bytes: `head -c 32 /dev/urandom > store.key`)"),
                 Some(p) => {
-                    if let Err(e) = crate::store::seal::read_key_file(&config.source.resolve(p)) {
+                    if let Err(e) = super::key_file::read_key_file(&config.source.resolve(p)) {
                         errs.push(file, "store.encryption_key_file", e.to_string());
                     }
                 }
             }
             for p in &st.previous_encryption_key_files {
-                if let Err(e) = crate::store::seal::read_key_file(&config.source.resolve(p)) {
+                if let Err(e) = super::key_file::read_key_file(&config.source.resolve(p)) {
                     errs.push(file, "store.previous_encryption_key_files", e.to_string());
                 }
             }

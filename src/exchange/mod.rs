@@ -31,7 +31,6 @@ const JWT_TOKEN_TYPES: &[&str] = &[
 pub struct Services {
     /// Shared state.
     pub store: Arc<dyn Store>,
-    /// Time.
     pub clock: SharedClock,
     /// In-process deduplication of identical misses.
     pub flights: SingleFlight,
@@ -51,18 +50,12 @@ pub enum ExchangeError {
     UnknownTarget(String),
     /// Scopes outside the target's list.
     #[error("scope `{scope}` is not allowed for target `{target}`")]
-    Scope {
-        /// The scope.
-        scope: String,
-        /// The target.
-        target: String,
-    },
+    Scope { scope: String, target: String },
     /// The target cannot issue the requested token type.
     #[error("requested_token_type `{requested}` is not available for target `{target}`")]
     TokenType {
         /// What was asked.
         requested: String,
-        /// The target.
         target: String,
     },
     /// Policy said no.
@@ -70,7 +63,6 @@ pub enum ExchangeError {
     Denied {
         /// The identity's subject.
         subject: String,
-        /// The target.
         target: String,
         /// The decision, with its determining policies.
         decision: Decision,

@@ -30,7 +30,6 @@ pub enum AttributePresence {
 pub struct PolicySource {
     /// Its path, for messages.
     pub file: String,
-    /// Its text.
     pub text: String,
 }
 
@@ -52,7 +51,6 @@ pub struct AuthzInput<'a> {
     pub identity: &'a Identity,
     /// Which target.
     pub target_id: &'a str,
-    /// Its kind.
     pub target_kind: &'a str,
     /// The client's address.
     pub source_ip: IpAddr,

@@ -24,7 +24,6 @@ mod targets;
 
 /// A target, ready to serve.
 pub struct Target {
-    /// Its id.
     pub id: String,
     pub kind: crate::config::TargetKind,
     /// Scopes a request may ask for.

@@ -58,21 +58,14 @@ pub enum RevocationTarget {
     },
     /// Every token of one issuer's `sub`.
     IssuerSub {
-        /// The issuer id.
         issuer: String,
         /// The token's `sub`.
         sub: String,
     },
     /// One token: a subject token's or a Ferry-issued token's `jti`.
-    Jti {
-        /// The `jti`.
-        jti: String,
-    },
+    Jti { jti: String },
     /// Every credential for a target.
-    Target {
-        /// The target id.
-        target: String,
-    },
+    Target { target: String },
 }
 
 impl RevocationTarget {

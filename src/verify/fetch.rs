@@ -13,7 +13,6 @@ pub enum FetchError {
     /// Connection, TLS or timeout failure.
     #[error("fetching `{url}` failed: {reason}")]
     Transport {
-        /// The URL.
         url: String,
         /// The transport error, without a body.
         reason: String,
@@ -21,19 +20,13 @@ pub enum FetchError {
     /// A non-2xx status.
     #[error("fetching `{url}` returned HTTP {status}")]
     Status {
-        /// The URL.
         url: String,
         /// The status code.
         status: u16,
     },
     /// The body is larger than allowed.
     #[error("`{url}` returned more than {limit} bytes")]
-    TooLarge {
-        /// The URL.
-        url: String,
-        /// The limit.
-        limit: usize,
-    },
+    TooLarge { url: String, limit: usize },
 }
 
 /// A successful fetch: the body and how long the server says it may be cached.

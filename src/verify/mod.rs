@@ -142,13 +142,11 @@ pub enum VerifyError {
     AlgorithmNotAllowed {
         /// The algorithm.
         alg: String,
-        /// The issuer id.
         issuer: String,
     },
     /// No key could be found.
     #[error("no signing key for this token at issuer `{issuer}`: {reason}")]
     Key {
-        /// The issuer id.
         issuer: String,
         /// Why.
         reason: KeyLookupError,
@@ -163,7 +161,6 @@ pub enum VerifyError {
         "no signing key for this token at issuer `{issuer}` yet; keys are refreshed again in {retry_after}s"
     )]
     KeyNotYetKnown {
-        /// The issuer id.
         issuer: String,
         /// Seconds until a refresh may run.
         retry_after: u64,
@@ -191,7 +188,6 @@ pub enum VerifyError {
         "token is too old (`iat` is more than {max_age}s ago, the `max_age` of issuer `{issuer}`)"
     )]
     TooOld {
-        /// The issuer id.
         issuer: String,
         /// The configured bound in seconds.
         max_age: i64,
@@ -201,7 +197,6 @@ pub enum VerifyError {
         "token lives too long (`exp` is more than {max_lifetime}s after `iat`, the `max_token_lifetime` of issuer `{issuer}`)"
     )]
     TooLongLived {
-        /// The issuer id.
         issuer: String,
         /// The configured bound in seconds.
         max_lifetime: i64,
@@ -211,7 +206,6 @@ pub enum VerifyError {
     AudienceRejected {
         /// The (first, truncated) audience in the token.
         aud: String,
-        /// The issuer id.
         issuer: String,
     },
 }

@@ -115,7 +115,6 @@ pub trait AssertionSigner: Send + Sync {
 pub struct SignedAssertion {
     /// The compact JWS.
     pub token: Secret,
-    /// Its `jti`.
     pub jti: String,
     /// Its `iat`, Unix seconds.
     pub issued_at: i64,
