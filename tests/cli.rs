@@ -492,17 +492,7 @@ fn explain_reports_every_stage() {
     // From a token file (with a trailing newline, as token files have).
     let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
     let token_file = write(dir.path(), "token", &format!("{token}\n"));
-    let out = run(&[
-        "explain",
-        "--config",
-        "config/dev.toml",
-        "--target",
-        "internal-api",
-        "--token",
-        token_file.to_str().unwrap(),
-        "--scope",
-        "read",
-    ]);
+    let out = explain_internal_api(&["--token", token_file.to_str().unwrap(), "--scope", "read"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("verify   pass"), "{stdout}");
@@ -524,16 +514,7 @@ fn explain_reports_every_stage() {
         .as_secs();
     let claims = serde_json::json!({"iss": "https://dev-issuer.ferry.invalid", "aud": "ferry", "sub": "bob", "iat": now, "exp": now + 600});
     let claims_file = write(dir.path(), "claims.json", &claims.to_string());
-    let out = run(&[
-        "explain",
-        "--config",
-        "config/dev.toml",
-        "--target",
-        "internal-api",
-        "--claims",
-        claims_file.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = explain_internal_api(&["--claims", claims_file.to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1), "denied → exit 1");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["signature_checked"], false);
@@ -557,21 +538,26 @@ fn explain_reports_every_stage() {
     // An expired claims file fails at verify and skips the rest.
     let claims = serde_json::json!({"iss": "https://dev-issuer.ferry.invalid", "aud": "ferry", "sub": "bob", "iat": now - 7200, "exp": now - 3600});
     write(dir.path(), "claims.json", &claims.to_string());
-    let out = run(&[
-        "explain",
-        "--config",
-        "config/dev.toml",
-        "--target",
-        "internal-api",
-        "--claims",
-        claims_file.to_str().unwrap(),
-    ]);
+    let out = explain_internal_api(&["--claims", claims_file.to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("verify   fail    token expired"),
         "{stdout}"
     );
     assert!(stdout.contains("policy   skipped"), "{stdout}");
+}
+
+/// `ferry explain` against the dev config for target `internal-api`, plus `args`.
+fn explain_internal_api(args: &[&str]) -> Output {
+    let mut all = vec![
+        "explain",
+        "--config",
+        "config/dev.toml",
+        "--target",
+        "internal-api",
+    ];
+    all.extend_from_slice(args);
+    run(&all)
 }
 
 /// Runs `cmd` with `input` (and a newline) on its standard input.

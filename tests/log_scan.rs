@@ -13,7 +13,7 @@ mod dev;
 
 use std::process::{Command, Stdio};
 
-use dev::{await_ready, dev_config, dev_token, free_port};
+use dev::{await_ready, dev_config, dev_token, exchange_with_traceparent, free_port};
 
 /// Starts `ferry serve` (dev config, JSON logs, audit trail on stdout) with `RUST_LOG`
 /// set to `log` (or unset), its output in `dir`; returns once it is ready.
@@ -94,17 +94,7 @@ fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
     let expired = dev_token(&["sub=carol", "exp=1000"]);
     let mut secrets = vec![good.clone(), other.clone(), expired.clone()];
     let exchange = |token: &str, scope: &str| {
-        let body = exchange_form(token, scope);
-        let r = client
-            .post(format!("{base}/oauth2/token"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header(
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            )
-            .body(body)
-            .send()
-            .unwrap();
+        let r = exchange_with_traceparent(&client, &base, token, Some(scope));
         (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
     };
     let (status, body) = exchange(&good, "read");

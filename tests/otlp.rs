@@ -7,7 +7,7 @@ mod dev;
 
 use std::process::{Command, Stdio};
 
-use dev::{dev_config, dev_token};
+use dev::{dev_config, dev_token, exchange_with_traceparent};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,26 +75,7 @@ fn request_spans_are_exported_with_the_callers_trace_id() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
-    let body = serde_urlencoded::to_string([
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", token.as_str()),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("audience", "internal-api"),
-    ])
-    .unwrap();
-    let r = client
-        .post(format!("{base}/oauth2/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .body(body)
-        .send()
-        .unwrap();
+    let r = exchange_with_traceparent(&client, &base, &token, None);
     assert_eq!(r.status(), 200);
 
     // SIGTERM: a graceful stop flushes the exporter.

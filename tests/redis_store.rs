@@ -402,29 +402,37 @@ async fn replicas_share_the_cache_and_revocations_take_effect_everywhere_at_once
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_identical_misses_across_two_replicas_make_one_provider_call() {
-    let redis = RedisServer::start();
-    let provider = Counting::new(300);
-    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
-    let a = Arc::clone(&h.state);
-    let h = Arc::new(h);
+/// `n` exchanges of fresh tokens for one identity at once, alternating between the
+/// harness's replica and `b`; their answers in order.
+async fn concurrent_fresh_tokens(
+    h: &Arc<Harness>,
+    b: &Arc<ferry::http::AppState>,
+    n: usize,
+) -> Vec<Resp> {
     let mut tasks = Vec::new();
-    for i in 0..50 {
-        let h = Arc::clone(&h);
-        let state = if i % 2 == 0 {
-            Arc::clone(&a)
-        } else {
-            Arc::clone(&b)
-        };
+    for i in 0..n {
+        let h = Arc::clone(h);
+        let state = Arc::clone(if i % 2 == 0 { &h.state } else { b });
         let token = h.token(|_| {});
         tasks.push(tokio::spawn(async move {
             h.exchange_on(&state, &token, "api", None).await
         }));
     }
-    let mut tokens = std::collections::HashSet::new();
+    let mut answers = Vec::new();
     for t in tasks {
-        let r = t.await.unwrap();
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_identical_misses_across_two_replicas_make_one_provider_call() {
+    let redis = RedisServer::start();
+    let provider = Counting::new(300);
+    let (h, b, _side) = two_replicas(&redis.url(), Some(provider.clone()), "", None).await;
+    let h = Arc::new(h);
+    let mut tokens = std::collections::HashSet::new();
+    for r in concurrent_fresh_tokens(&h, &b, 50).await {
         assert_eq!(r.status, 200, "{:?}", r.body);
         tokens.insert(r.body["access_token"].as_str().unwrap().to_owned());
     }
@@ -842,21 +850,7 @@ async fn the_store_works_on_a_three_master_cluster() {
     let a = Arc::clone(&h.state);
     let h = Arc::new(h);
     // Concurrent misses across replicas: one provider call.
-    let mut tasks = Vec::new();
-    for i in 0..10 {
-        let h = Arc::clone(&h);
-        let state = if i % 2 == 0 {
-            Arc::clone(&a)
-        } else {
-            Arc::clone(&b)
-        };
-        let token = h.token(|_| {});
-        tasks.push(tokio::spawn(async move {
-            h.exchange_on(&state, &token, "api", None).await
-        }));
-    }
-    for t in tasks {
-        let r = t.await.unwrap();
+    for r in concurrent_fresh_tokens(&h, &b, 10).await {
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
     assert_eq!(provider.calls(), 1);

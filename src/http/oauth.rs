@@ -98,11 +98,7 @@ pub async fn introspect(
         Err(e) => return e.into_response(),
     };
     tracing::debug!(client = %client, "introspection");
-    let pairs = match form(&body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let token = match token_param(&pairs) {
+    let token = match form(&body).and_then(|pairs| token_param(&pairs)) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -169,11 +165,7 @@ pub async fn introspect(
 /// `POST /oauth2/revoke` (RFC 7009 §2): whoever holds a Ferry-issued token may revoke
 /// it. The answer is 200 whether or not the token was valid (§2.2).
 pub async fn revoke(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let pairs = match form(&body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let token = match token_param(&pairs) {
+    let token = match form(&body).and_then(|pairs| token_param(&pairs)) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };

@@ -199,21 +199,9 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::tests::Buffer;
 
     /// The lines a closure's events produce, each parsed as JSON.
     fn lines(f: impl FnOnce()) -> Vec<serde_json::Value> {

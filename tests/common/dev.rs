@@ -58,4 +58,35 @@ pub fn free_port() -> u16 {
     ferry_testkit::free_port().unwrap()
 }
 
+#[allow(unused_imports, reason = "not every test binary that includes this file waits for a server")]
 pub use ferry_testkit::await_ready;
+
+/// The W3C trace context the log and trace tests send, and look for.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// An RFC 8693 exchange of `token` for the dev config's `internal-api` (with `scope`,
+/// when given) against the `ferry serve` at `base`, sent with [`TRACEPARENT`].
+pub fn exchange_with_traceparent(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    token: &str,
+    scope: Option<&str>,
+) -> reqwest::blocking::Response {
+    let mut form = vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", "internal-api"),
+    ];
+    form.extend(scope.map(|s| ("scope", s)));
+    client
+        .post(format!("{base}/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("traceparent", TRACEPARENT)
+        .body(serde_urlencoded::to_string(form).unwrap())
+        .send()
+        .unwrap()
+}

@@ -406,16 +406,7 @@ impl Harness {
     }
 
     pub async fn exchange_token(&self, token: &str, target: &str, scope: Option<&str>) -> Resp {
-        let mut form = vec![
-            ("grant_type", TOKEN_EXCHANGE),
-            ("subject_token", token),
-            ("subject_token_type", JWT_TYPE),
-            ("audience", target),
-        ];
-        if let Some(s) = scope {
-            form.push(("scope", s));
-        }
-        self.post_form(&form).await
+        exchange_via(self.router(), token, target, scope).await
     }
 
     pub async fn post_form(&self, form: &[(&str, &str)]) -> Resp {

@@ -328,3 +328,29 @@ mod tests {
         assert_eq!(s.expose(), "hunter2");
     }
 }
+
+/// A provider's bound on concurrent upstream calls (`max_concurrency`): a call waits up
+/// to 10 s for a slot, then is answered 503 rather than queue without end.
+#[derive(Debug)]
+pub struct Concurrency(tokio::sync::Semaphore);
+
+impl Concurrency {
+    /// At most `max` calls at once (at least one).
+    pub fn new(max: usize) -> Self {
+        Self(tokio::sync::Semaphore::new(max.max(1)))
+    }
+
+    /// A slot, held until the permit is dropped; `busy` says what was busy in the 503.
+    pub async fn acquire(
+        &self,
+        busy: &str,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ProviderError> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.0.acquire())
+            .await
+            .map_err(|_| ProviderError::Unavailable {
+                reason: format!("too many concurrent {busy}"),
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            })?
+            .map_err(|_| ProviderError::Internal("closed".into()))
+    }
+}

@@ -93,7 +93,7 @@ pub struct AwsProvider {
     target: AwsTarget,
     client: tokio::sync::OnceCell<aws_sdk_sts::Client>,
     signer: Arc<dyn AssertionSigner>,
-    permits: tokio::sync::Semaphore,
+    permits: ferry_provider_api::Concurrency,
 }
 
 impl std::fmt::Debug for AwsProvider {
@@ -108,7 +108,7 @@ impl AwsProvider {
     /// A provider for `target`; the STS client is built on first use.
     pub fn new(target: AwsTarget, signer: Arc<dyn AssertionSigner>) -> Self {
         Self {
-            permits: tokio::sync::Semaphore::new(target.max_concurrency.max(1)),
+            permits: ferry_provider_api::Concurrency::new(target.max_concurrency),
             client: tokio::sync::OnceCell::new(),
             target,
             signer,
@@ -142,6 +142,26 @@ impl AwsProvider {
         }
         let config = loader.load().await;
         aws_sdk_sts::Client::new(&config)
+    }
+
+    /// The credential of an STS answer, or its error classified (and logged with the
+    /// upstream request id).
+    fn answer<E: aws_sdk_sts::error::ProvideErrorMetadata + std::fmt::Debug>(
+        &self,
+        out: Result<
+            (Option<aws_sdk_sts::types::Credentials>, Option<String>),
+            aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
+        >,
+        call: &str,
+    ) -> Result<Credential, ProviderError> {
+        match out {
+            Ok((creds, request_id)) => self.credential(creds.as_ref(), request_id.as_deref()),
+            Err(e) => {
+                use aws_sdk_sts::operation::RequestId as _;
+                tracing::warn!(target_id = %self.target.id, request_id = e.request_id(), "{call} failed");
+                Err(classify(&e))
+            }
+        }
     }
 
     fn credential(
@@ -211,13 +231,7 @@ impl CredentialProvider for AwsProvider {
     }
 
     async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError> {
-        let _permit = tokio::time::timeout(Duration::from_secs(10), self.permits.acquire())
-            .await
-            .map_err(|_| ProviderError::Unavailable {
-                reason: "too many concurrent STS calls".into(),
-                retry_after: Some(Duration::from_secs(1)),
-            })?
-            .map_err(|_| ProviderError::Internal("closed".into()))?;
+        let _permit = self.permits.acquire("STS calls").await?;
         let name = session_name(&grant.subject);
         let seconds = i32::try_from(clamp_duration(self.target.duration).as_secs()).unwrap_or(3600);
         let result = match self.target.mode {
@@ -241,13 +255,10 @@ impl CredentialProvider for AwsProvider {
                     .set_policy(self.target.session_policy.clone())
                     .send()
                     .await;
-                match out {
-                    Ok(o) => self.credential(o.credentials(), o.request_id()),
-                    Err(e) => {
-                        tracing::warn!(target_id = %self.target.id, request_id = e.request_id(), "AssumeRoleWithWebIdentity failed");
-                        Err(classify(&e))
-                    }
-                }
+                self.answer(
+                    out.map(|o| (o.credentials().cloned(), o.request_id().map(str::to_owned))),
+                    "AssumeRoleWithWebIdentity",
+                )
             }
             Mode::AssumeRole => {
                 let tags: Vec<aws_sdk_sts::types::Tag> = grant
@@ -275,13 +286,10 @@ impl CredentialProvider for AwsProvider {
                     .set_policy(self.target.session_policy.clone())
                     .send()
                     .await;
-                match out {
-                    Ok(o) => self.credential(o.credentials(), o.request_id()),
-                    Err(e) => {
-                        tracing::warn!(target_id = %self.target.id, request_id = e.request_id(), "AssumeRole failed");
-                        Err(classify(&e))
-                    }
-                }
+                self.answer(
+                    out.map(|o| (o.credentials().cloned(), o.request_id().map(str::to_owned))),
+                    "AssumeRole",
+                )
             }
         };
         if let Ok(c) = &result {

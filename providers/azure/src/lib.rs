@@ -64,7 +64,7 @@ pub struct AzureProvider {
     target: AzureTarget,
     http: reqwest::Client,
     signer: Arc<dyn AssertionSigner>,
-    permits: tokio::sync::Semaphore,
+    permits: ferry_provider_api::Concurrency,
 }
 
 impl std::fmt::Debug for AzureProvider {
@@ -113,7 +113,7 @@ impl AzureProvider {
             .build()
             .map_err(|e| ProviderError::Misconfigured(format!("http client: {e}")))?;
         Ok(Self {
-            permits: tokio::sync::Semaphore::new(target.max_concurrency.max(1)),
+            permits: ferry_provider_api::Concurrency::new(target.max_concurrency),
             target,
             http,
             signer,
@@ -209,13 +209,7 @@ impl CredentialProvider for AzureProvider {
     }
 
     async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError> {
-        let _permit = tokio::time::timeout(Duration::from_secs(10), self.permits.acquire())
-            .await
-            .map_err(|_| ProviderError::Unavailable {
-                reason: "too many concurrent Entra requests".into(),
-                retry_after: Some(Duration::from_secs(1)),
-            })?
-            .map_err(|_| ProviderError::Internal("closed".into()))?;
+        let _permit = self.permits.acquire("Entra requests").await?;
         let (token, request_id) = with_retries(3, Duration::from_secs(10), || async {
             let req = self.token_request(grant).map_err(AttemptError::Fatal)?;
             self.attempt(req).await

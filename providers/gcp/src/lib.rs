@@ -67,7 +67,7 @@ pub struct GcpProvider {
     own_identity: tokio::sync::OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
     http: reqwest::Client,
     signer: Arc<dyn AssertionSigner>,
-    permits: tokio::sync::Semaphore,
+    permits: ferry_provider_api::Concurrency,
 }
 
 impl std::fmt::Debug for GcpProvider {
@@ -117,7 +117,7 @@ impl GcpProvider {
             .build()
             .map_err(|e| ProviderError::Misconfigured(format!("http client: {e}")))?;
         Ok(Self {
-            permits: tokio::sync::Semaphore::new(target.max_concurrency.max(1)),
+            permits: ferry_provider_api::Concurrency::new(target.max_concurrency),
             target,
             own_identity: tokio::sync::OnceCell::new(),
             http,
@@ -193,10 +193,7 @@ impl CredentialProvider for GcpProvider {
     }
 
     async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError> {
-        let _permit = tokio::time::timeout(Duration::from_secs(10), self.permits.acquire())
-            .await
-            .map_err(|_| unavailable("too many concurrent GCP exchanges"))?
-            .map_err(|_| ProviderError::Internal("closed".into()))?;
+        let _permit = self.permits.acquire("GCP exchanges").await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
