@@ -58,7 +58,10 @@ pub fn free_port() -> u16 {
     ferry_testkit::free_port().unwrap()
 }
 
-#[allow(unused_imports, reason = "not every test binary that includes this file waits for a server")]
+#[allow(
+    unused_imports,
+    reason = "not every test binary that includes this file waits for a server"
+)]
 pub use ferry_testkit::await_ready;
 
 /// The W3C trace context the log and trace tests send, and look for.
