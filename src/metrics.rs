@@ -3,7 +3,6 @@
 //! from the config, never from the request; no subjects or token ids.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 
 /// Latency buckets, seconds.
@@ -11,9 +10,12 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-type Labels = Vec<(&'static str, String)>;
+/// A series' labels: names fixed in code, values owned.
+pub type Labels = Vec<(&'static str, String)>;
 
-#[derive(Default, Clone)]
+use prometheus_client::metrics::MetricType;
+
+#[derive(Default, Clone, Debug)]
 struct Histogram {
     counts: Vec<u64>,
     sum: f64,
@@ -183,69 +185,150 @@ impl Metrics {
 
     /// Prometheus text exposition of the registry plus `extra` (gauges computed at
     /// scrape time by the caller).
-    pub fn render(&self, extra: &str) -> String {
-        let mut out = String::new();
-        let Ok(inner) = self.inner.lock() else {
-            return out;
+    /// The exposition (OpenMetrics text, through prometheus-client): every series
+    /// recorded here, then `scraped`, the values read at scrape time; series in label
+    /// order.
+    pub fn render(&self, scraped: Vec<Family>) -> String {
+        let families = {
+            let Ok(inner) = self.inner.lock() else {
+                return String::new();
+            };
+            HELP.iter()
+                .map(|(name, kind, help)| Family {
+                    name,
+                    help,
+                    series: if *kind == "histogram" {
+                        sorted(&inner.histograms, name)
+                            .into_iter()
+                            .map(|(l, h)| (l.clone(), Value::Histogram(h.clone())))
+                            .collect()
+                    } else {
+                        sorted(&inner.counters, name)
+                            .into_iter()
+                            .map(|(l, v)| (l.clone(), Value::Counter(*v)))
+                            .collect()
+                    },
+                    kind: if *kind == "histogram" {
+                        MetricType::Histogram
+                    } else {
+                        MetricType::Counter
+                    },
+                })
+                .collect::<Vec<_>>()
         };
-        for (name, kind, help) in HELP {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in sorted(&inner.counters, name) {
-                let _ = writeln!(out, "{name}{} {v}", format_labels(labels, None));
-            }
-            for (labels, h) in sorted(&inner.histograms, name) {
-                for (count, bound) in h.counts.iter().zip(BUCKETS) {
-                    let le = bound.to_string();
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{} {count}",
-                        format_labels(labels, Some(&le))
-                    );
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Families(families)));
+        registry.register_collector(Box::new(Families(scraped)));
+        let mut out = String::new();
+        match prometheus_client::encoding::text::encode(&mut out, &registry) {
+            Ok(()) => out,
+            Err(_) => String::new(),
+        }
+    }
+}
+
+/// A metric's series as prometheus-client encodes them.
+#[derive(Debug)]
+pub struct Family {
+    /// The name as exposed (`…_total` for a counter).
+    pub name: &'static str,
+    pub help: &'static str,
+    kind: MetricType,
+    series: Vec<(Labels, Value)>,
+}
+
+impl Family {
+    /// A counter read at scrape time.
+    pub fn counter(name: &'static str, help: &'static str, series: Vec<(Labels, u64)>) -> Self {
+        Self::of(name, help, MetricType::Counter, series, Value::Counter)
+    }
+
+    /// A whole-number gauge read at scrape time.
+    pub fn gauge(name: &'static str, help: &'static str, series: Vec<(Labels, i64)>) -> Self {
+        Self::of(name, help, MetricType::Gauge, series, Value::Gauge)
+    }
+
+    /// A gauge in seconds (fractions kept) read at scrape time.
+    pub fn seconds(name: &'static str, help: &'static str, series: Vec<(Labels, f64)>) -> Self {
+        Self::of(name, help, MetricType::Gauge, series, Value::Seconds)
+    }
+
+    fn of<V>(
+        name: &'static str,
+        help: &'static str,
+        kind: MetricType,
+        series: Vec<(Labels, V)>,
+        value: fn(V) -> Value,
+    ) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            series: series.into_iter().map(|(l, v)| (l, value(v))).collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    Seconds(f64),
+    Histogram(Histogram),
+}
+
+#[derive(Debug)]
+struct Families(Vec<Family>);
+
+impl prometheus_client::collector::Collector for Families {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::NoLabelSet;
+        for family in &self.0 {
+            // prometheus-client adds a counter's `_total` itself.
+            let name = match family.kind {
+                MetricType::Counter => family.name.strip_suffix("_total").unwrap_or(family.name),
+                _ => family.name,
+            };
+            let mut metric = encoder.encode_descriptor(name, family.help, None, family.kind)?;
+            for (labels, value) in &family.series {
+                let mut series = metric.encode_family(labels)?;
+                match value {
+                    Value::Counter(v) => series.encode_counter::<NoLabelSet, _, u64>(v, None)?,
+                    Value::Gauge(v) => series.encode_gauge(v)?,
+                    Value::Seconds(v) => series.encode_gauge(v)?,
+                    Value::Histogram(h) => {
+                        // Stored cumulative per bound; the encoder wants each bucket's own.
+                        let mut below = 0;
+                        let mut buckets: Vec<(f64, u64)> = h
+                            .counts
+                            .iter()
+                            .zip(BUCKETS)
+                            .map(|(&cumulative, &bound)| {
+                                let own = cumulative.saturating_sub(below);
+                                below = cumulative;
+                                (bound, own)
+                            })
+                            .collect();
+                        buckets.push((f64::INFINITY, h.count.saturating_sub(below)));
+                        series.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+                    }
                 }
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {}",
-                    format_labels(labels, Some("+Inf")),
-                    h.count
-                );
-                let _ = writeln!(out, "{name}_sum{} {}", format_labels(labels, None), h.sum);
-                let _ = writeln!(
-                    out,
-                    "{name}_count{} {}",
-                    format_labels(labels, None),
-                    h.count
-                );
             }
         }
-        out.push_str(extra);
-        out
+        Ok(())
     }
+}
+
+/// A label set as stored: names fixed in code, values owned.
+pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    owned(pairs)
 }
 
 fn owned(labels: &[(&'static str, &str)]) -> Labels {
     labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
-}
-
-/// `{a="x",b="y"}` with Prometheus escaping; `le` appended for buckets.
-pub fn format_labels(labels: &[(&'static str, String)], le: Option<&str>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -268,7 +351,7 @@ mod tests {
             &[("outcome", "granted")],
             0.003,
         );
-        let text = m.render("");
+        let text = m.render(Vec::new());
         assert!(
             text.contains(
                 "ferry_exchanges_total{issuer=\"gh\",target=\"t\",outcome=\"granted\"} 2"
@@ -277,13 +360,13 @@ mod tests {
         );
         assert!(
             text.contains(
-                "ferry_exchange_duration_seconds_bucket{outcome=\"granted\",le=\"0.0025\"} 0"
+                "ferry_exchange_duration_seconds_bucket{le=\"0.0025\",outcome=\"granted\"} 0"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "ferry_exchange_duration_seconds_bucket{outcome=\"granted\",le=\"0.005\"} 1"
+                "ferry_exchange_duration_seconds_bucket{le=\"0.005\",outcome=\"granted\"} 1"
             ),
             "{text}"
         );
@@ -321,7 +404,7 @@ mod tests {
             ),
             1
         );
-        let text = m.render("");
+        let text = m.render(Vec::new());
         let a = text.find("{target=\"a\"} 3");
         let b = text.find("{target=\"b\"} 2");
         let c = text.find("{target=\"c\"} 1");
@@ -329,10 +412,37 @@ mod tests {
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(
-            format_labels(&[("a", "x\"y".into())], None),
-            "{a=\"x\\\"y\"}"
+    fn label_values_are_escaped_and_the_exposition_is_openmetrics() {
+        let m = Metrics::default();
+        m.inc("ferry_exchanges_total", &[("target", "x\"y")]);
+        m.observe(
+            "ferry_exchange_duration_seconds",
+            &[("outcome", "granted")],
+            20.0,
         );
+        let text = m.render(vec![Family::seconds(
+            "ferry_revocation_copy_lag_seconds",
+            "lag",
+            vec![(Vec::new(), 0.25)],
+        )]);
+        assert!(
+            text.contains("ferry_exchanges_total{target=\"x\\\"y\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE ferry_exchanges counter"), "{text}");
+        // Past the last bound: only in +Inf.
+        assert!(
+            text.contains(
+                "ferry_exchange_duration_seconds_bucket{le=\"10.0\",outcome=\"granted\"} 0"
+            ) && text.contains(
+                "ferry_exchange_duration_seconds_bucket{le=\"+Inf\",outcome=\"granted\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_revocation_copy_lag_seconds 0.25"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

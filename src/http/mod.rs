@@ -345,74 +345,82 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     )
 }
 
-/// `GET /metrics`: the registry plus gauges read at scrape time.
+/// `GET /metrics`: the recorded series plus gauges read at scrape time.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    use std::fmt::Write as _;
+    use crate::metrics::{Family, labels};
     let snapshot = state.snapshot.load();
     let now = state.services.clock.now();
-    let mut extra = String::new();
-    let _ = writeln!(
-        extra,
-        "# HELP ferry_jwks_refreshes_total JWKS fetches by issuer and outcome (since the issuer's config was loaded).\n# TYPE ferry_jwks_refreshes_total counter"
-    );
-    let mut ages = String::new();
-    let mut keys = String::new();
+    let (mut refreshes, mut ages, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for issuer in snapshot.verifier.issuers() {
         let s = issuer.jwks.status();
-        let id = crate::metrics::format_labels(&[("issuer", issuer.id.to_string())], None);
-        let _ = writeln!(
-            extra,
-            "ferry_jwks_refreshes_total{{issuer=\"{}\",outcome=\"success\"}} {}",
-            issuer.id, s.refresh_ok
-        );
-        let _ = writeln!(
-            extra,
-            "ferry_jwks_refreshes_total{{issuer=\"{}\",outcome=\"failure\"}} {}",
-            issuer.id, s.refresh_failed
-        );
+        let id = issuer.id.as_ref();
+        refreshes.push((
+            labels(&[("issuer", id), ("outcome", "success")]),
+            s.refresh_ok,
+        ));
+        refreshes.push((
+            labels(&[("issuer", id), ("outcome", "failure")]),
+            s.refresh_failed,
+        ));
         if let Some(at) = s.last_success {
-            let _ = writeln!(
-                ages,
-                "ferry_jwks_seconds_since_last_refresh{id} {}",
-                now.saturating_sub(at)
-            );
+            ages.push((labels(&[("issuer", id)]), now.saturating_sub(at)));
         }
-        let _ = writeln!(keys, "ferry_jwks_keys{id} {}", s.key_ids.len());
+        let count = i64::try_from(s.key_ids.len()).unwrap_or(i64::MAX);
+        keys.push((labels(&[("issuer", id)]), count));
     }
-    let _ = writeln!(
-        extra,
-        "# HELP ferry_jwks_seconds_since_last_refresh Seconds since the last successful JWKS fetch (remote issuers).\n# TYPE ferry_jwks_seconds_since_last_refresh gauge\n{ages}# HELP ferry_jwks_keys Keys currently served per issuer.\n# TYPE ferry_jwks_keys gauge\n{keys}# HELP ferry_config_info The active config revision.\n# TYPE ferry_config_info gauge\nferry_config_info{{revision=\"{}\"}} 1",
-        snapshot.revision
-    );
     let signatures = snapshot.verifier.signatures();
-    let _ = writeln!(
-        extra,
-        "# HELP ferry_token_signatures_total Subject-token signatures that checked out since the config revision was loaded: verified against the key now, or remembered from an earlier verify of the same token (its claims re-checked).\n# TYPE ferry_token_signatures_total counter\nferry_token_signatures_total{{result=\"verified\"}} {}\nferry_token_signatures_total{{result=\"remembered\"}} {}",
-        signatures.verified, signatures.remembered
-    );
-    let age = now.saturating_sub(snapshot.issuer.keys().active.created_at);
-    let _ = writeln!(
-        extra,
-        "# HELP ferry_signing_key_age_seconds Age of Ferry's active signing key.\n# TYPE ferry_signing_key_age_seconds gauge\nferry_signing_key_age_seconds {age}"
-    );
+    let mut scraped = vec![
+        Family::counter(
+            "ferry_jwks_refreshes_total",
+            "JWKS fetches by issuer and outcome (since the issuer's config was loaded).",
+            refreshes,
+        ),
+        Family::gauge(
+            "ferry_jwks_seconds_since_last_refresh",
+            "Seconds since the last successful JWKS fetch (remote issuers).",
+            ages,
+        ),
+        Family::gauge("ferry_jwks_keys", "Keys currently served per issuer.", keys),
+        Family::gauge(
+            "ferry_config_info",
+            "The active config revision.",
+            vec![(labels(&[("revision", &snapshot.revision)]), 1)],
+        ),
+        Family::counter(
+            "ferry_token_signatures_total",
+            "Subject-token signatures that checked out since the config revision was loaded: verified against the key now, or remembered from an earlier verify of the same token (its claims re-checked).",
+            vec![
+                (labels(&[("result", "verified")]), signatures.verified),
+                (labels(&[("result", "remembered")]), signatures.remembered),
+            ],
+        ),
+        Family::gauge(
+            "ferry_signing_key_age_seconds",
+            "Age of Ferry's active signing key.",
+            vec![(
+                Vec::new(),
+                now.saturating_sub(snapshot.issuer.keys().active.created_at),
+            )],
+        ),
+    ];
     if let Some(copy) = state.services.store.revocation_copy() {
-        let _ = writeln!(
-            extra,
-            "# HELP ferry_revocation_copy_current Whether this replica's local copy of the revocation list is in use (1) or every exchange asks Redis (0).\n# TYPE ferry_revocation_copy_current gauge\nferry_revocation_copy_current {}",
-            u8::from(copy.is_some())
-        );
+        scraped.push(Family::gauge(
+            "ferry_revocation_copy_current",
+            "Whether this replica's local copy of the revocation list is in use (1) or every exchange asks Redis (0).",
+            vec![(Vec::new(), i64::from(copy.is_some()))],
+        ));
         if let Some(lag) = copy {
-            let _ = writeln!(
-                extra,
-                "# HELP ferry_revocation_copy_lag_seconds How long ago the copy was last proven current.\n# TYPE ferry_revocation_copy_lag_seconds gauge\nferry_revocation_copy_lag_seconds {:.3}",
-                lag.as_secs_f64()
-            );
+            scraped.push(Family::seconds(
+                "ferry_revocation_copy_lag_seconds",
+                "How long ago the copy was last proven current.",
+                vec![(Vec::new(), lag.as_secs_f64())],
+            ));
         }
     }
-    let mut response = state.metrics.render(&extra).into_response();
+    let mut response = state.metrics.render(scraped).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }
