@@ -56,7 +56,7 @@ fn series<'a, V: Default>(
     let i = match list.iter().position(|(l, _)| same(l)) {
         Some(i) => i,
         None => {
-            list.push((owned(labels), V::default()));
+            list.push((crate::metrics::labels(labels), V::default()));
             list.len() - 1
         }
     };
@@ -170,7 +170,7 @@ impl Metrics {
 
     /// A counter's value (tests and `/admin`).
     pub fn counter(&self, name: &str, labels: &[(&'static str, &str)]) -> u64 {
-        let key = owned(labels);
+        let key = crate::metrics::labels(labels);
         self.inner
             .lock()
             .ok()
@@ -323,11 +323,7 @@ impl prometheus_client::collector::Collector for Families {
 }
 
 /// A label set as stored: names fixed in code, values owned.
-pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
-    owned(pairs)
-}
-
-fn owned(labels: &[(&'static str, &str)]) -> Labels {
+pub fn labels(labels: &[(&'static str, &str)]) -> Labels {
     labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 

@@ -95,10 +95,7 @@ pub async fn settle(
             })
         }
         Err(error) => {
-            record.refusal = Some(Refusal {
-                code: error.code,
-                description: error.description.clone(),
-            });
+            let Refused { error, record } = refuse(record, error);
             if audited && !state.audit.record(&audit_event(state, &record)).await {
                 state.metrics.inc("ferry_audit_write_failures_total", &[]);
             }
@@ -112,14 +109,12 @@ pub async fn settle(
                 description = %error.description,
                 "exchange refused"
             );
-            Err(Refused {
-                error,
-                record: Box::new(record),
-            })
+            Err(Refused { error, record })
         }
     }
 }
 
+/// The refusal of a decision: its record notes the error the client is sent.
 fn refuse(mut record: ExchangeRecord, error: ApiError) -> Refused {
     record.refusal = Some(Refusal {
         code: error.code,
