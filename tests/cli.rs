@@ -1,10 +1,5 @@
 //! The `ferry` binary: check, explain, keys, dev token, and serve as a child process.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 #[path = "common/dev.rs"]
 mod dev;
@@ -260,6 +255,40 @@ fn an_otlp_endpoint_needs_an_otlp_build() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn the_core_knows_no_cloud_target_key() {
+    // Each cloud's crate parses its own keys of a `[[targets]]` entry; the core names
+    // none of them (the OAuth words `scope` and `client_id` it has for itself).
+    let keys = ferry_provider_aws::config::KEYS
+        .iter()
+        .chain(ferry_provider_gcp::config::KEYS)
+        .chain(ferry_provider_azure::config::KEYS)
+        .filter(|k| !["scope", "client_id"].contains(k));
+    let mut sources = Vec::new();
+    let mut dirs = vec![repo().join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push((path.clone(), std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    assert!(sources.len() > 50, "read the core's sources");
+    for key in keys {
+        let quoted = format!("\"{key}\"");
+        for (path, text) in &sources {
+            assert!(
+                !text.contains(&quoted),
+                "{} names the cloud key {quoted}",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,11 +1,6 @@
 //! End-to-end exchanges through the real router (and a real socket), and independent
 //! verification of what Ferry issues.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod common;
 

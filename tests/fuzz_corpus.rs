@@ -1,6 +1,7 @@
 //! The fuzz targets' committed corpora (`fuzz/corpus/<target>/`), replayed on stable
 //! through the same entry points `cargo fuzz` drives (`ferry::fuzz_targets`): every input
 //! that ever found new coverage still runs to completion, with no panic.
+#![cfg(test)]
 
 use std::path::Path;
 

@@ -1,12 +1,7 @@
 //! GCP targets through Ferry against an in-process fake of Google's STS (`/v1/token`)
 //! and IAM Credentials (`generateAccessToken`) that follows the documented requests and
 //! responses, records what Ferry sent, and can deny, throttle or hang.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod common;
 

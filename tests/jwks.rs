@@ -1,11 +1,6 @@
 //! Issuer key rotation, the shared rate-limited unknown-kid refresh, stale keys while
 //! the issuer is down, and Cache-Control bounds.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod common;
 

@@ -1,12 +1,7 @@
 //! Runs `ferry serve` at `trace` level with JSON logs and the audit trail on stdout,
 //! drives granted, denied and malformed exchanges, and scans everything it wrote for
 //! the tokens and credentials it handled.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 #[path = "common/dev.rs"]
 mod dev;

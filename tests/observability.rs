@@ -1,10 +1,5 @@
 //! Audit trail, metrics, admin API and live reload, through the real router.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![cfg(test)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! With `--features otlp`: `ferry serve` exports request spans over OTLP/HTTP, joined to
 //! the caller's W3C trace. (Runs in `tests/run` as `cargo test --features otlp --test otlp`.)
+#![cfg(test)]
 #![cfg(feature = "otlp")]
 
 #[path = "common/dev.rs"]

@@ -1,17 +1,14 @@
 //! Typed configuration: data only (no clients), parsed from TOML and validated with
 //! errors that name the file, the entry and the problem.
 
-pub mod aws;
-pub mod azure;
 mod choice;
 mod duration;
-pub mod gcp;
 pub mod key_file;
-pub mod target_keys;
+mod problem;
+mod target;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -19,71 +16,8 @@ use serde::Deserialize;
 pub use choice::{OnCacheError, StoreBackend, TargetKind};
 
 pub use duration::ConfigDuration;
-
-/// One thing wrong with a config: `file: entry: problem`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The file (as given on the command line, or the policy/JWKS file).
-    pub file: String,
-    /// The entry (`issuers[github].mapping.subject`, `line 4`, …).
-    pub entry: String,
-    /// What is wrong.
-    pub problem: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file, self.entry, self.problem)
-    }
-}
-
-/// Every problem found in a config, one per line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<Problem>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-impl ConfigErrors {
-    /// Records a problem.
-    pub fn push(
-        &mut self,
-        file: impl Into<String>,
-        entry: impl Into<String>,
-        problem: impl Into<String>,
-    ) {
-        self.0.push(Problem {
-            file: file.into(),
-            entry: entry.into(),
-            problem: problem.into(),
-        });
-    }
-
-    /// True when nothing is wrong.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `Ok(value)` when empty, else `Err(self)`.
-    pub fn into_result<T>(self, value: T) -> Result<T, Self> {
-        if self.is_empty() {
-            Ok(value)
-        } else {
-            Err(self)
-        }
-    }
-}
+pub use problem::{ConfigErrors, Problem};
+pub use target::{TargetConfig, TargetSpec};
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -461,30 +395,6 @@ pub struct MappingConfig {
     pub attributes: BTreeMap<String, String>,
 }
 
-/// `[[targets]]`: what a workload can ask for. Kind-specific keys stay in `extra` and
-/// are checked by the kind.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TargetConfig {
-    /// Target id (the `audience` parameter of an exchange).
-    pub id: String,
-    /// `jwt` (more kinds come with cloud providers).
-    pub kind: TargetKind,
-    /// For `jwt`: the `aud` of the minted token.
-    pub audience: Option<String>,
-    /// A resource URI that also selects this target (`resource` parameter).
-    pub resource: Option<String>,
-    /// Lifetime of what is issued.
-    pub ttl: Option<ConfigDuration>,
-    /// Scopes a request may ask for.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    /// A cached credential is served only with at least this much lifetime left.
-    pub min_remaining: Option<ConfigDuration>,
-    /// Everything else (checked per kind).
-    #[serde(flatten)]
-    pub extra: toml::Table,
-}
-
 /// `[audit]`: the tamper-evident decision log.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuditConfig {
@@ -639,6 +549,10 @@ impl Config {
             path: path.to_path_buf(),
             bytes,
         };
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        for target in &mut config.targets {
+            target.parse_kind(base_dir);
+        }
         validate::validate(&config, &mut errs);
         errs.into_result(config)
     }
@@ -653,24 +567,7 @@ impl Config {
     }
 }
 
-pub use validate::{is_scope_token, target_ttl};
+pub use validate::is_scope_token;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_settings_read_at_open_are_told_apart_from_live_ones() {
-        let base = StoreConfig::default();
-        let mut live = base.clone();
-        live.lock_wait = ConfigDuration::secs(3);
-        live.on_cache_error = OnCacheError::Bypass;
-        assert!(base.opens_the_same_store(&live), "read by each exchange");
-        let mut lag = base.clone();
-        lag.revocation_max_lag = ConfigDuration::secs(0);
-        assert!(!base.opens_the_same_store(&lag));
-        let mut url = base.clone();
-        url.url = Some("redis://127.0.0.1:6380".into());
-        assert!(!base.opens_the_same_store(&url));
-    }
-}
+mod tests;

@@ -7,23 +7,11 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{Config, ConfigErrors, OnCacheError, StoreBackend, TargetConfig, TargetKind};
+use super::{Config, ConfigErrors, OnCacheError, StoreBackend, TargetKind, TargetSpec};
 use crate::verify::fetch::require_secure;
 use crate::verify::parse_algorithm;
 
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
-const MIN_TTL: Duration = Duration::from_secs(10);
-const MAX_JWT_TTL: Duration = Duration::from_secs(24 * 3600);
-const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
-
-/// The lifetime a target issues (its `ttl`, or the kind's default).
-pub fn target_ttl(target: &TargetConfig) -> Duration {
-    match target.kind {
-        TargetKind::Aws => super::aws::ttl(target),
-        TargetKind::Gcp => super::gcp::ttl(target),
-        _ => target.ttl.map(|d| d.0).unwrap_or(DEFAULT_JWT_TTL),
-    }
-}
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
@@ -441,9 +429,8 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                 );
             }
         }
-        let ttl = target_ttl(target);
         if let Some(min) = target.min_remaining
-            && min.0 >= ttl
+            && target.spec.ttl().is_some_and(|ttl| min.0 >= ttl)
         {
             errs.push(
                 file,
@@ -451,66 +438,10 @@ fn validate_targets(config: &Config, file: &str, errs: &mut ConfigErrors) {
                 "must be shorter than the ttl",
             );
         }
-        match &target.kind {
-            TargetKind::Jwt => {
-                match &target.audience {
-                    None => errs.push(
-                        file,
-                        format!("{entry}.audience"),
-                        "is required for kind `jwt`",
-                    ),
-                    Some(a) if a.is_empty() => {
-                        errs.push(file, format!("{entry}.audience"), "must not be empty")
-                    }
-                    Some(_) => {}
-                }
-                if ttl < MIN_TTL || ttl > MAX_JWT_TTL {
-                    errs.push(file, format!("{entry}.ttl"), "must be between 10s and 24h");
-                }
-                for key in target.extra.keys() {
-                    errs.push(file, format!("{entry}.{key}"), "unknown key for kind `jwt`");
-                }
+        if let TargetSpec::Invalid(problems) = &target.spec {
+            for (key, problem) in problems {
+                errs.push(file, format!("{entry}.{key}"), problem.as_str());
             }
-            TargetKind::Aws => {
-                if target.ttl.is_some() {
-                    errs.push(
-                        file,
-                        format!("{entry}.ttl"),
-                        "AWS targets set `duration` (15m–12h), not `ttl`",
-                    );
-                }
-                if let Err(problems) = super::aws::parse(target) {
-                    for (key, problem) in problems {
-                        errs.push(file, format!("{entry}.{key}"), problem);
-                    }
-                }
-            }
-            TargetKind::Gcp => {
-                if target.ttl.is_some() {
-                    errs.push(
-                        file,
-                        format!("{entry}.ttl"),
-                        "GCP targets set `lifetime`, not `ttl`",
-                    );
-                }
-                if let Err(problems) = super::gcp::parse(target) {
-                    for (key, problem) in problems {
-                        errs.push(file, format!("{entry}.{key}"), problem);
-                    }
-                }
-            }
-            TargetKind::Azure => {
-                if let Err(problems) = super::azure::parse(target) {
-                    for (key, problem) in problems {
-                        errs.push(file, format!("{entry}.{key}"), problem);
-                    }
-                }
-            }
-            TargetKind::Unknown(other) => errs.push(
-                file,
-                format!("{entry}.kind"),
-                format!("unknown kind `{other}` (expected `jwt`, `aws`, `gcp` or `azure`)"),
-            ),
         }
     }
 }

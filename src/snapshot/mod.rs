@@ -368,9 +368,3 @@ fn cache_scope(
         .str(kid)
         .finish()
 }
-
-/// How long a cached credential must still live to be served: half its lifetime, but at
-/// least the SDKs' refresh threshold (`floor`), and never more than `ttl - slack`.
-fn cache_floor(ttl: Duration, floor: Duration, slack: Duration) -> Duration {
-    (ttl / 2).max(floor).min(ttl.saturating_sub(slack))
-}

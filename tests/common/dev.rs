@@ -1,11 +1,5 @@
 //! The repository's dev config and dev issuer, for tests that run the `ferry` binary.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::Command;

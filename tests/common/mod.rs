@@ -1,12 +1,6 @@
 //! Test harness: an in-process fake OIDC issuer (discovery + JWKS over a real loopback
 //! socket, key rotation, several algorithms) and Ferry's real router over a temp config.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

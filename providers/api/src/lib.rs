@@ -5,6 +5,8 @@
 //! [`ProviderError`]. This crate has no SDK dependency: a cloud provider crate depends
 //! on it and on its own SDK, and the core depends on it and on no SDK.
 
+pub mod settings;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;

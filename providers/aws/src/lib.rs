@@ -11,6 +11,8 @@
 //! errors only, 3 attempts), per-attempt and per-operation timeouts, and a concurrency
 //! bound per target so a burst of cache misses cannot trip STS throttling.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

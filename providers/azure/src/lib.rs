@@ -10,6 +10,8 @@
 //! All three are single documented HTTP requests, made with reqwest (the same HTTP stack,
 //! retry and timeout policy as the GCP provider). Retries on 429/5xx only.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,6 +10,8 @@
 //! reqwest at configurable base URLs. Retries: 429 and 5xx only, exponential backoff with
 //! jitter, at most 3 attempts within 10 s; every attempt has a timeout.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
