@@ -25,7 +25,7 @@ use ferry::issuer::keys::{KeyRing, generate_private_pem, signing_key_from_pem};
 use ferry::mapping::{Identity, IssuerMapping, Mapper, Rule};
 use ferry::policy::{AttributePresence, AuthzInput, PolicyEngine, PolicySource};
 use ferry::provider_api::{Credential, Secret};
-use ferry::store::{CacheKey, CredentialCache as _, RevocationList as _};
+use ferry::store::{CacheKey, Cacheable, CredentialCache as _, RevocationList as _};
 use ferry::verify::jwks::{JwksCache, JwksPolicy};
 use ferry::verify::{TrustedIssuer, UnverifiedToken, Verifier};
 use jsonwebtoken::Algorithm;
@@ -64,13 +64,11 @@ fn github_claims(now: i64) -> serde_json::Value {
 fn bench_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
     let now = SystemClock.now();
-    for alg in [
-        Algorithm::RS256,
-        Algorithm::PS256,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::EdDSA,
-    ] {
+    for alg in ferry::algorithms::ALGORITHMS
+        .iter()
+        .filter(|a| a.signs)
+        .map(|a| a.alg)
+    {
         let pem = generate_private_pem(alg).unwrap();
         let key = signing_key_from_pem(alg, pem.as_bytes(), Some("k1"), 0).unwrap();
         let jwks = serde_json::to_vec(&json!({"keys": [key.public]})).unwrap();
@@ -257,15 +255,17 @@ fn bench_cache(c: &mut Criterion) {
     let key = CacheKey::from_parts(["bench"]);
     let cred = credential();
     let memory = ferry::store::memory::MemoryStore::new(100_000);
-    rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
+    rt.block_on(memory.put_credential(&key, Cacheable::new(&cred, Duration::from_secs(3600), &[])))
         .unwrap();
     c.bench_function("cache/memory_get", |b| {
         b.iter(|| rt.block_on(memory.get_credential(&key)).unwrap())
     });
     c.bench_function("cache/memory_put", |b| {
         b.iter(|| {
-            rt.block_on(memory.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
-                .unwrap()
+            rt.block_on(
+                memory.put_credential(&key, Cacheable::new(&cred, Duration::from_secs(3600), &[])),
+            )
+            .unwrap()
         })
     });
 
@@ -277,15 +277,17 @@ fn bench_cache(c: &mut Criterion) {
         Duration::from_secs(1),
         sealer,
     );
-    rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
+    rt.block_on(redis.put_credential(&key, Cacheable::new(&cred, Duration::from_secs(3600), &[])))
         .unwrap();
     c.bench_function("cache/redis_get", |b| {
         b.iter(|| rt.block_on(redis.get_credential(&key)).unwrap())
     });
     c.bench_function("cache/redis_put", |b| {
         b.iter(|| {
-            rt.block_on(redis.put_credential(&key, &cred, Duration::from_secs(3600), &[]))
-                .unwrap()
+            rt.block_on(
+                redis.put_credential(&key, Cacheable::new(&cred, Duration::from_secs(3600), &[])),
+            )
+            .unwrap()
         })
     });
     // The four revocation fields an exchange checks.

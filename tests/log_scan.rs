@@ -331,22 +331,13 @@ fn a_stopped_server_leaves_a_closed_signed_audit_trail() {
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "audit",
-            "verify",
-            audit.to_str().unwrap(),
-            "--jwks",
-            jwks.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = dev::ferry_ok(&[
+        "audit",
+        "verify",
+        audit.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+    ]);
     // 3 decisions, a checkpoint after the second, and the shutdown one.
     assert!(
         stdout.contains("ok: 5 line(s)") && stdout.contains("2 signed checkpoint(s)"),

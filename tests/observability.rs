@@ -149,34 +149,20 @@ async fn tampering_with_the_audit_file_is_found_by_ferry_audit_verify() {
         h.exchange_token(&token, "api", None).await;
     }
     let path = side.path().join("audit/audit.log");
-    let bin = env!("CARGO_BIN_EXE_ferry");
-    let out = std::process::Command::new(bin)
-        .args(["audit", "verify", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 5 line(s)"));
+    let stdout = dev::ferry_ok(&["audit", "verify", path.to_str().unwrap()]);
+    assert!(stdout.contains("ok: 5 line(s)"), "{stdout}");
 
     // Closed with a signed checkpoint, the trail verifies against Ferry's JWKS.
     let jwks = side.path().join("jwks.json");
     std::fs::write(&jwks, h.get("/.well-known/jwks.json").await.raw).unwrap();
     h.state.audit.close();
-    let out = std::process::Command::new(bin)
-        .args([
-            "audit",
-            "verify",
-            path.to_str().unwrap(),
-            "--jwks",
-            jwks.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = dev::ferry_ok(&[
+        "audit",
+        "verify",
+        path.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+    ]);
     assert!(
         stdout.contains("ok: 6 line(s)") && stdout.contains("1 signed checkpoint(s) verified"),
         "{stdout}"
@@ -196,7 +182,7 @@ async fn tampering_with_the_audit_file_is_found_by_ferry_audit_verify() {
         })
         .collect();
     std::fs::write(&path, tampered.join("\n") + "\n").unwrap();
-    let out = std::process::Command::new(bin)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["audit", "verify", path.to_str().unwrap()])
         .output()
         .unwrap();

@@ -779,23 +779,15 @@ async fn admin_and_cli_revocations() {
     );
 
     // `ferry revoke` against the same Redis, from another process.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "revoke",
-            "--config",
-            h.dir.path().join("ferry.toml").to_str().unwrap(),
-            "--issuer",
-            "fake",
-            "--sub",
-            "cli-victim",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dev::ferry_ok(&[
+        "revoke",
+        "--config",
+        h.dir.path().join("ferry.toml").to_str().unwrap(),
+        "--issuer",
+        "fake",
+        "--sub",
+        "cli-victim",
+    ]);
     let victim = until_status(400, || async {
         let token = h.token(|c| c["sub"] = "cli-victim".into());
         h.exchange_on(&a, &token, "other", None).await

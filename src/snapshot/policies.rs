@@ -14,13 +14,6 @@ pub(super) fn build(
     attribute_count: BTreeMap<String, usize>,
     b: &mut Build,
 ) -> Option<PolicyEngine> {
-    let Build {
-        file,
-        errs,
-        warnings,
-        revision_input,
-        watched,
-    } = b;
     let issuer_count = config.issuers.len();
     let attributes: BTreeMap<String, AttributePresence> = attribute_count
         .into_iter()
@@ -38,7 +31,7 @@ pub(super) fn build(
         let resolved = config.source.resolve(std::path::Path::new(pattern));
         if let Some(dir) = resolved.parent() {
             // A new file matching the glob changes the directory's mtime.
-            watched.push(dir.to_path_buf());
+            b.watched.push(dir.to_path_buf());
         }
         let resolved = resolved.to_string_lossy().into_owned();
         let mut matched = Vec::new();
@@ -48,32 +41,33 @@ pub(super) fn build(
                     matched.push(path);
                 }
             }
-            Err(e) => errs.push(
-                file.as_str(),
+            Err(e) => b.errs.push(
+                &b.file,
                 "policy.files",
                 format!("`{pattern}` is not a valid pattern: {e}"),
             ),
         }
         matched.sort();
         if matched.is_empty() {
-            errs.push(
-                file.as_str(),
+            b.errs.push(
+                &b.file,
                 "policy.files",
                 format!("`{pattern}` matches no file"),
             );
         }
         for path in matched {
-            watched.push(path.clone());
+            b.watched.push(path.clone());
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
-                    revision_input.extend_from_slice(path.to_string_lossy().as_bytes());
-                    revision_input.extend_from_slice(text.as_bytes());
+                    b.revision_input
+                        .extend_from_slice(path.to_string_lossy().as_bytes());
+                    b.revision_input.extend_from_slice(text.as_bytes());
                     sources.push(PolicySource {
                         file: path.display().to_string(),
                         text,
                     });
                 }
-                Err(e) => errs.push(
+                Err(e) => b.errs.push(
                     path.display().to_string(),
                     "file",
                     format!("cannot read: {e}"),
@@ -81,16 +75,16 @@ pub(super) fn build(
             }
         }
     }
-    match PolicyEngine::load(&sources, &attributes, file.as_str()) {
+    match PolicyEngine::load(&sources, &attributes, &b.file) {
         Ok((engine, lints)) => {
-            warnings.extend(lints.into_iter().map(|mut p| {
+            b.warnings.extend(lints.into_iter().map(|mut p| {
                 p.problem = format!("warning: {}", p.problem);
                 p
             }));
             Some(engine)
         }
         Err(e) => {
-            errs.0.extend(e.0);
+            b.errs.0.extend(e.0);
             None
         }
     }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use ferry_provider_api::Credential;
 
 use super::{
-    CacheKey, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation, RevocationList,
-    Store, StoreError,
+    CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation,
+    RevocationList, Store, StoreError,
 };
 
 /// A record that must not forget: entries live until their own expiry, and a record that
@@ -256,20 +256,14 @@ impl CredentialCache for MemoryStore {
         self.credentials.get(&key.digest())
     }
 
-    async fn put_credential(
-        &self,
-        key: &CacheKey,
-        credential: &Credential,
-        ttl: Duration,
-        covered_by: &[String],
-    ) -> Result<(), StoreError> {
-        if ttl.is_zero() {
+    async fn put_credential(&self, key: &CacheKey, entry: Cacheable<'_>) -> Result<(), StoreError> {
+        if entry.ttl.is_zero() {
             return Ok(());
         }
         self.credentials.insert(
             key.digest(),
-            super::packed::pack(credential, covered_by),
-            ttl,
+            super::packed::pack(entry.credential, entry.covered_by),
+            entry.ttl,
         )
     }
 
@@ -435,7 +429,10 @@ mod tests {
         let k = CacheKey::from_parts(["a"]);
         assert!(store.get_credential(&k).await?.is_none());
         store
-            .put_credential(&k, &credential(), Duration::from_secs(60), &[])
+            .put_credential(
+                &k,
+                Cacheable::new(&credential(), Duration::from_secs(60), &[]),
+            )
             .await?;
         assert_eq!(
             store.get_credential(&k).await?.map(|c| c.expires_at),
@@ -443,7 +440,7 @@ mod tests {
         );
         let k2 = CacheKey::from_parts(["b"]);
         store
-            .put_credential(&k2, &credential(), Duration::ZERO, &[])
+            .put_credential(&k2, Cacheable::new(&credential(), Duration::ZERO, &[]))
             .await?;
         assert!(store.get_credential(&k2).await?.is_none());
         Ok(())
@@ -455,7 +452,10 @@ mod tests {
         for i in 0..50 {
             let k = CacheKey::from_parts([i.to_string().as_str()]);
             store
-                .put_credential(&k, &credential(), Duration::from_secs(60), &[])
+                .put_credential(
+                    &k,
+                    Cacheable::new(&credential(), Duration::from_secs(60), &[]),
+                )
                 .await?;
         }
         assert!(store.len() <= 5, "{}", store.len());
@@ -472,9 +472,7 @@ mod tests {
         store
             .put_credential(
                 &k,
-                &credential(),
-                Duration::from_secs(60),
-                &[target.field()],
+                Cacheable::new(&credential(), Duration::from_secs(60), &[target.field()]),
             )
             .await?;
         let purged = store

@@ -173,20 +173,32 @@ pub type RevokedAndCached = (
 
 /// The credential cache, the negative cache of upstream denials and the cross-replica
 /// mint lock: what [`crate::exchange::flight`] drives, and nothing else calls.
+/// A credential to cache: for how long, and the revocation fields that cover it (so a
+/// revocation can purge it).
+#[derive(Debug, Clone, Copy)]
+pub struct Cacheable<'a> {
+    pub credential: &'a Credential,
+    pub ttl: Duration,
+    pub covered_by: &'a [String],
+}
+
+impl<'a> Cacheable<'a> {
+    pub fn new(credential: &'a Credential, ttl: Duration, covered_by: &'a [String]) -> Self {
+        Self {
+            credential,
+            ttl,
+            covered_by,
+        }
+    }
+}
+
 #[async_trait]
 pub trait CredentialCache: RevocationList {
     /// A cached credential, if any (expiry is the caller's to judge).
     async fn get_credential(&self, key: &CacheKey) -> Result<Option<Credential>, StoreError>;
 
-    /// Caches a credential for `ttl`, indexed under the revocation fields that cover it
-    /// (so a revocation can purge it).
-    async fn put_credential(
-        &self,
-        key: &CacheKey,
-        credential: &Credential,
-        ttl: Duration,
-        covered_by: &[String],
-    ) -> Result<(), StoreError>;
+    /// Caches a credential (nothing when its `ttl` is zero).
+    async fn put_credential(&self, key: &CacheKey, entry: Cacheable<'_>) -> Result<(), StoreError>;
 
     /// Tries to take the cross-replica mint lock for `key`; `Some(token)` when taken.
     async fn try_lock(&self, key: &CacheKey, ttl: Duration) -> Result<Option<String>, StoreError>;

@@ -3,8 +3,6 @@
 //! The key id travels with the value, so a new key can be introduced while values sealed
 //! with the previous one are still readable.
 
-use std::collections::BTreeMap;
-
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::{Digest as _, Sha256};
 
@@ -105,55 +103,6 @@ impl Sealer {
             .open_in_place(nonce, Aad::from(aad), &mut in_out)
             .ok()?;
         Some(plain.to_vec())
-    }
-}
-
-/// A credential as it is serialized before sealing.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct StoredCredential {
-    pub access_token: String,
-    pub issued_token_type: String,
-    pub token_type: String,
-    pub expires_at: i64,
-    pub fields: BTreeMap<String, String>,
-    pub upstream_request_id: Option<String>,
-    #[serde(default)]
-    pub token_id: Option<String>,
-}
-
-impl From<&ferry_provider_api::Credential> for StoredCredential {
-    fn from(c: &ferry_provider_api::Credential) -> Self {
-        Self {
-            access_token: c.access_token.expose().to_owned(),
-            issued_token_type: c.issued_token_type.clone(),
-            token_type: c.token_type.clone(),
-            expires_at: c.expires_at,
-            fields: c
-                .fields
-                .iter()
-                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-                .collect(),
-            upstream_request_id: c.upstream_request_id.clone(),
-            token_id: c.token_id.clone(),
-        }
-    }
-}
-
-impl From<StoredCredential> for ferry_provider_api::Credential {
-    fn from(s: StoredCredential) -> Self {
-        Self {
-            access_token: ferry_provider_api::Secret::new(s.access_token),
-            issued_token_type: s.issued_token_type,
-            token_type: s.token_type,
-            expires_at: s.expires_at,
-            fields: s
-                .fields
-                .into_iter()
-                .map(|(k, v)| (k, ferry_provider_api::Secret::new(v)))
-                .collect(),
-            upstream_request_id: s.upstream_request_id,
-            token_id: s.token_id,
-        }
     }
 }
 

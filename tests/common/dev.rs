@@ -87,3 +87,19 @@ pub fn exchange_with_traceparent(
         .send()
         .unwrap()
 }
+
+/// Runs the `ferry` binary with `args` and returns its stdout, once it has exited 0 (the
+/// test fails with its output otherwise).
+pub fn ferry_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ferry {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

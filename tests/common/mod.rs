@@ -2,6 +2,8 @@
 //! socket, key rotation, several algorithms) and Ferry's real router over a temp config.
 #![allow(dead_code)]
 
+pub mod dev;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ferry_provider_api::{Credential, ProviderError};
 
 use super::{ExchangeError, Services};
-use crate::store::{CacheKey, RevocationTarget, StoreError};
+use crate::store::{CacheKey, Cacheable, RevocationTarget, StoreError};
 
 /// How often a request waiting for another replica's mint looks again.
 const POLL: Duration = Duration::from_millis(20);
@@ -259,7 +259,14 @@ impl Services {
         let ttl = Duration::from_secs(u64::try_from(usable_for).unwrap_or(0));
         if let Err(e) = self
             .store
-            .put_credential(key, credential, ttl, &covered_by)
+            .put_credential(
+                key,
+                Cacheable {
+                    credential,
+                    ttl,
+                    covered_by: &covered_by,
+                },
+            )
             .await
         {
             tracing::warn!(error = %e, "credential cache unavailable; not cached");

@@ -10,7 +10,8 @@ use super::*;
 use crate::clock::Clock as _;
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation, RevocationList, Store,
+    Cacheable, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation,
+    RevocationList, Store,
 };
 
 const RULES: CacheRules = CacheRules {
@@ -200,7 +201,10 @@ async fn waits_for_another_replicas_mint_and_serves_its_result() -> Result<(), E
     let replica = async {
         tokio::time::sleep(Duration::from_millis(60)).await;
         store
-            .put_credential(&key, &credential(3600), Duration::from_secs(600), &[])
+            .put_credential(
+                &key,
+                Cacheable::new(&credential(3600), Duration::from_secs(600), &[]),
+            )
             .await?;
         store.unlock(&key, &other).await
     };
@@ -248,13 +252,7 @@ impl CredentialCache for CacheDown {
     async fn get_credential(&self, _: &CacheKey) -> Result<Option<Credential>, StoreError> {
         down()
     }
-    async fn put_credential(
-        &self,
-        _: &CacheKey,
-        _: &Credential,
-        _: Duration,
-        _: &[String],
-    ) -> Result<(), StoreError> {
+    async fn put_credential(&self, _: &CacheKey, _: Cacheable<'_>) -> Result<(), StoreError> {
         down()
     }
     async fn try_lock(&self, _: &CacheKey, _: Duration) -> Result<Option<String>, StoreError> {

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use ferry_provider_api::Credential;
 
 use crate::store::memory::MemoryStore;
-use crate::store::{CacheKey, CredentialCache as _, Revocation, RevocationList as _, StoreError};
+use crate::store::{
+    CacheKey, Cacheable, CredentialCache as _, Revocation, RevocationList as _, StoreError,
+};
 
 /// The local copy and how recent it is.
 pub struct Mirror {
@@ -174,33 +176,17 @@ impl Mirror {
     /// `generation` was read: a revocation applied in between may have purged it from
     /// Redis after the read (a revoked Ferry token's `jti` is not among the request's
     /// fields, so only the purge keeps it from being served).
-    pub async fn fill(
-        &self,
-        generation: u64,
-        key: &CacheKey,
-        credential: &Credential,
-        ttl: Duration,
-        covered_by: &[String],
-    ) {
+    pub async fn fill(&self, generation: u64, key: &CacheKey, entry: Cacheable<'_>) {
         let _changing = self.changing.lock().await;
         if self.generation() == generation {
             // A memory store's put cannot fail; a miss next time is the only cost.
-            let _ = self.put(key, credential, ttl, covered_by).await;
+            let _ = self.put(key, entry).await;
         }
     }
 
-    /// Keeps a credential this replica just minted near for `ttl`, covered by `covered_by`.
-    pub async fn put(
-        &self,
-        key: &CacheKey,
-        credential: &Credential,
-        ttl: Duration,
-        covered_by: &[String],
-    ) -> Result<(), StoreError> {
-        self.local
-            .load()
-            .put_credential(key, credential, ttl, covered_by)
-            .await
+    /// Keeps a credential this replica just minted near.
+    pub async fn put(&self, key: &CacheKey, entry: Cacheable<'_>) -> Result<(), StoreError> {
+        self.local.load().put_credential(key, entry).await
     }
 }
 
@@ -260,8 +246,11 @@ mod tests {
         let m = Mirror::new(Duration::from_secs(1), 10);
         let key = CacheKey::from_parts(["k"]);
         let covered = [RevocationTarget::subject_field("repo:a")];
-        m.put(&key, &credential(500), Duration::from_secs(60), &covered)
-            .await?;
+        m.put(
+            &key,
+            Cacheable::new(&credential(500), Duration::from_secs(60), &covered),
+        )
+        .await?;
         assert!(m.get(&key).await.is_some());
         assert!(m.revoked(&covered, 10).await?.is_none());
         m.apply(&revocation("repo:a", 100)).await;
@@ -269,12 +258,19 @@ mod tests {
         assert!(m.revoked(&covered, 10).await?.is_some());
         assert!(m.revoked(&covered, 100).await?.is_none(), "expired");
 
-        m.put(&key, &credential(500), Duration::from_secs(60), &[])
-            .await?;
+        m.put(
+            &key,
+            Cacheable::new(&credential(500), Duration::from_secs(60), &[]),
+        )
+        .await?;
         let before = m.generation();
         m.reset(&[revocation("repo:b", 100)]).await;
-        m.fill(before, &key, &credential(500), Duration::from_secs(60), &[])
-            .await;
+        m.fill(
+            before,
+            &key,
+            Cacheable::new(&credential(500), Duration::from_secs(60), &[]),
+        )
+        .await;
         assert!(
             m.get(&key).await.is_none(),
             "a read from before a change is not added after it"
@@ -282,9 +278,7 @@ mod tests {
         m.fill(
             m.generation(),
             &key,
-            &credential(500),
-            Duration::from_secs(60),
-            &[],
+            Cacheable::new(&credential(500), Duration::from_secs(60), &[]),
         )
         .await;
         assert!(m.get(&key).await.is_some());

@@ -29,7 +29,7 @@ mod roles;
 
 use follower::follow_revocations;
 
-use crate::store::seal::{Sealer, StoredCredential};
+use crate::store::seal::Sealer;
 use crate::store::{CacheKey, Revocation, StoreError};
 use mirror::Mirror;
 
@@ -262,11 +262,6 @@ impl RedisStore {
             tracing::warn!("cached credential could not be decrypted; treating as a miss");
             return None;
         };
-        if plain.first() == Some(&b'{') {
-            return serde_json::from_slice::<StoredCredential>(&plain)
-                .ok()
-                .map(Credential::from);
-        }
         super::packed::unpack(&plain)
     }
 
@@ -296,7 +291,7 @@ mod tests {
     use ferry_provider_api::Secret;
 
     #[test]
-    fn values_open_in_the_packed_and_in_the_older_json_form() {
+    fn values_open_in_the_packed_form_and_only_under_their_key_name() {
         let Some(sealer) = Sealer::new([5u8; 32], &[]) else {
             unreachable!("a valid key")
         };
@@ -317,18 +312,15 @@ mod tests {
         };
         let name = "ferry:{k}:cred";
         let packed = super::super::packed::pack(&credential, &[]);
-        let json = serde_json::to_vec(&StoredCredential::from(&credential)).unwrap_or_default();
-        for plain in [packed.to_vec(), json] {
-            let sealed = store.sealer.seal(name.as_bytes(), &plain);
-            let opened = sealed.and_then(|s| store.open_credential(name, &s));
-            assert_eq!(
-                opened
-                    .as_ref()
-                    .map(|c| (c.access_token.expose(), c.expires_at)),
-                Some((credential.access_token.expose(), 42))
-            );
-            assert_eq!(opened.and_then(|c| c.token_id).as_deref(), Some("jti"));
-        }
+        let sealed = store.sealer.seal(name.as_bytes(), &packed);
+        let opened = sealed.and_then(|s| store.open_credential(name, &s));
+        assert_eq!(
+            opened
+                .as_ref()
+                .map(|c| (c.access_token.expose(), c.expires_at)),
+            Some((credential.access_token.expose(), 42))
+        );
+        assert_eq!(opened.and_then(|c| c.token_id).as_deref(), Some("jti"));
         // Bound to its key name: under another name it does not open.
         let sealed = store.sealer.seal(name.as_bytes(), &packed);
         assert!(

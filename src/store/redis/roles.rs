@@ -8,8 +8,8 @@ use ferry_provider_api::Credential;
 use super::keys::{events_channel, secs};
 use super::*;
 use crate::store::{
-    CacheKey, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation, RevocationList,
-    Store, StoreError,
+    CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation,
+    RevocationList, Store, StoreError,
 };
 
 #[async_trait]
@@ -40,20 +40,18 @@ impl CredentialCache for RedisStore {
         Ok(sealed.and_then(|sealed| self.open_credential(&k, &sealed)))
     }
 
-    async fn put_credential(
-        &self,
-        key: &CacheKey,
-        credential: &Credential,
-        ttl: Duration,
-        covered_by: &[String],
-    ) -> Result<(), StoreError> {
+    async fn put_credential(&self, key: &CacheKey, entry: Cacheable<'_>) -> Result<(), StoreError> {
+        let Cacheable {
+            credential,
+            ttl,
+            covered_by,
+        } = entry;
         if ttl.is_zero() {
             return Ok(());
         }
         let k = self.cred_key(key);
         // The packed encoding (`packed.rs`): smaller than JSON (base64 kept decoded) and
-        // cheaper to read on every hit. Its first byte is never `{`, so values an older
-        // Ferry sealed as JSON still open.
+        // cheaper to read on every hit.
         let plain = crate::store::packed::pack(credential, &[]);
         let sealed = self
             .sealer
@@ -73,7 +71,7 @@ impl CredentialCache for RedisStore {
                 .await?;
         }
         if let Some(m) = &self.mirror {
-            m.put(key, credential, ttl, covered_by).await?;
+            m.put(key, entry).await?;
         }
         Ok(())
     }
@@ -150,7 +148,12 @@ impl CredentialCache for RedisStore {
                         // exchange indexes a minted one under; near entries cost no index).
                         let covered_by = crate::store::covering_fields(fields, &c);
                         if !ttl.is_zero() {
-                            m.fill(generation, key, &c, ttl, &covered_by).await;
+                            let entry = Cacheable {
+                                credential: &c,
+                                ttl,
+                                covered_by: &covered_by,
+                            };
+                            m.fill(generation, key, entry).await;
                         }
                         (Ok(None), Ok(Some(c)))
                     }
