@@ -223,6 +223,7 @@ fn bench_policy(c: &mut Criterion) {
         source_ip: IpAddr::from([10, 1, 2, 3]),
         scopes: &scopes,
         timestamp: SystemClock.now(),
+        client_certificate: None,
     };
     assert!(engine.authorize(&input).allowed);
     // Evaluated: entities, context, request and the 20 policies (a decision-cache miss).

@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod verify;
 
 pub use ferry_provider_api as provider_api;

@@ -86,9 +86,23 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
         let limits = ferry::http::server::ConnectionLimits::from_config(
             &state.snapshot.load().config.server,
         );
-        ferry::http::server::Server::new(listener, app(state), limits)
-            .run(shutdown_signal())
-            .await;
+        let mut server =
+            ferry::http::server::Server::new(listener, app(Arc::clone(&state)), limits);
+        let _tls_watch = match ferry::tls::Files::of(&state.snapshot.load().config) {
+            None => None,
+            Some(files) => {
+                let certs = ferry::tls::CertStore::open(files, state.services.clock.now())
+                    .map(Arc::new)
+                    .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+                server = server.with_tls(
+                    ferry::tls::Acceptor::new(Arc::clone(&certs))
+                        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+                );
+                let _ = state.tls.set(Arc::clone(&certs));
+                Some(certs.spawn_watch(reload.interval.0, state.services.clock.clone()))
+            }
+        };
+        server.run(shutdown_signal()).await;
         // The last audit line: a signed shutdown checkpoint (a trail without one was cut,
         // or Ferry did not stop cleanly).
         closing.audit.close();

@@ -86,6 +86,16 @@ choice! {
     }
 }
 
+choice! {
+    /// Whether a TLS client must present a certificate (`[server.tls] client_auth`).
+    ClientAuth {
+        /// Verified when presented; a connection without one is served.
+        Optional = "optional",
+        /// A connection without a certificate that chains to the CA fails its handshake.
+        Required = "required",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

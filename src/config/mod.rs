@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use choice::{OnCacheError, StoreBackend, TargetKind};
+pub use choice::{ClientAuth, OnCacheError, StoreBackend, TargetKind};
 
 pub use duration::ConfigDuration;
 pub use problem::{ConfigErrors, Problem};
@@ -116,6 +116,22 @@ pub struct ServerConfig {
     /// cap the longest-idle connection is closed, or the new one answered 503.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// `[server.tls]`: TLS (and mutual TLS) on the listener itself.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the listener's certificate, and the CA its clients' certificates
+/// must chain to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsConfig {
+    /// PEM: the certificate, then its chain.
+    pub cert_file: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM bundle: client certificates that chain to one of these are verified.
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client must present a certificate (default `optional` with a CA).
+    pub client_auth: Option<ClientAuth>,
 }
 
 fn default_max_connections() -> usize {

@@ -160,6 +160,7 @@ pub async fn explain(
         target_id: &target.id,
         target_kind: target.kind.as_str(),
         source_ip,
+        client_certificate: None,
         scopes,
         timestamp: now,
     });

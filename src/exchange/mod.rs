@@ -218,6 +218,7 @@ pub async fn exchange(
         source_ip: req.client_ip,
         scopes: &req.scopes,
         timestamp: now,
+        client_certificate: req.client_certificate.as_deref(),
     });
     record.decided(&decision);
     if !decision.allowed {

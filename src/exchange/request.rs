@@ -39,6 +39,8 @@ pub struct ExchangeRequest {
     pub client_ip: IpAddr,
     /// A valid W3C `traceparent` header, if the client sent one.
     pub traceparent: Option<String>,
+    /// The verified certificate the client presented over mutual TLS.
+    pub client_certificate: Option<std::sync::Arc<crate::tls::ClientCertificate>>,
 }
 
 /// Why the request itself is malformed.
@@ -150,6 +152,7 @@ pub fn parse<K: AsRef<str>, V: AsRef<str>>(
         requested_token_type: get("requested_token_type").map(str::to_owned),
         client_ip,
         traceparent: None,
+        client_certificate: None,
     })
 }
 

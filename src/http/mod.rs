@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The decision log.
     pub audit: AuditLog,
+    /// The listener's certificate, when it speaks TLS (set once by `ferry serve`).
+    pub tls: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
     reload: reload::ReloadState,
 }
 
@@ -67,6 +69,7 @@ impl AppState {
             services,
             metrics: Metrics::default(),
             audit,
+            tls: std::sync::OnceLock::new(),
             reload: reload::ReloadState::default(),
         }))
     }
@@ -179,9 +182,14 @@ async fn token(
         .extensions
         .remove::<observe::Traceparent>()
         .map(|t| t.0);
+    let client_certificate = parts
+        .extensions
+        .get::<Arc<crate::tls::ClientCertificate>>()
+        .cloned();
     let result = async {
         let mut req = read_form(parts, body, record.client_ip).await?;
         req.traceparent = traceparent;
+        req.client_certificate = client_certificate;
         Ok(exchange::exchange(&snapshot, &state.services, req, &mut record).await?)
     }
     .await;
@@ -315,7 +323,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .issuers()
         .map(|i| (i.id.to_string(), json!(i.jwks.status().usable)))
         .collect();
-    let ready = store_ok && snapshot.issuers_ready();
+    let tls = state.tls.get().map(|t| t.status());
+    let tls_ok = tls
+        .as_ref()
+        .is_none_or(|t| state.services.clock.now() < t.not_after);
+    let ready = store_ok && snapshot.issuers_ready() && tls_ok;
     let last_reload_error = state.reload.last_error();
     let status = if ready {
         StatusCode::OK
@@ -339,6 +351,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
                 },
                 "issuers": issuers,
                 "last_reload_error": last_reload_error,
+                "tls": tls.map(|t| json!({
+                    "ok": tls_ok,
+                    "subject": t.subject,
+                    "not_after": t.not_after,
+                    "last_reload_error": t.last_error,
+                })),
             })),
         )
             .into_response(),
@@ -416,6 +434,22 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 vec![(Vec::new(), lag.as_secs_f64())],
             ));
         }
+    }
+    if let Some(tls) = state.tls.get() {
+        let s = tls.status();
+        scraped.push(Family::gauge(
+            "ferry_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate the listener serves expires (Unix seconds).",
+            vec![(Vec::new(), s.not_after)],
+        ));
+        scraped.push(Family::counter(
+            "ferry_tls_reloads_total",
+            "Renewed certificate files on disk, served (success) or refused with the old pair kept (failure).",
+            vec![
+                (labels(&[("outcome", "success")]), s.reloads_ok),
+                (labels(&[("outcome", "failure")]), s.reloads_failed),
+            ],
+        ));
     }
     let mut response = state.metrics.render(scraped).into_response();
     response.headers_mut().insert(

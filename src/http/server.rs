@@ -12,6 +12,10 @@
 //!   longest-idle connection is closed to make room; if none is idle the new connection is
 //!   answered `503` with `Retry-After` and closed — before descriptors run out, so
 //!   `/healthz` and live clients keep being served.
+//! - **TLS** (`[server.tls]`, [`crate::tls`]): the handshake runs in the connection's own
+//!   task, bounded by the header-read timeout, so a client that stalls it holds one
+//!   connection slot for that long and no more. A connection over the cap is closed
+//!   without an answer (a plaintext 503 would mean nothing to a TLS client).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
@@ -113,9 +117,10 @@ struct Registry {
     started: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Connection>>>,
-    /// Connections refused and reclaimed, for `/metrics`.
+    /// Connections refused and reclaimed, and TLS handshakes that failed, for `/metrics`.
     shed: AtomicU64,
     reclaimed: AtomicU64,
+    handshakes_failed: AtomicU64,
 }
 
 impl Registry {
@@ -187,6 +192,8 @@ pub struct ConnectionCounts {
     pub shed: u64,
     /// Idle connections closed to make room.
     pub reclaimed: u64,
+    /// TLS handshakes that failed or timed out.
+    pub handshakes_failed: u64,
 }
 
 /// A handle on a running server's connection counts.
@@ -208,6 +215,7 @@ impl ConnectionStats {
             open: self.0.len(),
             shed: self.0.shed.load(Ordering::Relaxed),
             reclaimed: self.0.reclaimed.load(Ordering::Relaxed),
+            handshakes_failed: self.0.handshakes_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -218,12 +226,14 @@ pub struct Server {
     router: Router,
     limits: ConnectionLimits,
     registry: Arc<Registry>,
+    tls: Option<crate::tls::Acceptor>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("limits", &self.limits)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -241,8 +251,16 @@ impl Server {
                 open: Mutex::new(HashMap::new()),
                 shed: AtomicU64::new(0),
                 reclaimed: AtomicU64::new(0),
+                handshakes_failed: AtomicU64::new(0),
             }),
+            tls: None,
         }
+    }
+
+    /// Speaks TLS on every connection.
+    pub fn with_tls(mut self, tls: crate::tls::Acceptor) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Connection counts, readable while it runs.
@@ -285,8 +303,11 @@ impl Server {
             let Some((id, conn)) = self.registry.admit(self.limits.max_connections) else {
                 self.registry.shed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, "connection cap reached; answered 503");
-                // Dropped without an answer when too many are being answered already.
-                if let Ok(permit) = Arc::clone(&shedding).try_acquire_owned() {
+                // Dropped without an answer when too many are being answered already, or
+                // when the answer would have to be TLS.
+                if self.tls.is_none()
+                    && let Ok(permit) = Arc::clone(&shedding).try_acquire_owned()
+                {
                     tasks.spawn(async move {
                         shed(tcp).await;
                         drop(permit);
@@ -294,16 +315,24 @@ impl Server {
                 }
                 continue;
             };
-            tasks.spawn(serve_connection(
-                tcp,
+            let serving = Serving {
                 peer,
-                self.router.clone(),
-                Arc::clone(&builder),
-                Arc::clone(&self.registry),
-                (id, conn),
-                self.limits.idle_timeout,
-                stop_rx.clone(),
-            ));
+                router: self.router.clone(),
+                builder: Arc::clone(&builder),
+                registry: Arc::clone(&self.registry),
+                id,
+                conn,
+                idle_timeout: self.limits.idle_timeout,
+                stop: stop_rx.clone(),
+            };
+            match &self.tls {
+                None => tasks.spawn(serving.serve(tcp, None)),
+                Some(tls) => tasks.spawn(serving.serve_tls(
+                    tcp,
+                    tls.clone(),
+                    self.limits.header_read_timeout,
+                )),
+            };
             // Finished connection tasks are reaped as we go.
             while tasks.try_join_next().is_some() {}
         }
@@ -328,82 +357,126 @@ async fn shed(mut tcp: TcpStream) {
     .await;
 }
 
-#[expect(clippy::too_many_arguments, reason = "one connection's whole context")]
-async fn serve_connection(
-    tcp: TcpStream,
+/// One admitted connection and what serving it needs.
+struct Serving {
     peer: SocketAddr,
     router: Router,
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     registry: Arc<Registry>,
-    (id, conn): (u64, Arc<Connection>),
+    id: u64,
+    conn: Arc<Connection>,
     idle_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let service = {
-        let conn = Arc::clone(&conn);
-        let registry = Arc::clone(&registry);
-        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let busy = Busy::new(&conn, &registry);
-            let router = router.clone();
-            req.extensions_mut().insert(ConnectInfo(peer));
-            async move {
-                let _busy = busy;
-                tower::ServiceExt::oneshot(router, req).await
-            }
-        })
-    };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-    tokio::pin!(connection);
-    // Set when Ferry asks the connection to close: an idle or reclaimed connection that
-    // has not closed by then (a head half-read) is dropped.
-    let mut closing: Option<Instant> = None;
-    loop {
-        let idle_for = Duration::from_millis(
-            registry
-                .now_ms()
-                .saturating_sub(conn.idle_since.load(Ordering::Relaxed)),
-        );
-        let idle_check = match closing {
-            Some(_) => CLOSE_GRACE / 4,
-            None => idle_timeout.saturating_sub(idle_for),
-        }
-        .max(Duration::from_millis(10));
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            () = conn.close.notified(), if closing.is_none() => {
-                tracing::debug!(%peer, "idle connection closed to make room");
-                closing = Some(Instant::now() + CLOSE_GRACE);
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = stop.changed(), if closing.is_none() => {
-                // Shutdown: requests in progress finish (the drain timeout bounds them).
-                closing = Some(Instant::now() + Duration::from_secs(86_400));
-                connection.as_mut().graceful_shutdown();
-            }
-            () = tokio::time::sleep(idle_check) => {
-                let idle = conn.busy.load(Ordering::Acquire) == 0;
-                match closing {
-                    Some(deadline) if idle && Instant::now() >= deadline => break,
-                    Some(_) => {}
-                    None if idle
-                        && registry.now_ms().saturating_sub(conn.idle_since.load(Ordering::Relaxed))
-                            >= u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX) =>
-                    {
-                        tracing::debug!(%peer, "idle connection closed");
-                        closing = Some(Instant::now() + CLOSE_GRACE);
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    None => {}
-                }
-            }
-        }
+    stop: watch::Receiver<bool>,
+}
+
+impl Serving {
+    /// The TLS handshake, then the connection; a failed or stalled handshake only ends
+    /// this connection.
+    async fn serve_tls(self, tcp: TcpStream, tls: crate::tls::Acceptor, within: Duration) {
+        let stream = match tokio::time::timeout(within, tls.acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return self.handshake_failed(&e.to_string()),
+            Err(_) => return self.handshake_failed("timed out"),
+        };
+        let client = tls.clients.as_ref().and_then(|verifier| {
+            let chain = stream.get_ref().1.peer_certificates()?;
+            verifier.identify(chain).map(Arc::new)
+        });
+        self.serve(stream, client).await;
     }
-    registry.remove(id);
+
+    fn handshake_failed(self, why: &str) {
+        tracing::debug!(peer = %self.peer, error = why, "TLS handshake failed");
+        self.registry
+            .handshakes_failed
+            .fetch_add(1, Ordering::Relaxed);
+        self.registry.remove(self.id);
+    }
+
+    /// Serves HTTP on `io` until it closes, is idle too long, or the server stops.
+    async fn serve<I>(self, io: I, client: Option<Arc<crate::tls::ClientCertificate>>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            router,
+            builder,
+            registry,
+            id,
+            conn,
+            idle_timeout,
+            mut stop,
+        } = self;
+        let service = {
+            let conn = Arc::clone(&conn);
+            let registry = Arc::clone(&registry);
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let busy = Busy::new(&conn, &registry);
+                let router = router.clone();
+                req.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(client) = &client {
+                    req.extensions_mut().insert(Arc::clone(client));
+                }
+                async move {
+                    let _busy = busy;
+                    tower::ServiceExt::oneshot(router, req).await
+                }
+            })
+        };
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // Set when Ferry asks the connection to close: an idle or reclaimed connection that
+        // has not closed by then (a head half-read) is dropped.
+        let mut closing: Option<Instant> = None;
+        loop {
+            let idle_for = Duration::from_millis(
+                registry
+                    .now_ms()
+                    .saturating_sub(conn.idle_since.load(Ordering::Relaxed)),
+            );
+            let idle_check = match closing {
+                Some(_) => CLOSE_GRACE / 4,
+                None => idle_timeout.saturating_sub(idle_for),
+            }
+            .max(Duration::from_millis(10));
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = conn.close.notified(), if closing.is_none() => {
+                    tracing::debug!(%peer, "idle connection closed to make room");
+                    closing = Some(Instant::now() + CLOSE_GRACE);
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = stop.changed(), if closing.is_none() => {
+                    // Shutdown: requests in progress finish (the drain timeout bounds them).
+                    closing = Some(Instant::now() + Duration::from_secs(86_400));
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep(idle_check) => {
+                    let idle = conn.busy.load(Ordering::Acquire) == 0;
+                    match closing {
+                        Some(deadline) if idle && Instant::now() >= deadline => break,
+                        Some(_) => {}
+                        None if idle
+                            && registry.now_ms().saturating_sub(conn.idle_since.load(Ordering::Relaxed))
+                                >= u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX) =>
+                        {
+                            tracing::debug!(%peer, "idle connection closed");
+                            closing = Some(Instant::now() + CLOSE_GRACE);
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        registry.remove(id);
+    }
 }
 
 #[cfg(test)]

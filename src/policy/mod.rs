@@ -58,6 +58,8 @@ pub struct AuthzInput<'a> {
     pub scopes: &'a [String],
     /// Request time, Unix seconds.
     pub timestamp: i64,
+    /// The verified certificate the client presented over mutual TLS.
+    pub client_certificate: Option<&'a crate::tls::ClientCertificate>,
 }
 
 /// Compiled policies and the schema they were validated against.
@@ -75,6 +77,7 @@ pub struct PolicyEngine {
     /// it — the source address). One cache per config revision.
     decisions: Option<SlotCache<Decision>>,
     uses_source_ip: bool,
+    uses_client_certificate: bool,
     /// `ip("…")` values by address: Cedar's `new_ip` parses the extension's name with its
     /// full grammar on every call (≈ 13 µs, the largest single cost of an uncached
     /// decision).
@@ -119,6 +122,13 @@ pub fn derive_schema(attributes: &BTreeMap<String, AttributePresence>) -> String
       "source_ip": ipaddr,
       "scopes": Set<String>,
       "timestamp": Long,
+      "client_certificate"?: {{
+        "sha256": String,
+        "subject": String,
+        "dns_names": Set<String>,
+        "uris": Set<String>,
+        "spiffe_id"?: String,
+      }},
     }},
   }};
 }}
@@ -240,6 +250,8 @@ impl PolicyEngine {
         };
         let reads_timestamp = crate::memo::rules::cedar_reads_context(&policies, "timestamp");
         let uses_source_ip = crate::memo::rules::cedar_reads_context(&policies, "source_ip");
+        let uses_client_certificate =
+            crate::memo::rules::cedar_reads_context(&policies, "client_certificate");
         Ok((
             Self {
                 schema,
@@ -248,6 +260,7 @@ impl PolicyEngine {
                 decisions: (!reads_timestamp)
                     .then(|| SlotCache::new(16_384, std::time::Duration::from_secs(300))),
                 uses_source_ip,
+                uses_client_certificate,
                 ip_expressions: SlotCache::new(4096, std::time::Duration::from_secs(3600)),
                 action,
                 identity_type,
@@ -314,6 +327,10 @@ impl PolicyEngine {
         if self.uses_source_ip {
             d.str(&input.source_ip.to_string());
         }
+        if self.uses_client_certificate {
+            // The certificate's digest stands for everything policy reads of it.
+            d.str(input.client_certificate.map_or("", |c| c.sha256.as_str()));
+        }
         d.finish()
     }
 
@@ -378,22 +395,57 @@ impl PolicyEngine {
             Some(&self.schema),
         )
         .map_err(|e| format!("entities: {e}"))?;
-        let context = Context::from_pairs([
-            ("source_ip".to_owned(), self.ip_expression(input.source_ip)),
-            (
-                "scopes".to_owned(),
+        let certificate = input.client_certificate.map(|c| {
+            let strings = |v: &[String]| {
                 RestrictedExpression::new_set(
-                    input
-                        .scopes
-                        .iter()
+                    v.iter()
                         .map(|s| RestrictedExpression::new_string(s.clone())),
+                )
+            };
+            let mut fields = vec![
+                (
+                    "sha256".to_owned(),
+                    RestrictedExpression::new_string(c.sha256.clone()),
                 ),
-            ),
-            (
-                "timestamp".to_owned(),
-                RestrictedExpression::new_long(input.timestamp),
-            ),
-        ])
+                (
+                    "subject".to_owned(),
+                    RestrictedExpression::new_string(c.subject.clone()),
+                ),
+                ("dns_names".to_owned(), strings(&c.dns_names)),
+                ("uris".to_owned(), strings(&c.uris)),
+            ];
+            if let Some(id) = &c.spiffe_id {
+                fields.push((
+                    "spiffe_id".to_owned(),
+                    RestrictedExpression::new_string(id.clone()),
+                ));
+            }
+            RestrictedExpression::new_record(fields)
+        });
+        let certificate = certificate
+            .transpose()
+            .map_err(|e| format!("client_certificate: {e}"))?
+            .map(|c| ("client_certificate".to_owned(), c));
+        let context = Context::from_pairs(
+            [
+                ("source_ip".to_owned(), self.ip_expression(input.source_ip)),
+                (
+                    "scopes".to_owned(),
+                    RestrictedExpression::new_set(
+                        input
+                            .scopes
+                            .iter()
+                            .map(|s| RestrictedExpression::new_string(s.clone())),
+                    ),
+                ),
+                (
+                    "timestamp".to_owned(),
+                    RestrictedExpression::new_long(input.timestamp),
+                ),
+            ]
+            .into_iter()
+            .chain(certificate),
+        )
         .map_err(|e| format!("context: {e}"))?;
         let request = Request::new(
             principal,

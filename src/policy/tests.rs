@@ -36,6 +36,7 @@ fn input<'a>(identity: &'a Identity, scopes: &'a [String]) -> AuthzInput<'a> {
         source_ip: IpAddr::from([127, 0, 0, 1]),
         scopes,
         timestamp: 1_700_000_000,
+        client_certificate: None,
     }
 }
 
@@ -184,5 +185,42 @@ fn permit_all_is_linted() -> Result<(), ConfigErrors> {
         "ferry.toml",
     )?;
     assert_eq!(warnings.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_policy_can_require_the_client_certificates_spiffe_id() -> Result<(), ConfigErrors> {
+    let e = engine(
+        r#"permit(principal, action, resource) when {
+  context has client_certificate && context.client_certificate has spiffe_id &&
+  context.client_certificate.spiffe_id == "spiffe://acme.org/ns/ci/sa/deployer"
+};"#,
+    )?;
+    assert!(e.decisions.is_some() && e.uses_client_certificate);
+    let who = identity("acme/infra", &[]);
+    let mut req = input(&who, &[]);
+    assert!(!e.authorize(&req).allowed, "no certificate");
+    let cert = crate::tls::ClientCertificate {
+        sha256: "aa".repeat(32),
+        x5t_s256: String::new(),
+        subject: "CN=deployer".into(),
+        dns_names: Vec::new(),
+        uris: vec!["spiffe://acme.org/ns/ci/sa/deployer".into()],
+        spiffe_id: Some("spiffe://acme.org/ns/ci/sa/deployer".into()),
+    };
+    req.client_certificate = Some(&cert);
+    assert!(e.authorize(&req).allowed);
+    let other = crate::tls::ClientCertificate {
+        sha256: "bb".repeat(32),
+        spiffe_id: Some("spiffe://acme.org/ns/ci/sa/other".into()),
+        ..cert.clone()
+    };
+    req.client_certificate = Some(&other);
+    assert!(!e.authorize(&req).allowed, "another workload's certificate");
+    req.client_certificate = Some(&cert);
+    assert!(
+        e.authorize(&req).allowed,
+        "from the cache, keyed by the certificate"
+    );
     Ok(())
 }

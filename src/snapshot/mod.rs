@@ -176,6 +176,17 @@ impl Snapshot {
         {
             b.errs.push(&b.file, "audit.file", problem);
         }
+        // The listener's certificate (a renewal on disk is the TLS watch's, not a reload's).
+        let (tls_errors, tls_warnings) = crate::tls::check(&config, options.clock.now());
+        for (entry, problem) in tls_errors {
+            b.errs.push(&b.file, entry, problem);
+        }
+        b.warnings
+            .extend(tls_warnings.into_iter().map(|(entry, problem)| Problem {
+                file: b.file.clone(),
+                entry,
+                problem,
+            }));
         if !b.errs.is_empty() {
             return Err(b.errs);
         }

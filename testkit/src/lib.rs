@@ -20,11 +20,24 @@ pub fn free_port() -> std::io::Result<u16> {
     reason = "test support: a server that never becomes ready fails the test"
 )]
 pub fn await_ready(child: &mut std::process::Child, base: &str) -> reqwest::blocking::Client {
-    use std::time::{Duration, Instant};
     let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(5))
         .build()
         .unwrap_or_else(|e| panic!("HTTP client: {e}"));
+    await_ready_with(child, base, client)
+}
+
+/// [`await_ready`] with the caller's client (one that trusts a test CA, say).
+#[expect(
+    clippy::panic,
+    reason = "test support: a server that never becomes ready fails the test"
+)]
+pub fn await_ready_with(
+    child: &mut std::process::Child,
+    base: &str,
+    client: reqwest::blocking::Client,
+) -> reqwest::blocking::Client {
+    use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(20);
     while !client
         .get(format!("{base}/readyz"))

@@ -56,7 +56,7 @@ pub fn free_port() -> u16 {
     unused_imports,
     reason = "not every test binary that includes this file waits for a server"
 )]
-pub use ferry_testkit::await_ready;
+pub use ferry_testkit::{await_ready, await_ready_with};
 
 /// The W3C trace context the log and trace tests send, and look for.
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
