@@ -100,19 +100,17 @@ impl Serve {
 /// The dev config on `port` with `[server.tls]` (`tls_extra` added to it), the policy
 /// `policy`, and a fast file watch.
 fn config(dir: &Path, port: u16, tls_extra: &str, policy: &str) -> String {
-    std::fs::write(dir.join("exchange.cedar"), policy).unwrap();
-    let dev_policy = format!(
-        "files = [\"{}\"]",
-        dev::repo().join("config/policies/dev.cedar").display()
-    );
-    dev::dev_config(&format!(
-        "\n[server.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n{tls_extra}\n[reload]\ninterval = \"100ms\"\n"
-    ))
+    dev::dev_config_with_policy(
+        dir,
+        &format!(
+            "\n[server.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n{tls_extra}\n[reload]\ninterval = \"100ms\"\n"
+        ),
+        policy,
+    )
     .replace(
         "public_url = \"http://127.0.0.1:8080\"",
         &format!("public_url = \"https://127.0.0.1:{port}\""),
     )
-    .replace(&dev_policy, "files = [\"exchange.cedar\"]")
 }
 
 /// Starts `ferry serve` with `server` as its certificate (signed by `ca`).
@@ -168,19 +166,10 @@ fn exchange_answer(
     client: &reqwest::blocking::Client,
     base: &str,
 ) -> Result<(u16, String), reqwest::Error> {
-    let token = dev::dev_token(&["sub=alice"]);
-    let form = [
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", token.as_str()),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("audience", "internal-api"),
-    ];
     client
         .post(format!("{base}/oauth2/token"))
-        .form(&form)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(dev::exchange_form(&dev::dev_token(&["sub=alice"])))
         .send()
         .and_then(|r| Ok((r.status().as_u16(), r.text()?)))
 }

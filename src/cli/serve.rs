@@ -87,7 +87,10 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
             &state.snapshot.load().config.server,
         );
         let mut server =
-            ferry::http::server::Server::new(listener, app(Arc::clone(&state)), limits);
+            ferry::http::server::Server::new(listener, app(Arc::clone(&state)), limits)
+                .with_client_address(ferry::http::client_address::ClientAddressPolicy::of(
+                    &state.snapshot.load().config.server,
+                ));
         let _tls_watch = match ferry::tls::Files::of(&state.snapshot.load().config) {
             None => None,
             Some(files) => {

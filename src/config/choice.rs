@@ -96,6 +96,20 @@ choice! {
     }
 }
 
+choice! {
+    /// Where a request's client address comes from (`[server] client_address`).
+    ClientAddress {
+        /// The TCP peer.
+        Peer = "peer",
+        /// The right-most untrusted hop of `X-Forwarded-For`, from a trusted proxy.
+        XForwardedFor = "x-forwarded-for",
+        /// The right-most untrusted `for=` of RFC 7239 `Forwarded`, from a trusted proxy.
+        Forwarded = "forwarded",
+        /// A PROXY protocol (v1 or v2) header, from a trusted load balancer.
+        ProxyProtocol = "proxy-protocol",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use choice::{ClientAuth, OnCacheError, StoreBackend, TargetKind};
+pub use choice::{ClientAddress, ClientAuth, OnCacheError, StoreBackend, TargetKind};
 
 pub use duration::ConfigDuration;
 pub use problem::{ConfigErrors, Problem};
@@ -118,6 +118,16 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// `[server.tls]`: TLS (and mutual TLS) on the listener itself.
     pub tls: Option<TlsConfig>,
+    /// CIDRs of the proxies that may say who the client is.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Where the client's address comes from.
+    #[serde(default = "default_client_address")]
+    pub client_address: ClientAddress,
+}
+
+fn default_client_address() -> ClientAddress {
+    ClientAddress::Peer
 }
 
 /// `[server.tls]`: the listener's certificate, and the CA its clients' certificates

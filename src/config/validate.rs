@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{Config, ConfigErrors, OnCacheError, StoreBackend, TargetKind, TargetSpec};
+use super::{
+    ClientAddress, Config, ConfigErrors, OnCacheError, StoreBackend, TargetKind, TargetSpec,
+};
 use crate::verify::fetch::require_secure;
 use crate::verify::parse_algorithm;
 
@@ -65,6 +67,28 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
                 );
             }
         }
+    }
+    for (i, cidr) in config.server.trusted_proxies.iter().enumerate() {
+        if let Err(e) = crate::http::client_address::parse_cidr(cidr) {
+            errs.push(file, format!("server.trusted_proxies[{i}]"), e);
+        }
+    }
+    match &config.server.client_address {
+        ClientAddress::Unknown(other) => errs.push(
+            file,
+            "server.client_address",
+            format!(
+                "`{other}` is not one of {}",
+                ClientAddress::CHOICES.join(", ")
+            ),
+        ),
+        ClientAddress::Peer => {}
+        _ if config.server.trusted_proxies.is_empty() => errs.push(
+            file,
+            "server.client_address",
+            "needs `trusted_proxies`: only a trusted proxy may say who the client is",
+        ),
+        _ => {}
     }
     if config.server.max_body_bytes < 1024 || config.server.max_body_bytes > 1024 * 1024 {
         errs.push(

@@ -1,6 +1,7 @@
 //! The axum router: routes, request ids, body limits, and the one error mapping.
 
 pub mod admin;
+pub mod client_address;
 pub mod error;
 pub mod oauth;
 pub mod observe;

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
+
+use super::client_address::{ClientAddressPolicy, read_proxy_header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -227,6 +229,7 @@ pub struct Server {
     limits: ConnectionLimits,
     registry: Arc<Registry>,
     tls: Option<crate::tls::Acceptor>,
+    client_address: Arc<ClientAddressPolicy>,
 }
 
 impl std::fmt::Debug for Server {
@@ -254,7 +257,14 @@ impl Server {
                 handshakes_failed: AtomicU64::new(0),
             }),
             tls: None,
+            client_address: Arc::default(),
         }
+    }
+
+    /// Takes each request's client address as `policy` says (trusted proxies).
+    pub fn with_client_address(mut self, policy: ClientAddressPolicy) -> Self {
+        self.client_address = Arc::new(policy);
+        self
     }
 
     /// Speaks TLS on every connection.
@@ -324,15 +334,9 @@ impl Server {
                 conn,
                 idle_timeout: self.limits.idle_timeout,
                 stop: stop_rx.clone(),
+                client_address: Arc::clone(&self.client_address),
             };
-            match &self.tls {
-                None => tasks.spawn(serving.serve(tcp, None)),
-                Some(tls) => tasks.spawn(serving.serve_tls(
-                    tcp,
-                    tls.clone(),
-                    self.limits.header_read_timeout,
-                )),
-            };
+            tasks.spawn(serving.start(tcp, self.tls.clone(), self.limits.header_read_timeout));
             // Finished connection tasks are reaped as we go.
             while tasks.try_join_next().is_some() {}
         }
@@ -367,11 +371,36 @@ struct Serving {
     conn: Arc<Connection>,
     idle_timeout: Duration,
     stop: watch::Receiver<bool>,
+    client_address: Arc<ClientAddressPolicy>,
 }
 
 impl Serving {
-    /// The TLS handshake, then the connection; a failed or stalled handshake only ends
-    /// this connection.
+    /// A trusted load balancer's PROXY header, the TLS handshake, then HTTP; each first
+    /// step is bounded by `within`, and failing one only ends this connection.
+    async fn start(
+        mut self,
+        mut tcp: TcpStream,
+        tls: Option<crate::tls::Acceptor>,
+        within: Duration,
+    ) {
+        if self.client_address.reads_proxy_header(self.peer) {
+            match read_proxy_header(&mut tcp, within).await {
+                Ok(Some(client)) => self.peer = client,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = e, "connection without a readable PROXY header closed");
+                    self.registry.remove(self.id);
+                    return;
+                }
+            }
+        }
+        match tls {
+            None => self.serve(tcp, None).await,
+            Some(tls) => self.serve_tls(tcp, tls, within).await,
+        }
+    }
+
+    /// The TLS handshake, then the connection.
     async fn serve_tls(self, tcp: TcpStream, tls: crate::tls::Acceptor, within: Duration) {
         let stream = match tokio::time::timeout(within, tls.acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => stream,
@@ -407,6 +436,7 @@ impl Serving {
             conn,
             idle_timeout,
             mut stop,
+            client_address,
         } = self;
         let service = {
             let conn = Arc::clone(&conn);
@@ -414,7 +444,8 @@ impl Serving {
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let busy = Busy::new(&conn, &registry);
                 let router = router.clone();
-                req.extensions_mut().insert(ConnectInfo(peer));
+                let address = client_address.client(peer, req.headers());
+                req.extensions_mut().insert(ConnectInfo(address));
                 if let Some(client) = &client {
                     req.extensions_mut().insert(Arc::clone(client));
                 }

@@ -31,6 +31,30 @@ pub fn dev_config(extra: &str) -> String {
         + extra
 }
 
+/// [`dev_config`] with `policy` (written to `dir/exchange.cedar`) as its only policy.
+pub fn dev_config_with_policy(dir: &std::path::Path, extra: &str, policy: &str) -> String {
+    std::fs::write(dir.join("exchange.cedar"), policy).unwrap();
+    let dev_policy = format!(
+        "files = [\"{}\"]",
+        repo().join("config/policies/dev.cedar").display()
+    );
+    dev_config(extra).replace(&dev_policy, "files = [\"exchange.cedar\"]")
+}
+
+/// The RFC 8693 form exchanging `token` for the dev config's `internal-api`.
+pub fn exchange_form(token: &str) -> String {
+    serde_urlencoded::to_string([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", "internal-api"),
+    ])
+    .unwrap()
+}
+
 /// A token from the dev issuer (`ferry dev token --claim …`).
 pub fn dev_token(claims: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
