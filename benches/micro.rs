@@ -314,7 +314,7 @@ fn bench_signing(c: &mut Criterion) {
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let ring = KeyRing::ephemeral(alg, 0).unwrap();
         let issuer =
-            ferry::issuer::FerryIssuer::new("https://ferry.example.com", ring, clock(), &[]);
+            ferry::issuer::FerryIssuer::new("https://ferry.example.com", ring, clock(), &[], false);
         group.bench_function(format!("{alg:?}"), |b| {
             b.iter(|| {
                 let mut claims = serde_json::Map::new();

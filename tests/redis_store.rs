@@ -705,6 +705,22 @@ async fn introspection_and_rfc7009_revocation_of_ferry_tokens() {
     }
     let foreign = post(&b, "/oauth2/introspect", form(&h.token(|_| {})), true).await;
     assert_eq!(foreign.body, json!({"active": false}));
+    assert_eq!(active.body["token_type"], "Bearer");
+    assert!(active.body.get("cnf").is_none(), "a bearer token");
+    // A DPoP-bound token introspects as DPoP with its `cnf` (RFC 9449 §6.2).
+    let client = dpop::Client::load("dpop-client.key.pem");
+    let bound = dpop::exchange(
+        h.router(),
+        &h.token(|_| {}),
+        "api",
+        &[&client.proof(h.now())],
+    )
+    .await;
+    assert_eq!(bound.status, 200, "{:?}", bound.body);
+    let bound_token = bound.body["access_token"].as_str().unwrap();
+    let bound_active = post(&b, "/oauth2/introspect", form(bound_token), true).await;
+    assert_eq!(bound_active.body["token_type"], "DPoP");
+    assert_eq!(bound_active.body["cnf"]["jkt"], client.thumbprint());
 
     // The holder revokes it on A; B's introspection says inactive, and the cache entry
     // is gone (the next exchange mints a new token).
@@ -984,4 +1000,28 @@ async fn a_paused_redis_gives_503s_never_a_grant_revocation_refuses_and_recovers
     assert_eq!(recovered.status, 200, "{:?}", recovered.body);
     let r = h.exchange_on(&a, &revoked_token(), "api", None).await;
     assert_eq!(r.status, 400, "{:?}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_proof_replayed_to_another_replica_is_refused() {
+    let redis = RedisServer::start();
+    let (h, b, _side) = two_replicas(&redis.url(), None, "", None).await;
+    let client = dpop::Client::load("dpop-client.key.pem");
+    let token = h.token(|_| {});
+    let proof = client.proof(h.now());
+    let first = dpop::exchange(h.router(), &token, "api", &[&proof]).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["token_type"], "DPoP");
+    let replayed = dpop::exchange(ferry::http::app(b), &token, "api", &[&proof]).await;
+    assert_eq!(
+        replayed.error(),
+        "invalid_dpop_proof",
+        "{:?}",
+        replayed.body
+    );
+    assert!(
+        replayed.description().contains("used before"),
+        "{:?}",
+        replayed.body
+    );
 }

@@ -14,6 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sha2::Digest as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 
 const SPIFFE_ID: &str = "spiffe://acme.test/ns/ci/sa/deployer";
@@ -197,7 +201,32 @@ fn policy_sees_the_verified_client_certificate_and_nothing_else() {
     );
     let base = s.base();
     let good = clients.client(SPIFFE_ID);
-    assert_eq!(exchange(&client(&ca, Some(&good)), &base).unwrap(), 200);
+    let (status, body) = exchange_answer(&client(&ca, Some(&good)), &base).unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Bound to the certificate (RFC 8705 §3.1): its DER's SHA-256, computed here.
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["token_type"], "Bearer");
+    let jwt = answer["access_token"].as_str().unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(jwt.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["cnf"]["x5t#S256"],
+        URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(leaf_der(&good.cert)))
+    );
+    let discovery: serde_json::Value = client(&ca, None)
+        .get(format!("{base}/.well-known/openid-configuration"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        discovery["tls_client_certificate_bound_access_tokens"],
+        true
+    );
     // `optional`: the handshake succeeds without a certificate, but policy sees none.
     let (status, body) = exchange_answer(&client(&ca, None), &base).unwrap();
     assert_eq!(status, 400, "{body}");

@@ -309,6 +309,7 @@ mod tests {
             keys,
             clock,
             &[],
+            false,
         ));
         log.set_signer(issuer.clone());
         let jwks = CheckpointKeys::from_jwks(issuer.jwks_document())?;

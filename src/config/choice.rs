@@ -97,6 +97,20 @@ choice! {
 }
 
 choice! {
+    /// Whether what a target mints is bound to the client's key (`[[targets]] binding`).
+    Binding {
+        /// Bound when the request carries a DPoP proof or a client certificate.
+        Optional = "optional",
+        /// A DPoP proof is required; the token carries `cnf.jkt`.
+        Dpop = "dpop",
+        /// A client certificate is required; the token carries `cnf."x5t#S256"`.
+        Mtls = "mtls",
+        /// Never bound (a bearer token).
+        None = "none",
+    }
+}
+
+choice! {
     /// Where a request's client address comes from (`[server] client_address`).
     ClientAddress {
         /// The TCP peer.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use choice::{ClientAddress, ClientAuth, OnCacheError, StoreBackend, TargetKind};
+pub use choice::{Binding, ClientAddress, ClientAuth, OnCacheError, StoreBackend, TargetKind};
 
 pub use duration::ConfigDuration;
 pub use problem::{ConfigErrors, Problem};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferry_provider_api::settings::{Context, Problems, Spec};
 use serde::Deserialize;
 
-use super::{ConfigDuration, TargetKind};
+use super::{Binding, ConfigDuration, TargetKind};
 
 /// The shortest and longest lifetime of a JWT Ferry signs, and its default.
 const MIN_JWT_TTL: Duration = Duration::from_secs(10);
@@ -32,6 +32,9 @@ pub struct TargetConfig {
     pub scopes: Vec<String>,
     /// A cached credential is served only with at least this much lifetime left.
     pub min_remaining: Option<ConfigDuration>,
+    /// Whether what it mints is bound to the client's key (default: `optional` for
+    /// `jwt`, `none` for the clouds, whose credentials are bearer).
+    pub binding: Option<Binding>,
     /// The kind's own keys, as written (read by the kind into `spec`).
     #[serde(flatten)]
     pub extra: toml::Table,
@@ -79,7 +82,41 @@ impl Default for TargetSpec {
 impl TargetConfig {
     /// Reads the kind's keys into `spec`.
     pub(super) fn parse_kind(&mut self, base_dir: &Path) {
-        self.spec = self.kind_spec(base_dir).unwrap_or_else(TargetSpec::Invalid);
+        let mut spec = self.kind_spec(base_dir);
+        if let Some(problem) = self.binding_problem() {
+            match &mut spec {
+                Ok(_) => spec = Err(vec![problem]),
+                Err(problems) => problems.push(problem),
+            }
+        }
+        self.spec = spec.unwrap_or_else(TargetSpec::Invalid);
+    }
+
+    /// The binding in force: as written, or the kind's default.
+    pub fn binding(&self) -> Binding {
+        match (&self.binding, &self.kind) {
+            (Some(b), _) => b.clone(),
+            (None, TargetKind::Jwt) => Binding::Optional,
+            (None, _) => Binding::None,
+        }
+    }
+
+    fn binding_problem(&self) -> Option<(String, String)> {
+        let binding = self.binding.as_ref()?;
+        let problem = match (binding, &self.kind) {
+            (Binding::Unknown(other), _) => {
+                format!("`{other}` is not one of {}", Binding::CHOICES.join(", "))
+            }
+            (
+                Binding::Dpop | Binding::Mtls | Binding::Optional,
+                TargetKind::Aws | TargetKind::Gcp | TargetKind::Azure,
+            ) => format!(
+                "`{binding}` cannot apply to kind `{}`: its credentials are bearer credentials the cloud issues, with no `cnf` Ferry could set (use `none`, or a `jwt` target)",
+                self.kind
+            ),
+            _ => return None,
+        };
+        Some(("binding".into(), problem))
     }
 
     fn kind_spec(&self, base_dir: &Path) -> Result<TargetSpec, Problems> {

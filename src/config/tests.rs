@@ -36,7 +36,10 @@ fn only_named_proxies_may_set_the_client_address() {
         errs.contains("server.trusted_proxies[0]: `10.0.0.0/33` is not a CIDR"),
         "{errs}"
     );
-    assert!(!errs.contains("trusted_proxies[1]"), "one address is a /32: {errs}");
+    assert!(
+        !errs.contains("trusted_proxies[1]"),
+        "one address is a /32: {errs}"
+    );
     assert!(
         errs.contains("server.client_address: `xff` is not one of peer, x-forwarded-for, forwarded, proxy-protocol"),
         "{errs}"

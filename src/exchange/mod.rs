@@ -1,6 +1,7 @@
 //! RFC 8693 orchestration: verify → map → target → authorize → cache → provider.
 //! Nothing else lives here; HTTP is in `http/`, each stage in its own module.
 
+pub mod dpop;
 pub mod explain;
 pub mod flight;
 pub mod request;
@@ -9,9 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_provider_api::{Credential, Grant, ProviderError, Secret};
+use ferry_provider_api::{Confirmation, Credential, Grant, ProviderError, Secret};
 
 use crate::clock::SharedClock;
+use crate::config::Binding;
 use crate::mapping::{Identity, MappingError};
 use crate::policy::{AuthzInput, Decision};
 use crate::record::{CacheResult, ExchangeRecord, ProviderCall};
@@ -79,6 +81,12 @@ pub enum ExchangeError {
     /// A revocation covers this request.
     #[error("{0}")]
     Revoked(String),
+    /// The DPoP proof was refused (RFC 9449 `invalid_dpop_proof`).
+    #[error("{0}")]
+    DpopProof(String),
+    /// The target or the subject token needs a proof of possession the request lacks.
+    #[error("{0}")]
+    Unbound(String),
     /// The store could not answer a check that must not be skipped.
     #[error("shared state unavailable: {0}")]
     StoreUnavailable(String),
@@ -169,7 +177,13 @@ pub fn check_target_request(
 /// [`Target::cache_scope`]), the identity and the scopes — and nothing else, so a reload
 /// that leaves the target alone keeps its cache, and replicas with equal targets share
 /// one. Policy is not in it: every request is authorized before the cache is read.
-fn cache_key(target: &Target, identity: &Identity, scopes: &[String]) -> CacheKey {
+fn cache_key(
+    target: &Target,
+    identity: &Identity,
+    scopes: &[String],
+    confirmation: Option<&Confirmation>,
+) -> CacheKey {
+    let (bound_to, key) = confirmation.map_or(("", ""), Confirmation::member);
     let digest = crate::key_digest::KeyDigest::new("credential")
         .bytes(&target.cache_scope)
         .str(&identity.issuer_id)
@@ -177,8 +191,76 @@ fn cache_key(target: &Target, identity: &Identity, scopes: &[String]) -> CacheKe
         .set(identity.groups.iter().map(String::as_str))
         .map(&identity.attributes)
         .set(scopes.iter().map(String::as_str))
+        // A bound token is only ever served to the holder of its key.
+        .str(bound_to)
+        .str(key)
         .finish();
     CacheKey::from_digest(digest)
+}
+
+/// The key what is minted is bound to, as the target's `binding` says; or why the
+/// request lacks the proof it needs.
+fn confirmation(
+    target: &Target,
+    req: &ExchangeRequest,
+) -> Result<Option<Confirmation>, ExchangeError> {
+    let jkt = req.dpop.as_ref().map(|p| Confirmation::Jkt(p.jkt.clone()));
+    let x5t = req
+        .client_certificate
+        .as_ref()
+        .map(|c| Confirmation::X5tS256(c.x5t_s256.clone()));
+    match target.binding {
+        Binding::None | Binding::Unknown(_) => Ok(None),
+        Binding::Optional => Ok(jkt.or(x5t)),
+        Binding::Dpop => jkt.map(Some).ok_or_else(|| {
+            ExchangeError::DpopProof(format!(
+                "target `{}` issues DPoP-bound tokens: send a DPoP proof (RFC 9449)",
+                target.id
+            ))
+        }),
+        Binding::Mtls => x5t.map(Some).ok_or_else(|| {
+            ExchangeError::Unbound(format!(
+                "target `{}` issues certificate-bound tokens: connect with a client certificate (mutual TLS)",
+                target.id
+            ))
+        }),
+    }
+}
+
+/// A subject token that is itself bound (`cnf`) is exchanged only with a proof of its
+/// key: a DPoP proof by the same key, or the client certificate it names.
+fn check_bound_subject_token(
+    token: &VerifiedToken,
+    req: &ExchangeRequest,
+) -> Result<(), ExchangeError> {
+    let Some(cnf) = token.claims().get("cnf") else {
+        return Ok(());
+    };
+    let member = |name: &str| cnf.get(name).and_then(serde_json::Value::as_str);
+    let (jkt, x5t) = (member("jkt"), member("x5t#S256"));
+    if jkt.is_none() && x5t.is_none() {
+        return Err(ExchangeError::Unbound(
+            "subject_token has a `cnf` Ferry cannot check (neither `jkt` nor `x5t#S256`)".into(),
+        ));
+    }
+    if let Some(jkt) = jkt
+        && req.dpop.as_ref().is_none_or(|p| p.jkt != jkt)
+    {
+        return Err(ExchangeError::Unbound(
+            "subject_token is DPoP-bound (cnf.jkt): send a DPoP proof made with its key".into(),
+        ));
+    }
+    if let Some(x5t) = x5t
+        && req
+            .client_certificate
+            .as_ref()
+            .is_none_or(|c| c.x5t_s256 != x5t)
+    {
+        return Err(ExchangeError::Unbound(
+            "subject_token is certificate-bound (cnf.x5t#S256): connect with the client certificate it names".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs one exchange end to end: verify, map, target, authorize, then the credential
@@ -197,8 +279,22 @@ pub async fn exchange(
         svc.admit(&format!("client:{}", req.client_ip), limit)
             .await?;
     }
+    if let Some(proof) = &req.dpop {
+        // A proof is good once (RFC 9449 §11.1), across replicas.
+        let first = svc
+            .store
+            .first_use(&proof.replay_id(), proof.replay_ttl(svc.clock.now()))
+            .await
+            .map_err(|e| ExchangeError::StoreUnavailable(e.to_string()))?;
+        if !first {
+            return Err(ExchangeError::DpopProof(
+                "the DPoP proof was used before (`jti`): make a fresh one per request".into(),
+            ));
+        }
+    }
     let token = snap.verifier.verify(&req.subject_token).await?;
     record.verified(&token);
+    check_bound_subject_token(&token, &req)?;
     let identity = snap.mapper.map(&token)?;
     record.mapped(&identity);
     if let Some(limit) = limits.per_subject {
@@ -229,6 +325,7 @@ pub async fn exchange(
         });
     }
 
+    let confirmation = confirmation(&target, &req)?;
     let fields = RevocationFields::new(
         &identity.subject,
         &target.revocation_field,
@@ -236,7 +333,7 @@ pub async fn exchange(
         token.jti(),
     );
     let lookup = Lookup {
-        key: cache_key(&target, &identity, &req.scopes),
+        key: cache_key(&target, &identity, &req.scopes, confirmation.as_ref()),
         fields: &fields,
         single_use: single_use(snap, &token, now)?,
         now,
@@ -245,7 +342,8 @@ pub async fn exchange(
     let mut call = None;
     let served = svc
         .get_or_mint(lookup, || async {
-            let grant = grant(snap, &target, &identity, &req, &fields, &record.request_id)?;
+            let mut grant = grant(snap, &target, &identity, &req, &fields, &record.request_id)?;
+            grant.confirmation = confirmation.clone();
             let (issued, made) = issue(&target, &grant).await;
             call = Some(made);
             Ok(issued?)
@@ -333,6 +431,7 @@ fn grant(
         traceparent: req.traceparent.clone(),
         target_values: snap.mapper.eval_over_identity(&target.values, identity)?,
         revocation_fields: fields.credential().to_vec(),
+        confirmation: None,
     })
 }
 

@@ -41,6 +41,8 @@ pub struct ExchangeRequest {
     pub traceparent: Option<String>,
     /// The verified certificate the client presented over mutual TLS.
     pub client_certificate: Option<std::sync::Arc<crate::tls::ClientCertificate>>,
+    /// The request's DPoP proof, checked (its `jti` not yet recorded).
+    pub dpop: Option<super::dpop::Proof>,
 }
 
 /// Why the request itself is malformed.
@@ -153,6 +155,7 @@ pub fn parse<K: AsRef<str>, V: AsRef<str>>(
         client_ip,
         traceparent: None,
         client_certificate: None,
+        dpop: None,
     })
 }
 

@@ -29,6 +29,14 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 
+    /// A 400 `invalid_dpop_proof` (RFC 9449 §5, with the §7.1 challenge).
+    pub fn invalid_dpop_proof(description: impl Into<String>) -> Self {
+        Self {
+            www_authenticate: Some("DPoP error=\"invalid_dpop_proof\""),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_dpop_proof", description)
+        }
+    }
+
     /// Any status and code.
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
         Self {
@@ -102,7 +110,10 @@ impl From<ExchangeError> for ApiError {
                 retry_after: Some(Duration::from_secs(*after)),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", e.to_string())
             },
-            ExchangeError::Replay(_) => Self::invalid_request(e.to_string()),
+            ExchangeError::Replay(_) | ExchangeError::Unbound(_) => {
+                Self::invalid_request(e.to_string())
+            }
+            ExchangeError::DpopProof(d) => Self::invalid_dpop_proof(d.clone()),
             ExchangeError::Revoked(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_target", e.to_string())
             }

@@ -187,14 +187,38 @@ async fn token(
         .extensions
         .get::<Arc<crate::tls::ClientCertificate>>()
         .cloned();
+    let dpop = dpop_proof(&parts.headers, &snapshot, state.services.clock.now());
     let result = async {
         let mut req = read_form(parts, body, record.client_ip).await?;
         req.traceparent = traceparent;
+        req.dpop = dpop?;
         req.client_certificate = client_certificate;
         Ok(exchange::exchange(&snapshot, &state.services, req, &mut record).await?)
     }
     .await;
     observe::settle(&state, record, result).await
+}
+
+/// The request's DPoP proof, checked (RFC 9449 §4.3), if it sent one.
+fn dpop_proof(
+    headers: &axum::http::HeaderMap,
+    snapshot: &Snapshot,
+    now: i64,
+) -> Result<Option<exchange::dpop::Proof>, ApiError> {
+    let mut proofs = headers.get_all("dpop").iter();
+    let Some(value) = proofs.next() else {
+        return Ok(None);
+    };
+    if proofs.next().is_some() {
+        return Err(ApiError::invalid_dpop_proof("more than one DPoP header"));
+    }
+    let proof = value
+        .to_str()
+        .map_err(|_| ApiError::invalid_dpop_proof("the DPoP header is not ASCII"))?;
+    let htu = format!("{}/oauth2/token", snapshot.issuer.public_url());
+    exchange::dpop::verify(proof, "POST", &htu, now)
+        .map(Some)
+        .map_err(ApiError::invalid_dpop_proof)
 }
 
 /// The exchange request in a token request's body (RFC 6749 §4.1.3 / RFC 8693 §2.1:

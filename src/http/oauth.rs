@@ -151,9 +151,18 @@ pub async fn introspect(
             return ApiError::store_unavailable(&e).into_response();
         }
     }
-    let mut body = json!({"active": true, "token_type": "Bearer"});
+    // A DPoP-bound token is of type DPoP (RFC 9449 §6.2); `cnf` tells a resource server
+    // which key or certificate must accompany it (RFC 7662 §2.2, RFC 8705 §3.2).
+    let token_type = if claims.get("cnf").and_then(|c| c.get("jkt")).is_some() {
+        "DPoP"
+    } else {
+        "Bearer"
+    };
+    let mut body = json!({"active": true, "token_type": token_type});
     if let Some(obj) = body.as_object_mut() {
-        for k in ["sub", "aud", "exp", "iat", "nbf", "iss", "jti", "scope"] {
+        for k in [
+            "sub", "aud", "exp", "iat", "nbf", "iss", "jti", "scope", "cnf",
+        ] {
             if let Some(v) = claims.get(k) {
                 obj.insert(k.to_owned(), v.clone());
             }

@@ -34,7 +34,14 @@ pub struct FerryIssuer {
 impl FerryIssuer {
     /// An issuer at `public_url` signing with `keys`; its discovery document advertises
     /// `scopes` (every scope some target accepts, and nothing Ferry would refuse).
-    pub fn new(public_url: &str, keys: KeyRing, clock: SharedClock, scopes: &[String]) -> Self {
+    /// `mtls`: the listener verifies client certificates, so tokens can be bound to them.
+    pub fn new(
+        public_url: &str,
+        keys: KeyRing,
+        clock: SharedClock,
+        scopes: &[String],
+        mtls: bool,
+    ) -> Self {
         let mut scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
         scopes.sort_unstable();
         scopes.dedup();
@@ -50,6 +57,12 @@ impl FerryIssuer {
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [alg],
             "token_endpoint_auth_methods_supported": ["none"],
+            // RFC 9449 §5.1 and RFC 8705 §3.3.
+            "dpop_signing_alg_values_supported": crate::exchange::dpop::ALGORITHMS
+                .iter()
+                .map(|a| crate::algorithms::name(*a))
+                .collect::<Vec<_>>(),
+            "tls_client_certificate_bound_access_tokens": mtls,
             // RFC 8414 §2: introspection and revocation (RFC 7662, RFC 7009).
             "introspection_endpoint": format!("{public_url}/oauth2/introspect"),
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
@@ -222,6 +235,10 @@ impl CredentialProvider for JwtProvider {
             // RFC 8693 §4.2: space-separated scopes.
             claims.insert("scope".into(), Value::String(grant.scopes.join(" ")));
         }
+        if let Some(c) = &grant.confirmation {
+            let (name, value) = c.member();
+            claims.insert("cnf".into(), json!({ name: value }));
+        }
         let ttl = self.ttl.min(grant.max_ttl);
         let signed = self
             .issuer
@@ -231,7 +248,12 @@ impl CredentialProvider for JwtProvider {
         Ok(Credential {
             access_token: signed.token.clone(),
             issued_token_type: TOKEN_TYPE_JWT.into(),
-            token_type: "Bearer".into(),
+            // RFC 9449 §5: a DPoP-bound access token is of type DPoP; an mTLS-bound one
+            // stays Bearer (RFC 8705 §3).
+            token_type: match grant.confirmation {
+                Some(ferry_provider_api::Confirmation::Jkt(_)) => "DPoP".into(),
+                _ => "Bearer".into(),
+            },
             expires_at: signed.expires_at,
             fields,
             upstream_request_id: None,

@@ -84,6 +84,11 @@ pub(super) fn build(
             k,
             options.clock.clone(),
             &scopes,
+            config
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some()),
         ))
     })
 }

@@ -32,6 +32,8 @@ pub struct Target {
     pub ttl: Duration,
     /// A cached credential is served only with at least this much left.
     pub min_remaining: Duration,
+    /// Whether what it mints is bound to the client's key.
+    pub binding: crate::config::Binding,
     /// The provider that mints.
     pub provider: Arc<dyn CredentialProvider>,
     /// The target's own expressions over `identity` (name → rule), e.g. AWS session tags
@@ -314,6 +316,7 @@ impl Snapshot {
                     scopes: t.scopes.clone(),
                     ttl: t.ttl,
                     min_remaining: t.min_remaining,
+                    binding: t.binding.clone(),
                     provider,
                     values: Arc::clone(&t.values),
                     revocation_field: t.revocation_field.clone(),

@@ -74,6 +74,7 @@ pub(super) fn build(config: &Config, issuer: Option<&Arc<FerryIssuer>>, b: &mut 
             scopes: t.scopes.clone(),
             ttl,
             min_remaining: t.min_remaining.map_or(built.min_remaining, |d| d.0),
+            binding: t.binding(),
             provider: built.provider,
             values: Arc::new(built.values),
             revocation_field: crate::store::RevocationTarget::target_field(&t.id),

@@ -78,6 +78,27 @@ pub struct Grant {
     /// target, the issuer's `sub`. A token Ferry signs carries them, so introspection
     /// reports it inactive once any of them is revoked.
     pub revocation_fields: Vec<String>,
+    /// The key the credential is bound to, when it is (only a Ferry-signed JWT can be).
+    pub confirmation: Option<Confirmation>,
+}
+
+/// What a sender-constrained token is bound to: its `cnf` member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Confirmation {
+    /// RFC 9449 §6: the SHA-256 JWK thumbprint of the client's DPoP key.
+    Jkt(String),
+    /// RFC 8705 §3.1: the SHA-256 thumbprint of the client's TLS certificate.
+    X5tS256(String),
+}
+
+impl Confirmation {
+    /// The `cnf` member's name and value.
+    pub fn member(&self) -> (&'static str, &str) {
+        match self {
+            Self::Jkt(v) => ("jkt", v),
+            Self::X5tS256(v) => ("x5t#S256", v),
+        }
+    }
 }
 
 /// A credential a provider minted.
