@@ -10,7 +10,7 @@ mod dev;
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 /// Permits only clients in 198.51.100.0/24 (TEST-NET-2: never a loopback peer).
@@ -43,14 +43,7 @@ fn serve(client_address: &str) -> Serve {
         .replace("public_url = \"http://127.0.0.1:8080\"", &server);
     let cfg = dir.path().join("ferry.toml");
     std::fs::write(&cfg, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = dev::spawn_serve(&cfg, port);
     dev::await_ready(&mut child, &format!("http://127.0.0.1:{port}"));
     Serve {
         child,
@@ -70,7 +63,7 @@ fn exchange(s: &Serve, from: [u8; 4], forwarded_for: Option<&str>) -> (u16, Stri
     let mut req = client
         .post(format!("http://127.0.0.1:{}/oauth2/token", s.port))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(dev::exchange_form(&dev::dev_token(&["sub=alice"])));
+        .body(dev::exchange_form(&dev::dev_token(&["sub=alice"]), None));
     if let Some(xff) = forwarded_for {
         req = req.header("x-forwarded-for", xff);
     }
@@ -116,7 +109,7 @@ fn raw_exchange(s: &Serve, from: [u8; 4], prefix: &[u8]) -> String {
     let mut tcp = tcp.into_std().unwrap();
     tcp.set_nonblocking(false).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let body = dev::exchange_form(&dev::dev_token(&["sub=alice"]));
+    let body = dev::exchange_form(&dev::dev_token(&["sub=alice"]), None);
     let mut request = prefix.to_vec();
     request.extend_from_slice(
         format!(

@@ -64,21 +64,6 @@ fn serve_with(
     (child, base, client)
 }
 
-/// An exchange request's form body for the dev config's `internal-api` target.
-fn exchange_form(token: &str, scope: &str) -> String {
-    serde_urlencoded::to_string([
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", token),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("audience", "internal-api"),
-        ("scope", scope),
-    ])
-    .unwrap()
-}
-
 #[test]
 fn no_token_or_credential_appears_in_any_log_line_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +129,7 @@ fn at_info_a_granted_exchange_writes_one_line_with_its_outcome() {
         let r = client
             .post(format!("{base}/oauth2/token"))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(exchange_form(token, scope))
+            .body(dev::exchange_form(token, Some(scope)))
             .send()
             .unwrap();
         let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
@@ -247,7 +232,7 @@ fn client_input_cannot_forge_log_lines_or_come_back_whole() {
             .post(format!("{base}/oauth2/token"))
             .header("content-type", "application/x-www-form-urlencoded")
             .header("x-request-id", request_id)
-            .body(exchange_form(token, "read"))
+            .body(dev::exchange_form(token, Some("read")))
             .send()
             .unwrap();
         assert_eq!(r.status().as_u16(), 400);
@@ -308,7 +293,7 @@ fn a_stopped_server_leaves_a_closed_signed_audit_trail() {
         let r = client
             .post(format!("{base}/oauth2/token"))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(exchange_form(&token, "read"))
+            .body(dev::exchange_form(&token, Some("read")))
             .send()
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);

@@ -10,7 +10,7 @@ mod dev;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -135,14 +135,7 @@ fn serve_ready_for(
     let port = dev::free_port();
     let cfg = dir.path().join("ferry.toml");
     std::fs::write(&cfg, config(dir.path(), port, tls_extra, policy)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = dev::spawn_serve(&cfg, port);
     let mut serve = Serve { child, dir, port };
     let base = serve.base();
     dev::await_ready_with(&mut serve.child, &base, ready);
@@ -173,7 +166,7 @@ fn exchange_answer(
     client
         .post(format!("{base}/oauth2/token"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(dev::exchange_form(&dev::dev_token(&["sub=alice"])))
+        .body(dev::exchange_form(&dev::dev_token(&["sub=alice"]), None))
         .send()
         .and_then(|r| Ok((r.status().as_u16(), r.text()?)))
 }

@@ -246,21 +246,17 @@ mod tests {
     #[test]
     fn uris_compare_after_normalisation() {
         let expected = "https://ferry.example.com/oauth2/token";
-        for same in [
-            "https://ferry.example.com/oauth2/token",
-            "HTTPS://Ferry.Example.COM:443/oauth2/token",
-            "https://ferry.example.com/oauth2/%74oken",
-            "https://ferry.example.com/a/../oauth2/token",
+        for (claimed, same) in [
+            ("https://ferry.example.com/oauth2/token", true),
+            ("HTTPS://Ferry.Example.COM:443/oauth2/token", true),
+            ("https://ferry.example.com/oauth2/%74oken", true),
+            ("https://ferry.example.com/a/../oauth2/token", true),
+            ("http://ferry.example.com/oauth2/token", false),
+            ("https://ferry.example.com:8443/oauth2/token", false),
+            ("https://ferry.example.com/oauth2/token/", false),
+            ("https://other.example.com/oauth2/token", false),
         ] {
-            assert_eq!(same_uri(same, expected), Ok(true), "{same}");
-        }
-        for other in [
-            "http://ferry.example.com/oauth2/token",
-            "https://ferry.example.com:8443/oauth2/token",
-            "https://ferry.example.com/oauth2/token/",
-            "https://other.example.com/oauth2/token",
-        ] {
-            assert_eq!(same_uri(other, expected), Ok(false), "{other}");
+            assert_eq!(same_uri(claimed, expected), Ok(same), "{claimed}");
         }
         assert!(same_uri("https://ferry.example.com/oauth2/token?a=1", expected).is_err());
         assert!(same_uri("https://ferry.example.com/oauth2/token#f", expected).is_err());

@@ -18,7 +18,7 @@ use crate::mapping::{Identity, MappingError};
 use crate::policy::{AuthzInput, Decision};
 use crate::record::{CacheResult, ExchangeRecord, ProviderCall};
 use crate::snapshot::{Snapshot, Target};
-use crate::store::{CacheKey, RateDecision, Store};
+use crate::store::{CacheKey, RateDecision, Store, Window};
 use crate::verify::{VerifiedToken, VerifyError};
 pub use flight::{CacheRules, Lookup, RevocationFields, SingleFlight, SingleUse};
 pub use request::{ExchangeRequest, RequestError, TargetSelector};
@@ -198,6 +198,55 @@ fn cache_key(
     CacheKey::from_digest(digest)
 }
 
+/// The policy decision on the request, recorded; a denial is the error.
+fn authorize(
+    snap: &Snapshot,
+    identity: &Identity,
+    target: &Target,
+    req: &ExchangeRequest,
+    now: i64,
+    record: &mut ExchangeRecord,
+) -> Result<(), ExchangeError> {
+    let decision = snap.policy.authorize(&AuthzInput {
+        identity,
+        target_id: &target.id,
+        target_kind: target.kind.as_str(),
+        source_ip: req.client_ip,
+        scopes: &req.scopes,
+        timestamp: now,
+        client_certificate: req.client_certificate.as_deref(),
+    });
+    record.decided(&decision);
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(ExchangeError::Denied {
+            subject: identity.subject.clone(),
+            target: target.id.clone(),
+            decision,
+        })
+    }
+}
+
+impl Services {
+    /// Records a DPoP proof's `jti`: a proof is good once (RFC 9449 §11.1), on any
+    /// replica; a record that cannot answer refuses.
+    async fn first_proof(&self, proof: &dpop::Proof) -> Result<(), ExchangeError> {
+        let first = self
+            .store
+            .first_use(&proof.replay_id(), proof.replay_ttl(self.clock.now()))
+            .await
+            .map_err(|e| ExchangeError::StoreUnavailable(e.to_string()))?;
+        if first {
+            Ok(())
+        } else {
+            Err(ExchangeError::DpopProof(
+                "the DPoP proof was used before (`jti`): make a fresh one per request".into(),
+            ))
+        }
+    }
+}
+
 /// The key what is minted is bound to, as the target's `binding` says; or why the
 /// request lacks the proof it needs.
 fn confirmation(
@@ -280,17 +329,7 @@ pub async fn exchange(
             .await?;
     }
     if let Some(proof) = &req.dpop {
-        // A proof is good once (RFC 9449 §11.1), across replicas.
-        let first = svc
-            .store
-            .first_use(&proof.replay_id(), proof.replay_ttl(svc.clock.now()))
-            .await
-            .map_err(|e| ExchangeError::StoreUnavailable(e.to_string()))?;
-        if !first {
-            return Err(ExchangeError::DpopProof(
-                "the DPoP proof was used before (`jti`): make a fresh one per request".into(),
-            ));
-        }
+        svc.first_proof(proof).await?;
     }
     let token = snap.verifier.verify(&req.subject_token).await?;
     record.verified(&token);
@@ -307,23 +346,7 @@ pub async fn exchange(
     check_target_request(&target, &req.scopes, req.requested_token_type.as_deref())?;
 
     let now = svc.clock.now();
-    let decision = snap.policy.authorize(&AuthzInput {
-        identity: &identity,
-        target_id: &target.id,
-        target_kind: target.kind.as_str(),
-        source_ip: req.client_ip,
-        scopes: &req.scopes,
-        timestamp: now,
-        client_certificate: req.client_certificate.as_deref(),
-    });
-    record.decided(&decision);
-    if !decision.allowed {
-        return Err(ExchangeError::Denied {
-            subject: identity.subject.clone(),
-            target: target.id.clone(),
-            decision,
-        });
-    }
+    authorize(snap, &identity, &target, &req, now, record)?;
 
     let confirmation = confirmation(&target, &req)?;
     let fields = RevocationFields::new(
@@ -343,7 +366,7 @@ pub async fn exchange(
     let served = svc
         .get_or_mint(lookup, || async {
             let mut grant = grant(snap, &target, &identity, &req, &fields, &record.request_id)?;
-            grant.confirmation = confirmation.clone();
+            grant.confirmation.clone_from(&confirmation);
             let (issued, made) = issue(&target, &grant).await;
             call = Some(made);
             Ok(issued?)
@@ -470,8 +493,10 @@ impl Services {
             .store
             .rate_limit(
                 bucket,
-                limit.requests,
-                limit.window.0.as_secs(),
+                Window {
+                    limit: limit.requests,
+                    seconds: limit.window.0.as_secs(),
+                },
                 self.clock.now(),
             )
             .await

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use ferry_provider_api::Credential;
 
 use super::{
-    CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation,
-    RevocationList, Store, StoreError,
+    CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, RateResult, ReplayRecord,
+    Revocation, RevocationList, Store, StoreError, Window,
 };
 
 /// A record that must not forget: entries live until their own expiry, and a record that
@@ -375,13 +375,8 @@ impl ReplayRecord for MemoryStore {
 
 #[async_trait]
 impl RateLimiter for MemoryStore {
-    async fn rate_limit(
-        &self,
-        bucket: &str,
-        limit: u64,
-        window: u64,
-        now: i64,
-    ) -> Result<RateDecision, StoreError> {
+    async fn rate_limit(&self, bucket: &str, window: Window, now: i64) -> RateResult {
+        let (limit, window) = (window.limit, window.seconds);
         let (start, retry_after) = super::fixed_window(now, window);
         let mut shared = self.shared()?;
         let at = Instant::now();
@@ -410,6 +405,15 @@ mod tests {
     use super::*;
     use crate::store::RevocationTarget;
     use ferry_provider_api::Secret;
+
+    const ONE_A_MINUTE: Window = Window {
+        limit: 1,
+        seconds: 60,
+    };
+    const TWO_A_MINUTE: Window = Window {
+        limit: 2,
+        seconds: 60,
+    };
 
     fn credential() -> Credential {
         Credential {
@@ -506,19 +510,19 @@ mod tests {
         assert!(!store.first_use("j", Duration::from_secs(60)).await?);
 
         assert_eq!(
-            store.rate_limit("b", 2, 60, 120).await?,
+            store.rate_limit("b", TWO_A_MINUTE, 120).await?,
             RateDecision::Allowed
         );
         assert_eq!(
-            store.rate_limit("b", 2, 60, 130).await?,
+            store.rate_limit("b", TWO_A_MINUTE, 130).await?,
             RateDecision::Allowed
         );
         assert_eq!(
-            store.rate_limit("b", 2, 60, 150).await?,
+            store.rate_limit("b", TWO_A_MINUTE, 150).await?,
             RateDecision::Limited(30)
         );
         assert_eq!(
-            store.rate_limit("b", 2, 60, 180).await?,
+            store.rate_limit("b", TWO_A_MINUTE, 180).await?,
             RateDecision::Allowed
         );
         Ok(())
@@ -541,12 +545,12 @@ mod tests {
         assert!(store.put_denial(&b, "AccessDenied", ttl).await.is_err());
         assert_eq!(store.get_denial(&a).await?.as_deref(), Some("AccessDenied"));
         assert_eq!(
-            store.rate_limit("x", 1, 60, 0).await?,
+            store.rate_limit("x", ONE_A_MINUTE, 0).await?,
             RateDecision::Allowed
         );
-        assert!(store.rate_limit("y", 1, 60, 0).await.is_err());
+        assert!(store.rate_limit("y", ONE_A_MINUTE, 0).await.is_err());
         assert_eq!(
-            store.rate_limit("x", 1, 60, 1).await?,
+            store.rate_limit("x", ONE_A_MINUTE, 1).await?,
             RateDecision::Limited(59)
         );
         Ok(())

@@ -262,16 +262,20 @@ pub trait ReplayRecord: Send + Sync + 'static {
 }
 
 /// Fixed-window request counters shared by replicas.
+/// A fixed-window limit: at most `limit` requests per `seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: u64,
+    pub seconds: u64,
+}
+
+/// What a rate limiter answers.
+pub type RateResult = Result<RateDecision, StoreError>;
+
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
     /// Counts one request against `bucket` (fixed window of `window` seconds).
-    async fn rate_limit(
-        &self,
-        bucket: &str,
-        limit: u64,
-        window: u64,
-        now: i64,
-    ) -> Result<RateDecision, StoreError>;
+    async fn rate_limit(&self, bucket: &str, window: Window, now: i64) -> RateResult;
 }
 
 /// Where Ferry keeps what replicas share: every role in one backend. Callers take the

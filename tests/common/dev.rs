@@ -41,9 +41,10 @@ pub fn dev_config_with_policy(dir: &std::path::Path, extra: &str, policy: &str) 
     dev_config(extra).replace(&dev_policy, "files = [\"exchange.cedar\"]")
 }
 
-/// The RFC 8693 form exchanging `token` for the dev config's `internal-api`.
-pub fn exchange_form(token: &str) -> String {
-    serde_urlencoded::to_string([
+/// The RFC 8693 form exchanging `token` for the dev config's `internal-api`, asking
+/// for `scope` when given.
+pub fn exchange_form(token: &str, scope: Option<&str>) -> String {
+    let mut form = vec![
         (
             "grant_type",
             "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -51,8 +52,21 @@ pub fn exchange_form(token: &str) -> String {
         ("subject_token", token),
         ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
         ("audience", "internal-api"),
-    ])
-    .unwrap()
+    ];
+    form.extend(scope.map(|s| ("scope", s)));
+    serde_urlencoded::to_string(form).unwrap()
+}
+
+/// `ferry serve --config cfg --listen 127.0.0.1:port`, its output discarded.
+pub fn spawn_serve(cfg: &std::path::Path, port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// A token from the dev issuer (`ferry dev token --claim …`).
@@ -93,21 +107,11 @@ pub fn exchange_with_traceparent(
     token: &str,
     scope: Option<&str>,
 ) -> reqwest::blocking::Response {
-    let mut form = vec![
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
-        ("subject_token", token),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-        ("audience", "internal-api"),
-    ];
-    form.extend(scope.map(|s| ("scope", s)));
     client
         .post(format!("{base}/oauth2/token"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("traceparent", TRACEPARENT)
-        .body(serde_urlencoded::to_string(form).unwrap())
+        .body(exchange_form(token, scope))
         .send()
         .unwrap()
 }

@@ -10,8 +10,8 @@ use super::*;
 use crate::clock::Clock as _;
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    Cacheable, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation,
-    RevocationList, Store,
+    Cacheable, CredentialCache, RateDecision, RateLimiter, RateResult, ReplayRecord, Revocation,
+    RevocationList, Store, Window,
 };
 
 const RULES: CacheRules = CacheRules {
@@ -294,13 +294,7 @@ impl ReplayRecord for CacheDown {
 
 #[async_trait]
 impl RateLimiter for CacheDown {
-    async fn rate_limit(
-        &self,
-        _: &str,
-        _: u64,
-        _: u64,
-        _: i64,
-    ) -> Result<RateDecision, StoreError> {
+    async fn rate_limit(&self, _: &str, _: Window, _: i64) -> RateResult {
         Ok(RateDecision::Allowed)
     }
 }

@@ -8,8 +8,8 @@ use ferry_provider_api::Credential;
 use super::keys::{events_channel, secs};
 use super::*;
 use crate::store::{
-    CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, ReplayRecord, Revocation,
-    RevocationList, Store, StoreError,
+    CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, RateResult, ReplayRecord,
+    Revocation, RevocationList, Store, StoreError, Window,
 };
 
 #[async_trait]
@@ -307,13 +307,8 @@ impl ReplayRecord for RedisStore {
 
 #[async_trait]
 impl RateLimiter for RedisStore {
-    async fn rate_limit(
-        &self,
-        bucket: &str,
-        limit: u64,
-        window: u64,
-        now: i64,
-    ) -> Result<RateDecision, StoreError> {
+    async fn rate_limit(&self, bucket: &str, window: Window, now: i64) -> RateResult {
+        let (limit, window) = (window.limit, window.seconds);
         let (start, retry_after) = crate::store::fixed_window(now, window);
         let key = format!(
             "{}:rl:{}:{start}",
