@@ -468,3 +468,59 @@ fn ferry_check_validates_the_pair() {
         "{out}"
     );
 }
+
+#[test]
+fn ferry_exchange_presents_a_client_certificate_and_a_dpop_proof() {
+    let ca = Ca::new("Ferry test CA");
+    let clients = Ca::new("Workload CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("clients.pem");
+    std::fs::write(&ca_file, clients.pem()).unwrap();
+    let s = serve(
+        &ca,
+        &ca.server("ferry", &["127.0.0.1"]),
+        &format!("client_ca_file = \"{}\"", ca_file.display()),
+        SPIFFE_POLICY,
+    );
+    let good = clients.client(SPIFFE_ID);
+    std::fs::write(s.path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(s.path("client.pem"), &good.cert).unwrap();
+    std::fs::write(s.path("client.key"), &good.key).unwrap();
+    std::fs::write(s.path("token"), dev::dev_token(&["sub=alice"])).unwrap();
+    let exchange = |extra: &[&str]| {
+        let path = |n: &str| s.path(n).to_str().unwrap().to_owned();
+        let mut args = vec![
+            "exchange".to_owned(),
+            "--url".into(),
+            s.base(),
+            "--ca-file".into(),
+            path("ca.pem"),
+            "--cert".into(),
+            path("client.pem"),
+            "--key".into(),
+            path("client.key"),
+            "--target".into(),
+            "internal-api".into(),
+            "--token-file".into(),
+            path("token"),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let answer: serde_json::Value = serde_json::from_str(&dev::ferry_ok(&args)).unwrap();
+        let jwt = answer["access_token"].as_str().unwrap().to_owned();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(jwt.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        (answer["token_type"].as_str().unwrap().to_owned(), claims)
+    };
+    let (token_type, claims) = exchange(&[]);
+    assert_eq!(token_type, "Bearer");
+    assert!(claims["cnf"]["x5t#S256"].is_string(), "{claims}");
+    let key = dev::repo().join("tests/fixtures/dpop-client.key.pem");
+    let (token_type, claims) = exchange(&["--dpop-key", key.to_str().unwrap()]);
+    assert_eq!(token_type, "DPoP");
+    assert!(claims["cnf"]["jkt"].is_string(), "{claims}");
+}

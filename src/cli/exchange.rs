@@ -49,6 +49,16 @@ pub struct Args {
     /// PEM file of extra CA certificates to trust for Ferry's TLS certificate.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// PEM client certificate (and chain) to present over mutual TLS; with --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// PEM private key (P-256, P-384, RSA or Ed25519) to sign a fresh DPoP proof with
+    /// for each attempt (RFC 9449): what Ferry mints is then bound to this key.
+    #[arg(long)]
+    dpop_key: Option<PathBuf>,
     /// Time allowed for each attempt.
     #[arg(long, default_value = "10s")]
     timeout: humantime::Duration,
@@ -95,11 +105,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let endpoint = token_endpoint(&args.url)?;
     let token = read_token(&args.token_file)?;
     let form = form_body(&args, &token);
-    let client = client(args.ca_file.as_deref(), args.timeout.into())?;
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(identity(cert, key)?),
+        _ => None,
+    };
+    let client = client(args.ca_file.as_deref(), identity, args.timeout.into())?;
+    let dpop = args
+        .dpop_key
+        .as_deref()
+        .map(super::proof::DpopKey::load)
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let response = rt.block_on(post(&client, &endpoint, form, args.retries))?;
+    let response = rt.block_on(post(&client, &endpoint, form, dpop.as_ref(), args.retries))?;
     let now = SystemTime::now();
     let text = render(&response, args.format, now)?;
     // Not `print!`, which panics when standard output is closed.
@@ -198,7 +217,26 @@ fn form_body(args: &Args, token: &str) -> String {
     form.finish()
 }
 
-fn client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+/// The client certificate and key, as one reqwest identity.
+fn identity(cert: &Path, key: &Path) -> anyhow::Result<reqwest::Identity> {
+    let mut pem =
+        std::fs::read(cert).with_context(|| format!("cannot read --cert {}", cert.display()))?;
+    pem.extend_from_slice(b"\n");
+    pem.extend(std::fs::read(key).with_context(|| format!("cannot read --key {}", key.display()))?);
+    reqwest::Identity::from_pem(&pem).with_context(|| {
+        format!(
+            "--cert {} and --key {}: not a PEM certificate and its private key",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+fn client(
+    ca_file: Option<&Path>,
+    identity: Option<reqwest::Identity>,
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -215,6 +253,9 @@ fn client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::
             builder = builder.add_root_certificate(cert);
         }
     }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
     builder.build().context("cannot set up the HTTP client")
 }
 
@@ -229,11 +270,16 @@ async fn post(
     client: &reqwest::Client,
     endpoint: &Url,
     form: String,
+    dpop: Option<&super::proof::DpopKey>,
     retries: u32,
 ) -> anyhow::Result<Map<String, Value>> {
     let mut attempt = 0u32;
     loop {
-        match once(client, endpoint, form.clone()).await? {
+        // A proof is good once: each attempt makes its own.
+        let proof = dpop
+            .map(|key| key.proof(endpoint, super::system_clock().now()))
+            .transpose()?;
+        match once(client, endpoint, form.clone(), proof).await? {
             Attempt::Done(body) => return Ok(body),
             Attempt::Again(err, wait) => {
                 if attempt >= retries {
@@ -249,14 +295,20 @@ async fn post(
     }
 }
 
-async fn once(client: &reqwest::Client, endpoint: &Url, form: String) -> anyhow::Result<Attempt> {
-    let sent = client
+async fn once(
+    client: &reqwest::Client,
+    endpoint: &Url,
+    form: String,
+    proof: Option<String>,
+) -> anyhow::Result<Attempt> {
+    let mut request = client
         .post(endpoint.clone())
         .header("content-type", "application/x-www-form-urlencoded")
-        .header("accept", "application/json")
-        .body(form)
-        .send()
-        .await;
+        .header("accept", "application/json");
+    if let Some(proof) = proof {
+        request = request.header("dpop", proof);
+    }
+    let sent = request.body(form).send().await;
     let res = match sent {
         Ok(r) => r,
         // The error names the URL and the cause; the body (the token) is not in it.

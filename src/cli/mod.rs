@@ -6,6 +6,7 @@ mod dev;
 mod exchange;
 mod explain;
 mod keys;
+mod proof;
 mod revoke;
 mod serve;
 
