@@ -319,6 +319,17 @@ fn tls_1_1_is_refused_and_1_2_and_1_3_are_served() {
             "ALPN h2 offered and taken"
         );
     }
+    let metrics = client(&ca, None)
+        .get(format!("{}/metrics", s.base()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("ferry_tls_handshake_failures_total 1\n"),
+        "the 1.1 hello: {metrics}"
+    );
+    assert!(metrics.contains("ferry_connections_open "), "{metrics}");
 }
 
 /// A handshake at `version`, offering ALPN h2: the protocol taken and the server's leaf.

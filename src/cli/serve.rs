@@ -105,6 +105,7 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
                 Some(certs.spawn_watch(reload.interval.0, state.services.clock.clone()))
             }
         };
+        let _ = state.connections.set(server.stats());
         server.run(shutdown_signal()).await;
         // The last audit line: a signed shutdown checkpoint (a trail without one was cut,
         // or Ferry did not stop cleanly).

@@ -49,6 +49,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// The listener's certificate, when it speaks TLS (set once by `ferry serve`).
     pub tls: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
+    /// The accept loop's connection counts (set once by `ferry serve`).
+    pub connections: std::sync::OnceLock<server::ConnectionStats>,
     reload: reload::ReloadState,
 }
 
@@ -71,6 +73,7 @@ impl AppState {
             metrics: Metrics::default(),
             audit,
             tls: std::sync::OnceLock::new(),
+            connections: std::sync::OnceLock::new(),
             reload: reload::ReloadState::default(),
         }))
     }
@@ -457,6 +460,28 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 "ferry_revocation_copy_lag_seconds",
                 "How long ago the copy was last proven current.",
                 vec![(Vec::new(), lag.as_secs_f64())],
+            ));
+        }
+    }
+    if let Some(c) = state.connections.get().map(server::ConnectionStats::counts) {
+        scraped.push(Family::gauge(
+            "ferry_connections_open",
+            "Client connections open now.",
+            vec![(Vec::new(), i64::try_from(c.open).unwrap_or(i64::MAX))],
+        ));
+        scraped.push(Family::counter(
+            "ferry_connections_closed_total",
+            "Connections Ferry closed at the connection cap: answered 503 (shed) or idle ones closed to make room (reclaimed).",
+            vec![
+                (labels(&[("reason", "shed")]), c.shed),
+                (labels(&[("reason", "reclaimed")]), c.reclaimed),
+            ],
+        ));
+        if state.tls.get().is_some() {
+            scraped.push(Family::counter(
+                "ferry_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out (a plaintext client, an old protocol version, a client certificate refused under client_auth = required).",
+                vec![(Vec::new(), c.handshakes_failed)],
             ));
         }
     }
