@@ -174,6 +174,13 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             audit_log.display()
         ),
     ))?;
+    // TLS on the listener (`[server.tls]`, a self-signed certificate), for the T scenarios.
+    let (tls_section, tls_client) = tls_material(dir.path())?;
+    let tls_mem = server_rt.block_on(start_server(
+        dir.path(),
+        "tls",
+        &format!("{}{tls_section}", config_text(dir.path(), None)),
+    ))?;
     // Redis with the defaults (a local copy of the revocation list and a near cache), and
     // without the copy (`revocation_max_lag = "0s"`: every exchange asks Redis).
     let redis_server = |name: &str, extra: &str| -> anyhow::Result<Option<Server>> {
@@ -226,7 +233,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .any(|l| args.only.iter().any(|o| l.starts_with(o.as_str())))
     };
     let empty = || Arc::new(Vec::new());
-    let rs_fresh = if want(&["B1", "B5", "C1"]) {
+    let rs_fresh = if want(&["B1", "B5", "C1", "T1", "T2"]) {
         fresh(&rs, if args.quick { 2_000 } else { 50_000 })?
     } else {
         empty()
@@ -290,6 +297,31 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         &audited,
         Load::post(url(audited.addr, "/oauth2/token"), rs_fresh.clone()),
     ));
+    // The pooled client speaks plain HTTP only.
+    if args.generator == Generator::Raw {
+        let https = |per_request| {
+            Load::Tls(
+                Box::new(Load::post(
+                    format!("https://{}/oauth2/token", tls_mem.addr),
+                    rs_fresh.clone(),
+                )),
+                Tls {
+                    config: Arc::clone(&tls_client),
+                    per_request,
+                },
+            )
+        };
+        scenarios.push((
+            "T1 B1 over TLS, connections kept alive",
+            &tls_mem,
+            https(false),
+        ));
+        scenarios.push((
+            "T2 B1 over TLS, new resumed session/req",
+            &tls_mem,
+            https(true),
+        ));
+    }
     if let Some(r) = &red {
         scenarios.push((
             "C1 hit, RS256, fresh token, redis",

@@ -146,6 +146,22 @@ pub(crate) fn print_goals(
             );
         }
     }
+    if let (Some(b1), Some(t1)) = (row("B1"), row("T1")) {
+        let ratio = t1.cpu_us / b1.cpu_us.max(1e-9);
+        println!(
+            "  T1 TLS with connection reuse ≤ 1.10 × B1's CPU per exchange: {:.1} vs {:.1} µs, {ratio:.2} ×, {}",
+            t1.cpu_us,
+            b1.cpu_us,
+            verdict(ratio <= 1.10)
+        );
+        if let Some(t2) = row("T2") {
+            println!(
+                "    (T2, a resumed TLS session per request: {:.1} µs, {:.2} × B1, for comparison)",
+                t2.cpu_us,
+                t2.cpu_us / b1.cpu_us.max(1e-9)
+            );
+        }
+    }
     for prefix in ["B3", "B4", "C3"] {
         if let Some(r) = row(prefix) {
             let ratio = r.rps / a_rps.max(1e-9);

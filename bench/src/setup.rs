@@ -194,13 +194,45 @@ pub(crate) async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::
     // The same accept loop as `ferry serve`, so its cost is in every figure.
     let limits =
         ferry::http::server::ConnectionLimits::from_config(&state.snapshot.load().config.server);
-    let server = ferry::http::server::Server::new(listener, app(state), limits);
+    let mut server = ferry::http::server::Server::new(listener, app(Arc::clone(&state)), limits);
+    // `[server.tls]` as `ferry serve` wires it.
+    if let Some(files) = ferry::tls::Files::of(&state.snapshot.load().config) {
+        let certs = ferry::tls::CertStore::open(files, SystemClock.now())
+            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+        server = server.with_tls(
+            ferry::tls::Acceptor::new(Arc::new(certs))
+                .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+        );
+    }
     tokio::spawn(server.run(std::future::pending()));
     Ok(Server {
         addr,
         fakes,
         state: handle,
     })
+}
+
+/// A server certificate for 127.0.0.1 (written beside the config as `tls.pem` and
+/// `tls.key`), the `[server.tls]` section that serves it, and a client that trusts it:
+/// TLS 1.3 with session resumption (rustls's in-memory cache and the server's tickets).
+pub(crate) fn tls_material(dir: &Path) -> anyhow::Result<(String, Arc<rustls::ClientConfig>)> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.self_signed(&key)?;
+    let (cert_file, key_file) = (dir.join("tls.pem"), dir.join("tls.key"));
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone())?;
+    let client = rustls::ClientConfig::builder_with_provider(ferry::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let section = format!(
+        "\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    );
+    Ok((section, Arc::new(client)))
 }
 
 /// A POST of a form body (an exchange request).

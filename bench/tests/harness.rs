@@ -90,6 +90,10 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "C4 C3 with no local revocation copy",
         "C1-C3 local revocation copy at the end of the run: ",
         "D2 miss, ES256, upstream 50 ms",
+        // TLS on the listener, kept alive and a resumed session per request.
+        "T1 B1 over TLS, connections kept alive",
+        "T2 B1 over TLS, new resumed session/req",
+        "T1 TLS with connection reuse ≤ 1.10 × B1's CPU per exchange",
         // How fresh the fresh-token scenarios were (a set that wraps around comes again).
         "signatures remembered from an earlier verify of the same token (0 %: every request verified one): B1 ",
         "RSS  `ferry serve` (memory store): ready",

@@ -51,6 +51,17 @@ pub(crate) enum Load {
     /// POSTs of these bodies in turn. The cursor belongs to the scenario, so a later round
     /// goes on where the last stopped instead of presenting the same tokens again.
     Post(String, Arc<Vec<Bytes>>, Arc<AtomicUsize>),
+    /// The same over TLS (raw generator only).
+    Tls(Box<Load>, Tls),
+}
+
+/// How a TLS load connects.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) config: Arc<rustls::ClientConfig>,
+    /// A new connection (a resumed TLS session) for every request, instead of keeping
+    /// each connection alive.
+    pub(crate) per_request: bool,
 }
 
 impl Load {
@@ -61,6 +72,15 @@ impl Load {
     pub(crate) fn url(&self) -> &str {
         match self {
             Load::Get(url) | Load::Post(url, ..) => url,
+            Load::Tls(load, _) => load.url(),
+        }
+    }
+
+    /// The plain load and, for a TLS one, how it connects.
+    pub(crate) fn split_tls(&self) -> (&Load, Option<&Tls>) {
+        match self {
+            Load::Tls(load, tls) => (load, Some(tls)),
+            plain => (plain, None),
         }
     }
 }

@@ -32,6 +32,11 @@ pub(crate) async fn drive_hyper(
                         url.as_str(),
                         next_body(bodies, cursor).cloned().unwrap_or_default(),
                     ),
+                    // The pooled client speaks plain HTTP only (main skips TLS scenarios).
+                    Load::Tls(..) => {
+                        t.errors += 1;
+                        break;
+                    }
                 };
                 let Ok(req) = req else {
                     t.errors += 1;

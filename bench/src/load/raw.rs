@@ -104,7 +104,9 @@ pub(crate) async fn raw_connection(
         t.errors += 1;
         return t;
     };
+    let (load, tls) = load.split_tls();
     let mut conn = RawConnection::new(addr);
+    conn.tls = tls.cloned();
     let mut requests = RawRequests::new(matches!(load, Load::Post(..)), &host, &path);
     let start = Instant::now() + phase.unwrap_or_default();
     let mut free_at = start;
@@ -118,11 +120,11 @@ pub(crate) async fn raw_connection(
         {
             tokio::time::sleep_until(at.into()).await;
         }
-        let request = match &load {
-            Load::Get(_) => requests.with_body(None),
+        let request = match load {
             Load::Post(_, bodies, cursor) => {
                 requests.with_body(Some(next_body(bodies, cursor).map_or(&[][..], |b| &b[..])))
             }
+            _ => requests.with_body(None),
         };
         let sent_wall = SystemTime::now();
         let sent = Instant::now();
@@ -152,9 +154,11 @@ pub(crate) async fn raw_connection(
     t
 }
 
-/// `http://127.0.0.1:port/path` → (address, `host:port`, `/path`).
+/// `http://127.0.0.1:port/path` (or https) → (address, `host:port`, `/path`).
 pub(crate) fn split_url(url: &str) -> Option<(SocketAddr, String, String)> {
-    let rest = url.strip_prefix("http://")?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     Some((host.parse().ok()?, host.to_owned(), format!("/{path}")))
 }
@@ -201,6 +205,9 @@ impl RawRequests {
 pub(crate) struct RawConnection {
     pub(crate) addr: SocketAddr,
     pub(crate) stream: Option<tokio::net::TcpStream>,
+    /// With TLS, the session over `stream`'s connection (then `stream` is `None`).
+    pub(crate) tls_stream: Option<Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
+    pub(crate) tls: Option<Tls>,
     pub(crate) buf: Vec<u8>,
     /// What one `recvmsg` reads into, before it is appended to `buf`.
     pub(crate) chunk: Box<[u8]>,
@@ -218,6 +225,8 @@ impl RawConnection {
         Self {
             addr,
             stream: None,
+            tls_stream: None,
+            tls: None,
             buf: Vec::with_capacity(16 * 1024),
             chunk: vec![0; 16 * 1024].into_boxed_slice(),
             control: nix::cmsg_space!(nix::sys::time::TimeSpec),
@@ -231,6 +240,13 @@ impl RawConnection {
     pub(crate) async fn read_stamped(&mut self) -> Result<usize, ()> {
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
         use std::os::fd::AsRawFd as _;
+        if let Some(tls) = &mut self.tls_stream {
+            // Decrypted bytes carry no kernel receive time.
+            use tokio::io::AsyncReadExt as _;
+            let n = tls.read(&mut self.chunk).await.map_err(|_| ())?;
+            self.buf.extend_from_slice(self.chunk.get(..n).ok_or(())?);
+            return Ok(n);
+        }
         let stream = self.stream.as_ref().ok_or(())?;
         let fd = stream.as_raw_fd();
         loop {
@@ -268,8 +284,9 @@ impl RawConnection {
         let result = tokio::time::timeout(self.timeout, self.try_round_trip(request))
             .await
             .unwrap_or(Err(()));
-        if !matches!(result, Ok((_, true))) {
+        if !matches!(result, Ok((_, true))) || self.tls.as_ref().is_some_and(|t| t.per_request) {
             self.stream = None;
+            self.tls_stream = None;
         }
         result.map(|(status, _)| status)
     }
@@ -278,7 +295,26 @@ impl RawConnection {
     pub(crate) async fn try_round_trip(&mut self, request: &[u8]) -> Result<(u16, bool), ()> {
         use tokio::io::AsyncWriteExt as _;
         const LIMIT: usize = 1 << 20;
-        if self.stream.is_none() {
+        if let Some(tls) = &self.tls {
+            if self.tls_stream.is_none() {
+                let tcp = tokio::net::TcpStream::connect(self.addr)
+                    .await
+                    .map_err(|_| ())?;
+                tcp.set_nodelay(true).map_err(|_| ())?;
+                let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+                let session = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|_| ())?;
+                self.tls_stream = Some(Box::new(session));
+            }
+            self.tls_stream
+                .as_mut()
+                .ok_or(())?
+                .write_all(request)
+                .await
+                .map_err(|_| ())?;
+        } else if self.stream.is_none() {
             let stream = tokio::net::TcpStream::connect(self.addr)
                 .await
                 .map_err(|_| ())?;
@@ -291,12 +327,9 @@ impl RawConnection {
             .map_err(|_| ())?;
             self.stream = Some(stream);
         }
-        self.stream
-            .as_mut()
-            .ok_or(())?
-            .write_all(request)
-            .await
-            .map_err(|_| ())?;
+        if let Some(stream) = self.stream.as_mut() {
+            stream.write_all(request).await.map_err(|_| ())?;
+        }
         self.buf.clear();
         self.arrived = None;
         let (status, head_len, body_len, keep_alive) = loop {
