@@ -174,6 +174,16 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             audit_log.display()
         ),
     ))?;
+    // DPoP: proofs are minted before the run and their `iat` is checked against a 65 s
+    // window, so this server's clock stands still at the minting time (its tokens and
+    // cached credentials live an hour: nothing else notices).
+    let dpop_at = ferry::clock::Clock::now(&ferry::clock::SystemClock);
+    let dpop_mem = server_rt.block_on(start_server_at(
+        dir.path(),
+        "dpop",
+        &config_text(dir.path(), None),
+        ferry::clock::ManualClock::new(dpop_at),
+    ))?;
     // TLS on the listener (`[server.tls]`, a self-signed certificate), for the T scenarios.
     let (tls_section, tls_client) = tls_material(dir.path())?;
     let tls_mem = server_rt.block_on(start_server(
@@ -233,7 +243,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .any(|l| args.only.iter().any(|o| l.starts_with(o.as_str())))
     };
     let empty = || Arc::new(Vec::new());
-    let rs_fresh = if want(&["B1", "B5", "C1", "T1", "T2"]) {
+    let rs_fresh = if want(&["B1", "B5", "B6", "C1", "T1", "T2"]) {
         fresh(&rs, if args.quick { 2_000 } else { 50_000 })?
     } else {
         empty()
@@ -297,7 +307,27 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         &audited,
         Load::post(url(audited.addr, "/oauth2/token"), rs_fresh.clone()),
     ));
-    // The pooled client speaks plain HTTP only.
+    // The pooled client speaks plain HTTP only, and sends no DPoP header.
+    if args.generator == Generator::Raw && want(&["B6"]) {
+        // Each proof is good once (its `jti` is recorded): the set is sized to last.
+        let proofs = dpop_proofs(
+            sized(30_000.0, 20_000),
+            "http://127.0.0.1:9/oauth2/token",
+            dpop_at,
+        )?;
+        scenarios.push((
+            "B6 B1 with a DPoP proof per request",
+            &dpop_mem,
+            Load::Dpop(
+                Box::new(Load::post(
+                    url(dpop_mem.addr, "/oauth2/token"),
+                    rs_fresh.clone(),
+                )),
+                proofs,
+                Arc::default(),
+            ),
+        ));
+    }
     if args.generator == Generator::Raw {
         let https = |per_request| {
             Load::Tls(

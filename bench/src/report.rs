@@ -146,6 +146,15 @@ pub(crate) fn print_goals(
             );
         }
     }
+    if let (Some(b1), Some(b6)) = (row("B1"), row("B6")) {
+        let ratio = b6.cpu_us / b1.cpu_us.max(1e-9);
+        println!(
+            "  B6 a DPoP-bound exchange ≤ 1.5 × B1's CPU: {:.1} vs {:.1} µs, {ratio:.2} ×, {}",
+            b6.cpu_us,
+            b1.cpu_us,
+            verdict(ratio <= 1.5)
+        );
+    }
     if let (Some(b1), Some(t1)) = (row("B1"), row("T1")) {
         let ratio = t1.cpu_us / b1.cpu_us.max(1e-9);
         println!(

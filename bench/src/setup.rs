@@ -157,10 +157,19 @@ impl Reuse {
 }
 
 pub(crate) async fn start_server(dir: &Path, name: &str, text: &str) -> anyhow::Result<Server> {
+    start_server_at(dir, name, text, Arc::new(SystemClock)).await
+}
+
+/// [`start_server`] on `clock`.
+pub(crate) async fn start_server_at(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    clock: ferry::clock::SharedClock,
+) -> anyhow::Result<Server> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text)?;
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let clock: ferry::clock::SharedClock = Arc::new(SystemClock);
     let (mut runtime, _) = Snapshot::build(
         config,
         &BuildOptions {
@@ -266,6 +275,14 @@ pub(crate) fn mint<F>(count: usize, token: F, target: &str) -> anyhow::Result<Ar
 where
     F: Fn(usize) -> anyhow::Result<String> + Sync,
 {
+    in_parallel(count, |i| token(i).map(|t| form(&t, target)))
+}
+
+/// `make(0..count)`, on every core (up to 8 threads), in order.
+fn in_parallel<F>(count: usize, make: F) -> anyhow::Result<Arc<Vec<Bytes>>>
+where
+    F: Fn(usize) -> anyhow::Result<Bytes> + Sync,
+{
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .min(8);
@@ -273,10 +290,10 @@ where
     let parts = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|k| {
-                let token = &token;
+                let make = &make;
                 scope.spawn(move || -> anyhow::Result<Vec<Bytes>> {
                     (k * chunk..((k + 1) * chunk).min(count))
-                        .map(|i| token(i).map(|t| form(&t, target)))
+                        .map(make)
                         .collect()
                 })
             })
@@ -290,6 +307,25 @@ where
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
     Ok(Arc::new(parts.into_iter().flatten().collect()))
+}
+
+/// `count` DPoP proofs (RFC 9449) by one ES256 key for a POST to `htu` at `iat`, each
+/// with its own `jti`: a DPoP client's one proof per request.
+pub(crate) fn dpop_proofs(count: usize, htu: &str, iat: i64) -> anyhow::Result<Arc<Vec<Bytes>>> {
+    let pem = generate_private_pem(Algorithm::ES256)?;
+    let key = signing_key_from_pem(Algorithm::ES256, pem.as_bytes(), Some("dpop"), 0)?;
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.typ = Some("dpop+jwt".into());
+    header.jwk = Some(key.public.clone());
+    in_parallel(count, |i| {
+        let claims =
+            serde_json::json!({"jti": format!("p{i}"), "htm": "POST", "htu": htu, "iat": iat});
+        Ok(Bytes::from(jsonwebtoken::encode(
+            &header,
+            &claims,
+            &key.encoding,
+        )?))
+    })
 }
 
 /// Cost of one signature verification (RS256 and ES256) in this process: as Ferry does

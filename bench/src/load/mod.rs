@@ -53,6 +53,9 @@ pub(crate) enum Load {
     Post(String, Arc<Vec<Bytes>>, Arc<AtomicUsize>),
     /// The same over TLS (raw generator only).
     Tls(Box<Load>, Tls),
+    /// A POST load with a DPoP proof per request (raw generator only); the proofs' own
+    /// cursor, so each is sent once while the set lasts.
+    Dpop(Box<Load>, Arc<Vec<Bytes>>, Arc<AtomicUsize>),
 }
 
 /// How a TLS load connects.
@@ -72,7 +75,15 @@ impl Load {
     pub(crate) fn url(&self) -> &str {
         match self {
             Load::Get(url) | Load::Post(url, ..) => url,
-            Load::Tls(load, _) => load.url(),
+            Load::Tls(load, _) | Load::Dpop(load, ..) => load.url(),
+        }
+    }
+
+    /// The load and, for a DPoP one, its proofs and their cursor.
+    pub(crate) fn split_dpop(&self) -> (&Load, Option<(&[Bytes], &AtomicUsize)>) {
+        match self {
+            Load::Dpop(load, proofs, cursor) => (load, Some((proofs, cursor))),
+            plain => (plain, None),
         }
     }
 

@@ -33,7 +33,7 @@ pub(crate) async fn drive_hyper(
                         next_body(bodies, cursor).cloned().unwrap_or_default(),
                     ),
                     // The pooled client speaks plain HTTP only (main skips TLS scenarios).
-                    Load::Tls(..) => {
+                    Load::Tls(..) | Load::Dpop(..) => {
                         t.errors += 1;
                         break;
                     }

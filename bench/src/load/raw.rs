@@ -105,6 +105,7 @@ pub(crate) async fn raw_connection(
         return t;
     };
     let (load, tls) = load.split_tls();
+    let (load, proofs) = load.split_dpop();
     let mut conn = RawConnection::new(addr);
     conn.tls = tls.cloned();
     let mut requests = RawRequests::new(matches!(load, Load::Post(..)), &host, &path);
@@ -119,6 +120,9 @@ pub(crate) async fn raw_connection(
             && at > Instant::now()
         {
             tokio::time::sleep_until(at.into()).await;
+        }
+        if let Some((proofs, cursor)) = proofs {
+            requests.dpop = next_body(proofs, cursor).cloned();
         }
         let request = match load {
             Load::Post(_, bodies, cursor) => {
@@ -164,10 +168,12 @@ pub(crate) fn split_url(url: &str) -> Option<(SocketAddr, String, String)> {
 }
 
 /// A raw connection's requests: the head built once (all of a GET; a POST's up to its
-/// body's length), then per request only the length and the body.
+/// body's length), then per request only the length and the body (and a DPoP proof).
 pub(crate) struct RawRequests {
     pub(crate) bytes: Vec<u8>,
     pub(crate) head: usize,
+    /// The next request's `DPoP` header value.
+    pub(crate) dpop: Option<Bytes>,
 }
 
 impl RawRequests {
@@ -175,7 +181,7 @@ impl RawRequests {
         let head = if post {
             format!(
                 "POST {path} HTTP/1.1\r\nhost: {host}\r\n\
-                 content-type: application/x-www-form-urlencoded\r\ncontent-length: "
+                 content-type: application/x-www-form-urlencoded\r\n"
             )
         } else {
             format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n")
@@ -185,6 +191,7 @@ impl RawRequests {
         Self {
             bytes,
             head: head.len(),
+            dpop: None,
         }
     }
 
@@ -193,7 +200,12 @@ impl RawRequests {
         use std::io::Write as _;
         if let Some(body) = body {
             self.bytes.truncate(self.head);
-            let _ = write!(self.bytes, "{}\r\n\r\n", body.len());
+            if let Some(proof) = self.dpop.take() {
+                self.bytes.extend_from_slice(b"dpop: ");
+                self.bytes.extend_from_slice(&proof);
+                self.bytes.extend_from_slice(b"\r\n");
+            }
+            let _ = write!(self.bytes, "content-length: {}\r\n\r\n", body.len());
             self.bytes.extend_from_slice(body);
         }
         &self.bytes
