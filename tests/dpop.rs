@@ -224,3 +224,55 @@ fn a_cloud_target_cannot_be_bound() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_required_nonce_is_asked_for_then_accepted_until_it_expires() {
+    let h = Harness::with(
+        &[Algorithm::RS256],
+        |t| format!("{t}\n[dpop]\nrequire_nonce = true\nnonce_lifetime = \"1m\"\n"),
+        POLICY,
+    )
+    .await;
+    let c = Client::load("dpop-client.key.pem");
+    let token = h.token(|_| {});
+    let asked = exchange(h.router(), &token, "api", &[&c.proof(h.now())]).await;
+    assert_eq!(asked.status, 400);
+    assert_eq!(asked.error(), "use_dpop_nonce", "{:?}", asked.body);
+    assert_eq!(
+        asked.headers[header::WWW_AUTHENTICATE],
+        "DPoP error=\"use_dpop_nonce\""
+    );
+    let nonce = asked.headers["dpop-nonce"].to_str().unwrap().to_owned();
+    let r = exchange(
+        h.router(),
+        &token,
+        "api",
+        &[&c.proof_with_nonce(h.now(), &nonce)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["token_type"], "DPoP");
+    // A nonce Ferry did not issue, and one past its lifetime, are asked for again.
+    let forged = exchange(
+        h.router(),
+        &token,
+        "api",
+        &[&c.proof_with_nonce(h.now(), "AAAA")],
+    )
+    .await;
+    assert_eq!(forged.error(), "use_dpop_nonce");
+    h.clock.advance(61);
+    let token = h.token(|_| {});
+    let stale = exchange(
+        h.router(),
+        &token,
+        "api",
+        &[&c.proof_with_nonce(h.now(), &nonce)],
+    )
+    .await;
+    assert_eq!(stale.error(), "use_dpop_nonce", "{:?}", stale.body);
+    assert_ne!(stale.headers["dpop-nonce"], nonce.as_str(), "a fresh one");
+    // A request without a proof needs no nonce (DPoP itself is the target's choice).
+    let bearer = exchange(h.router(), &token, "api", &[]).await;
+    assert_eq!(bearer.status, 200, "{:?}", bearer.body);
+}

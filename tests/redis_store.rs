@@ -1025,3 +1025,19 @@ async fn a_dpop_proof_replayed_to_another_replica_is_refused() {
         replayed.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_nonce_one_replica_issues_is_accepted_by_another() {
+    let redis = RedisServer::start();
+    let (h, b, _side) =
+        two_replicas(&redis.url(), None, "[dpop]\nrequire_nonce = true\n", None).await;
+    let client = dpop::Client::load("dpop-client.key.pem");
+    let token = h.token(|_| {});
+    let asked = dpop::exchange(h.router(), &token, "api", &[&client.proof(h.now())]).await;
+    assert_eq!(asked.error(), "use_dpop_nonce", "{:?}", asked.body);
+    let nonce = asked.headers["dpop-nonce"].to_str().unwrap().to_owned();
+    let proof = client.proof_with_nonce(h.now(), &nonce);
+    let on_b = dpop::exchange(ferry::http::app(b), &token, "api", &[&proof]).await;
+    assert_eq!(on_b.status, 200, "{:?}", on_b.body);
+    assert_eq!(on_b.body["token_type"], "DPoP");
+}

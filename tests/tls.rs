@@ -487,10 +487,14 @@ fn ferry_exchange_presents_a_client_certificate_and_a_dpop_proof() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("clients.pem");
     std::fs::write(&ca_file, clients.pem()).unwrap();
+    // Nonces required: the client follows Ferry's `use_dpop_nonce` challenge once.
     let s = serve(
         &ca,
         &ca.server("ferry", &["127.0.0.1"]),
-        &format!("client_ca_file = \"{}\"", ca_file.display()),
+        &format!(
+            "client_ca_file = \"{}\"\n[dpop]\nrequire_nonce = true",
+            ca_file.display()
+        ),
         SPIFFE_POLICY,
     );
     let good = clients.client(SPIFFE_ID);

@@ -264,6 +264,8 @@ enum Attempt {
     Done(Map<String, Value>),
     /// Worth another attempt, after this long.
     Again(anyhow::Error, Option<Duration>),
+    /// Ferry asked for a DPoP proof with this nonce (RFC 9449 §8).
+    Nonce(anyhow::Error, String),
 }
 
 async fn post(
@@ -274,13 +276,23 @@ async fn post(
     retries: u32,
 ) -> anyhow::Result<Map<String, Value>> {
     let mut attempt = 0u32;
+    let mut nonce: Option<String> = None;
+    let mut followed_nonce = false;
     loop {
         // A proof is good once: each attempt makes its own.
         let proof = dpop
-            .map(|key| key.proof(endpoint, super::system_clock().now()))
+            .map(|key| key.proof(endpoint, super::system_clock().now(), nonce.as_deref()))
             .transpose()?;
         match once(client, endpoint, form.clone(), proof).await? {
             Attempt::Done(body) => return Ok(body),
+            // Followed once, at once; a second challenge is a refusal.
+            Attempt::Nonce(err, given) => {
+                if followed_nonce || dpop.is_none() {
+                    return Err(err);
+                }
+                followed_nonce = true;
+                nonce = Some(given);
+            }
             Attempt::Again(err, wait) => {
                 if attempt >= retries {
                     return Err(err);
@@ -325,6 +337,11 @@ async fn once(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let nonce_header = res
+        .headers()
+        .get("dpop-nonce")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let retry_after = res
         .headers()
         .get("retry-after")
@@ -362,6 +379,11 @@ async fn once(
         (Some(e), None) => anyhow!("Ferry refused: {e}{rid}"),
         _ => anyhow!("Ferry answered {status}{rid}"),
     };
+    if field("error").as_deref() == Some("use_dpop_nonce")
+        && let Some(n) = nonce_header
+    {
+        return Ok(Attempt::Nonce(refusal, n));
+    }
     let transient = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
         || status == reqwest::StatusCode::TOO_MANY_REQUESTS
         || status == reqwest::StatusCode::BAD_GATEWAY

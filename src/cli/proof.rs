@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
 use jsonwebtoken::{Algorithm, Header};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// A client's DPoP key and the public JWK its proofs carry.
 pub struct DpopKey {
@@ -56,20 +56,23 @@ impl DpopKey {
         Ok(Self { key, jwk })
     }
 
-    /// A proof for a POST to `htu` (no query or fragment) at `now`.
-    pub fn proof(&self, htu: &url::Url, now: i64) -> anyhow::Result<String> {
+    /// A proof for a POST to `htu` (no query or fragment) at `now`, with the server's
+    /// `nonce` when it asked for one.
+    pub fn proof(&self, htu: &url::Url, now: i64, nonce: Option<&str>) -> anyhow::Result<String> {
         let mut htu = htu.clone();
         htu.set_query(None);
         htu.set_fragment(None);
         let mut header = Header::new(self.key.alg);
         header.typ = Some("dpop+jwt".into());
         header.jwk = Some(serde_json::from_value(Value::Object(self.jwk.clone()))?);
-        let claims = json!({
-            "jti": uuid::Uuid::new_v4().to_string(),
-            "htm": "POST",
-            "htu": htu.as_str(),
-            "iat": now,
-        });
+        let mut claims = Map::new();
+        claims.insert("jti".into(), uuid::Uuid::new_v4().to_string().into());
+        claims.insert("htm".into(), "POST".into());
+        claims.insert("htu".into(), htu.as_str().into());
+        claims.insert("iat".into(), now.into());
+        if let Some(n) = nonce {
+            claims.insert("nonce".into(), n.into());
+        }
         jsonwebtoken::encode(&header, &claims, &self.key.encoding)
             .map_err(|e| anyhow!("cannot sign the DPoP proof: {e}"))
     }
@@ -92,7 +95,7 @@ mod tests {
             let path = dir.path().join("dpop.pem");
             std::fs::write(&path, ferry::issuer::keys::generate_private_pem(alg)?)?;
             let key = DpopKey::load(&path)?;
-            let proof = key.proof(&htu, 1_700_000_000)?;
+            let proof = key.proof(&htu, 1_700_000_000, Some("n-1"))?;
             let checked = ferry::exchange::dpop::verify(
                 &proof,
                 "POST",
@@ -101,6 +104,7 @@ mod tests {
             )
             .map_err(|e| anyhow!("{alg:?}: {e}"))?;
             assert!(!checked.jkt.is_empty());
+            assert_eq!(checked.nonce.as_deref(), Some("n-1"));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ mod duration;
 pub mod key_file;
 mod problem;
 mod target;
+mod transport;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ pub use choice::{Binding, ClientAddress, ClientAuth, OnCacheError, StoreBackend,
 pub use duration::ConfigDuration;
 pub use problem::{ConfigErrors, Problem};
 pub use target::{TargetConfig, TargetSpec};
+pub use transport::{DpopConfig, TlsConfig};
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +59,9 @@ pub struct Config {
     /// `[rate_limits]`.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// `[dpop]`.
+    #[serde(default)]
+    pub dpop: DpopConfig,
     /// `[telemetry]`.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -128,20 +133,6 @@ pub struct ServerConfig {
 
 fn default_client_address() -> ClientAddress {
     ClientAddress::Peer
-}
-
-/// `[server.tls]`: the listener's certificate, and the CA its clients' certificates
-/// must chain to.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TlsConfig {
-    /// PEM: the certificate, then its chain.
-    pub cert_file: PathBuf,
-    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-    /// PEM bundle: client certificates that chain to one of these are verified.
-    pub client_ca_file: Option<PathBuf>,
-    /// Whether a client must present a certificate (default `optional` with a CA).
-    pub client_auth: Option<ClientAuth>,
 }
 
 fn default_max_connections() -> usize {

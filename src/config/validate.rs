@@ -90,6 +90,10 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
         ),
         _ => {}
     }
+    let nonce = config.dpop.nonce_lifetime.0;
+    if nonce < Duration::from_secs(10) || nonce > Duration::from_secs(3600) {
+        errs.push(file, "dpop.nonce_lifetime", "must be between 10s and 1h");
+    }
     if config.server.max_body_bytes < 1024 || config.server.max_body_bytes > 1024 * 1024 {
         errs.push(
             file,

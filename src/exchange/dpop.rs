@@ -44,6 +44,8 @@ pub struct Proof {
     pub jkt: String,
     pub jti: String,
     pub iat: i64,
+    /// The server nonce it carries (§8), if any.
+    pub nonce: Option<String>,
 }
 
 impl Proof {
@@ -140,7 +142,71 @@ pub fn verify(header: &str, method: &str, htu: &str, now: i64) -> Result<Proof, 
         jkt: thumbprint(jwk).ok_or("the DPoP proof's `jwk` lacks a member its thumbprint needs")?,
         jti: jti.to_owned(),
         iat,
+        nonce: text("nonce").map(str::to_owned),
     })
+}
+
+/// Server nonces (RFC 9449 §8) every replica can check without asking the others: the
+/// issue time and an HMAC of it under a key the replicas share (derived from the Redis
+/// store's encryption key; a memory store — one replica — draws one at start).
+pub struct NonceKey(aws_lc_rs::hmac::Key);
+
+impl std::fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NonceKey(…)")
+    }
+}
+
+impl NonceKey {
+    /// The key derived from `shared` (the store's encryption key), or a random one.
+    pub fn new(shared: Option<&[u8; 32]>) -> Self {
+        let mut secret = [0u8; 32];
+        match shared {
+            Some(k) => {
+                let derive = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k);
+                let tag = aws_lc_rs::hmac::sign(&derive, b"ferry dpop nonce v1");
+                secret.copy_from_slice(tag.as_ref().get(..32).unwrap_or(&[0; 32]));
+            }
+            None => rand::Rng::fill(&mut rand::rng(), &mut secret),
+        }
+        Self(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &secret,
+        ))
+    }
+
+    /// A nonce issued at `now`: base64url of the time (8 bytes) and 16 bytes of its tag.
+    pub fn issue(&self, now: i64) -> String {
+        let at = now.to_be_bytes();
+        let tag = aws_lc_rs::hmac::sign(&self.0, &at);
+        let mut raw = at.to_vec();
+        raw.extend_from_slice(tag.as_ref().get(..16).unwrap_or_default());
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Whether `nonce` is one of ours, issued at most `lifetime` before `now`.
+    pub fn accepts(&self, nonce: &str, now: i64, lifetime: Duration) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(nonce) else {
+            return false;
+        };
+        let (Some(at), Some(tag)) = (raw.get(..8), raw.get(8..)) else {
+            return false;
+        };
+        let Ok(at_bytes) = <[u8; 8]>::try_from(at) else {
+            return false;
+        };
+        let issued = i64::from_be_bytes(at_bytes);
+        let expected = aws_lc_rs::hmac::sign(&self.0, at);
+        let genuine = tag.len() == 16
+            && aws_lc_rs::constant_time::verify_slices_are_equal(
+                tag,
+                expected.as_ref().get(..16).unwrap_or_default(),
+            )
+            .is_ok();
+        let leeway = i64::try_from(LEEWAY.as_secs()).unwrap_or(0);
+        let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+        genuine && issued <= now.saturating_add(leeway) && now.saturating_sub(issued) <= lifetime
+    }
 }
 
 fn decode(part: &str) -> Option<Map<String, Value>> {
@@ -241,6 +307,28 @@ mod tests {
             thumbprint(&jwk).as_deref(),
             Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
         );
+    }
+
+    #[test]
+    fn nonces_are_ours_and_expire() {
+        let shared = [7u8; 32];
+        let a = NonceKey::new(Some(&shared));
+        let b = NonceKey::new(Some(&shared));
+        let other = NonceKey::new(None);
+        let life = Duration::from_secs(300);
+        let n = a.issue(1_000);
+        assert!(
+            b.accepts(&n, 1_100, life),
+            "another replica, same shared key"
+        );
+        assert!(!other.accepts(&n, 1_100, life), "another key");
+        assert!(!a.accepts(&n, 1_301, life), "expired");
+        assert!(a.accepts(&n, 1_300, life));
+        assert!(!a.accepts(&a.issue(2_000), 1_000, life), "from the future");
+        let mut forged = URL_SAFE_NO_PAD.decode(&n).unwrap();
+        forged[7] ^= 1;
+        assert!(!a.accepts(&URL_SAFE_NO_PAD.encode(forged), 1_100, life));
+        assert!(!a.accepts("not-base64!", 1_100, life));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
     /// `WWW-Authenticate`, for 401 (RFC 6749 §5.2, RFC 9110 §11.6.1).
     pub www_authenticate: Option<&'static str>,
+    /// `DPoP-Nonce`, with `use_dpop_nonce` (RFC 9449 §8).
+    pub dpop_nonce: Option<String>,
 }
 
 impl ApiError {
@@ -45,6 +47,20 @@ impl ApiError {
             description: description.into(),
             retry_after: None,
             www_authenticate: None,
+            dpop_nonce: None,
+        }
+    }
+
+    /// A 400 `use_dpop_nonce` with the nonce to put in the next proof (RFC 9449 §8).
+    pub fn use_dpop_nonce(nonce: String) -> Self {
+        Self {
+            www_authenticate: Some("DPoP error=\"use_dpop_nonce\""),
+            dpop_nonce: Some(nonce),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "use_dpop_nonce",
+                "the DPoP proof must carry the nonce in the DPoP-Nonce header",
+            )
         }
     }
 
@@ -164,6 +180,9 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
         {
             headers.insert(header::RETRY_AFTER, v);
+        }
+        if let Some(v) = self.dpop_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            headers.insert("dpop-nonce", v);
         }
         if let Some(challenge) = self.www_authenticate {
             headers.insert(

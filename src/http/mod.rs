@@ -49,6 +49,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// The listener's certificate, when it speaks TLS (set once by `ferry serve`).
     pub tls: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
+    /// What DPoP nonces are made and checked with (`[dpop] require_nonce`).
+    pub dpop_nonces: exchange::dpop::NonceKey,
     /// The accept loop's connection counts (set once by `ferry serve`).
     pub connections: std::sync::OnceLock<server::ConnectionStats>,
     reload: reload::ReloadState,
@@ -67,7 +69,18 @@ impl AppState {
         let audit = AuditLog::open(file.as_deref(), a.stdout, replica)?
             .with_checkpoint_every(a.checkpoint_every);
         audit.set_signer(snapshot.issuer.clone());
+        // Replicas sharing a Redis store share its encryption key, so each accepts the
+        // nonces the others issue; a memory store is one replica.
+        let shared = match snapshot.config.store.backend {
+            crate::config::StoreBackend::Redis => {
+                let mut ignored = crate::config::ConfigErrors::default();
+                crate::store::read_encryption_keys(&snapshot.config, &mut ignored).0
+            }
+            _ => None,
+        };
+        let dpop_nonces = exchange::dpop::NonceKey::new(shared.as_ref());
         Ok(Arc::new(Self {
+            dpop_nonces,
             snapshot: ArcSwap::from_pointee(snapshot),
             services,
             metrics: Metrics::default(),
@@ -190,7 +203,12 @@ async fn token(
         .extensions
         .get::<Arc<crate::tls::ClientCertificate>>()
         .cloned();
-    let dpop = dpop_proof(&parts.headers, &snapshot, state.services.clock.now());
+    let dpop = dpop_proof(
+        &parts.headers,
+        &snapshot,
+        &state,
+        state.services.clock.now(),
+    );
     let result = async {
         let mut req = read_form(parts, body, record.client_ip).await?;
         req.traceparent = traceparent;
@@ -206,6 +224,7 @@ async fn token(
 fn dpop_proof(
     headers: &axum::http::HeaderMap,
     snapshot: &Snapshot,
+    state: &AppState,
     now: i64,
 ) -> Result<Option<exchange::dpop::Proof>, ApiError> {
     let mut proofs = headers.get_all("dpop").iter();
@@ -219,9 +238,18 @@ fn dpop_proof(
         .to_str()
         .map_err(|_| ApiError::invalid_dpop_proof("the DPoP header is not ASCII"))?;
     let htu = format!("{}/oauth2/token", snapshot.issuer.public_url());
-    exchange::dpop::verify(proof, "POST", &htu, now)
-        .map(Some)
-        .map_err(ApiError::invalid_dpop_proof)
+    let proof =
+        exchange::dpop::verify(proof, "POST", &htu, now).map_err(ApiError::invalid_dpop_proof)?;
+    let dpop = &snapshot.config.dpop;
+    if dpop.require_nonce
+        && !proof
+            .nonce
+            .as_deref()
+            .is_some_and(|n| state.dpop_nonces.accepts(n, now, dpop.nonce_lifetime.0))
+    {
+        return Err(ApiError::use_dpop_nonce(state.dpop_nonces.issue(now)));
+    }
+    Ok(Some(proof))
 }
 
 /// The exchange request in a token request's body (RFC 6749 §4.1.3 / RFC 8693 §2.1:

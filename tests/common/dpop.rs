@@ -78,6 +78,13 @@ impl Client {
     pub fn proof(&self, now: i64) -> String {
         self.sign(&self.header(), &self.claims(now))
     }
+
+    /// A good proof carrying the server's `nonce`.
+    pub fn proof_with_nonce(&self, now: i64, nonce: &str) -> String {
+        let mut claims = self.claims(now);
+        claims["nonce"] = nonce.into();
+        self.sign(&self.header(), &claims)
+    }
 }
 
 /// An exchange of `token` for `target` with these `DPoP` header values.
