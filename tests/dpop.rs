@@ -225,6 +225,18 @@ fn a_cloud_target_cannot_be_bound() {
     );
 }
 
+/// An exchange of `token` for `api` with a proof carrying `nonce`.
+async fn with_nonce(h: &Harness, token: &str, nonce: &str) -> Resp {
+    let c = Client::load("dpop-client.key.pem");
+    exchange(
+        h.router(),
+        token,
+        "api",
+        &[&c.proof_with_nonce(h.now(), nonce)],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_required_nonce_is_asked_for_then_accepted_until_it_expires() {
     let h = Harness::with(
@@ -243,33 +255,15 @@ async fn a_required_nonce_is_asked_for_then_accepted_until_it_expires() {
         "DPoP error=\"use_dpop_nonce\""
     );
     let nonce = asked.headers["dpop-nonce"].to_str().unwrap().to_owned();
-    let r = exchange(
-        h.router(),
-        &token,
-        "api",
-        &[&c.proof_with_nonce(h.now(), &nonce)],
-    )
-    .await;
+    let r = with_nonce(&h, &token, &nonce).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["token_type"], "DPoP");
     // A nonce Ferry did not issue, and one past its lifetime, are asked for again.
-    let forged = exchange(
-        h.router(),
-        &token,
-        "api",
-        &[&c.proof_with_nonce(h.now(), "AAAA")],
-    )
-    .await;
+    let forged = with_nonce(&h, &token, "AAAA").await;
     assert_eq!(forged.error(), "use_dpop_nonce");
     h.clock.advance(61);
     let token = h.token(|_| {});
-    let stale = exchange(
-        h.router(),
-        &token,
-        "api",
-        &[&c.proof_with_nonce(h.now(), &nonce)],
-    )
-    .await;
+    let stale = with_nonce(&h, &token, &nonce).await;
     assert_eq!(stale.error(), "use_dpop_nonce", "{:?}", stale.body);
     assert_ne!(stale.headers["dpop-nonce"], nonce.as_str(), "a fresh one");
     // A request without a proof needs no nonce (DPoP itself is the target's choice).

@@ -6,7 +6,7 @@
 #[path = "common/dev.rs"]
 mod dev;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use dev::{dev_config, dev_token, exchange_with_traceparent};
 use std::sync::{Arc, Mutex};
@@ -43,24 +43,8 @@ fn request_spans_are_exported_with_the_callers_trace_id() {
     ));
     let cfg = dir.path().join("ferry.toml");
     std::fs::write(&cfg, config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = dev::free_port();
+    let mut child = dev::spawn_serve(&cfg, port);
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -404,15 +404,25 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // Warm up: first hits populate the caches.
     client_rt.block_on(async {
         for (_, _, load) in &scenarios {
-            drive(&driver, load, 4, Duration::from_millis(200), None).await;
+            let warm_up = Shape {
+                connections: 4,
+                duration: Duration::from_millis(200),
+                rate: None,
+            };
+            drive(&driver, load, warm_up).await;
         }
     });
+    let shape = |rate| Shape {
+        connections: args.connections,
+        duration: per_run,
+        rate,
+    };
     let mut tallies: Vec<Tally> = vec![Tally::default(); scenarios.len()];
     let mut reuse: Vec<Reuse> = vec![Reuse::default(); scenarios.len()];
     for _ in 0..rounds {
         for (i, (_, server, load)) in scenarios.iter().enumerate() {
             let before = server.reuse();
-            let t = client_rt.block_on(drive(&driver, load, args.connections, per_run, args.rate));
+            let t = client_rt.block_on(drive(&driver, load, shape(args.rate)));
             if let (Some(acc), Some(r)) = (tallies.get_mut(i), reuse.get_mut(i)) {
                 acc.absorb(t);
                 server.reuse().add_since(before, r);
@@ -435,8 +445,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 closed.latencies_us.len() as f64 / closed.elapsed.as_secs_f64().max(1e-9);
             for share in [0.5, 0.8] {
                 let rate = capacity * share;
-                let mut t =
-                    client_rt.block_on(drive(&driver, load, args.connections, per_run, Some(rate)));
+                let mut t = client_rt.block_on(drive(&driver, load, shape(Some(rate))));
                 open_rows.push((share, rate, summarize(name, &mut t)));
             }
         }

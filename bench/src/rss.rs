@@ -98,9 +98,11 @@ pub(crate) async fn rss_scenario(
     let warm = drive(
         driver,
         &Load::post(url.clone(), same),
-        connections,
-        Duration::from_secs(2),
-        None,
+        Shape {
+            connections,
+            duration: Duration::from_secs(2),
+            rate: None,
+        },
     )
     .await;
     let warm_kib = status_kib(&status, "VmRSS:");

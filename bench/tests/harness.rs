@@ -92,7 +92,7 @@ fn ferry_bench_quick_completes_without_errors_and_with_single_flight() {
         "D2 miss, ES256, upstream 50 ms",
         // A DPoP proof per request, each sent once.
         "B6 B1 with a DPoP proof per request",
-        "B6 a DPoP-bound exchange ≤ 1.5 × B1's CPU",
+        "B6 a DPoP-bound exchange ≤ 1.50 × B1's CPU per exchange",
         // TLS on the listener, kept alive and a resumed session per request.
         "T1 B1 over TLS, connections kept alive",
         "T2 B1 over TLS, new resumed session/req",

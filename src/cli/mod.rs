@@ -6,7 +6,6 @@ mod dev;
 mod exchange;
 mod explain;
 mod keys;
-mod proof;
 mod revoke;
 mod serve;
 

@@ -10,7 +10,7 @@ use ferry_provider_api::Credential;
 
 use super::{
     CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, RateResult, ReplayRecord,
-    Revocation, RevocationList, Store, StoreError, Window,
+    Revocation, RevocationList, Store, StoreError, Stored, Window,
 };
 
 /// A record that must not forget: entries live until their own expiry, and a record that
@@ -310,12 +310,7 @@ impl CredentialCache for MemoryStore {
             .cloned())
     }
 
-    async fn put_denial(
-        &self,
-        key: &CacheKey,
-        code: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    async fn put_denial(&self, key: &CacheKey, code: &str, ttl: Duration) -> Stored {
         self.shared()?
             .denials
             .insert(key.as_str(), code.to_owned(), Instant::now() + ttl)

@@ -213,8 +213,7 @@ pub trait CredentialCache: RevocationList {
     async fn get_denial(&self, key: &CacheKey) -> Result<Option<String>, StoreError>;
 
     /// Caches an upstream denial briefly.
-    async fn put_denial(&self, key: &CacheKey, code: &str, ttl: Duration)
-    -> Result<(), StoreError>;
+    async fn put_denial(&self, key: &CacheKey, code: &str, ttl: Duration) -> Stored;
 
     /// [`RevocationList::revoked`] and [`CredentialCache::get_credential`] together: the
     /// exchange path asks both on every request, and a backend that can send them as one
@@ -268,6 +267,9 @@ pub struct Window {
     pub limit: u64,
     pub seconds: u64,
 }
+
+/// A store call that answers nothing but whether it was done.
+pub type Stored = Result<(), StoreError>;
 
 /// What a rate limiter answers.
 pub type RateResult = Result<RateDecision, StoreError>;

@@ -109,27 +109,32 @@ pub(crate) struct Driver {
     pub(crate) scheduling: LoadScheduling,
 }
 
-/// Runs `load` over `connections` for `duration`: a closed loop (each connection sends
-/// when its last answer is in), or with a `rate`, an open loop at that many requests
-/// per second (the raw generator only; the caller checks).
-pub(crate) async fn drive(
-    driver: &Driver,
-    load: &Load,
-    connections: usize,
-    duration: Duration,
-    rate: Option<f64>,
-) -> Tally {
+/// How much load: over how many connections, for how long; a closed loop (each
+/// connection sends when its last answer is in), or with a `rate`, an open loop at that
+/// many requests per second (the raw generator only; the caller checks).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub(crate) connections: usize,
+    pub(crate) duration: Duration,
+    pub(crate) rate: Option<f64>,
+}
+
+/// Runs `load` as `shape` says.
+pub(crate) async fn drive(driver: &Driver, load: &Load, shape: Shape) -> Tally {
+    let Shape {
+        connections,
+        duration,
+        ..
+    } = shape;
     match driver.generator {
         Generator::Raw => {
             let (driver, load) = (driver.clone(), load.clone());
-            tokio::task::spawn_blocking(move || {
-                drive_raw(&driver, &load, connections, duration, rate)
-            })
-            .await
-            .unwrap_or_else(|_| Tally {
-                errors: 1,
-                ..Tally::default()
-            })
+            tokio::task::spawn_blocking(move || drive_raw(&driver, &load, shape))
+                .await
+                .unwrap_or_else(|_| Tally {
+                    errors: 1,
+                    ..Tally::default()
+                })
         }
         Generator::Hyper => drive_hyper(&driver.client, load, connections, duration).await,
     }

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant, SystemTime};
 ///
 /// With a `rate` (requests per second over all connections) the load is an open loop:
 /// each connection sends on its own fixed schedule (rate ÷ connections), as wrk2 does.
-pub(crate) fn drive_raw(
-    driver: &Driver,
-    load: &Load,
-    connections: usize,
-    duration: Duration,
-    rate: Option<f64>,
-) -> Tally {
+pub(crate) fn drive_raw(driver: &Driver, load: &Load, shape: Shape) -> Tally {
+    let Shape {
+        connections,
+        duration,
+        rate,
+    } = shape;
     const THREADS: usize = 2;
     let deadline = Instant::now() + duration;
     let (cpu0, preempted0) = ferry_threads();

@@ -9,7 +9,7 @@ use super::keys::{events_channel, secs};
 use super::*;
 use crate::store::{
     CacheKey, Cacheable, CredentialCache, RateDecision, RateLimiter, RateResult, ReplayRecord,
-    Revocation, RevocationList, Store, StoreError, Window,
+    Revocation, RevocationList, Store, StoreError, Stored, Window,
 };
 
 #[async_trait]
@@ -107,12 +107,7 @@ impl CredentialCache for RedisStore {
         self.run(redis::cmd("GET").arg(self.deny_key(key))).await
     }
 
-    async fn put_denial(
-        &self,
-        key: &CacheKey,
-        code: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    async fn put_denial(&self, key: &CacheKey, code: &str, ttl: Duration) -> Stored {
         self.run(
             redis::cmd("SET")
                 .arg(self.deny_key(key))
