@@ -403,7 +403,11 @@ mod tests {
                 "/oauth2/token".to_owned()
             ))
         );
-        assert_eq!(split_url("https://127.0.0.1:8080/"), None);
+        // https too (the TLS scenarios); a host name is not an address.
+        assert_eq!(
+            split_url("https://127.0.0.1:8443/").map(|(a, _, p)| (a.port(), p)),
+            Some((8443, "/".to_owned()))
+        );
         assert_eq!(split_url("http://localhost:8080/"), None);
         let mut post = RawRequests::new(true, "h:1", "/p");
         assert_eq!(
@@ -414,6 +418,18 @@ mod tests {
         assert_eq!(
             post.with_body(Some(b"0123456789")),
             b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 10\r\n\r\n0123456789"
+        );
+        // A DPoP proof goes in as a header, for that request only.
+        post.dpop = Some(Bytes::from_static(b"eyJ.p.s"));
+        assert_eq!(
+            post.with_body(Some(b"abc")),
+            b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/x-www-form-urlencoded\r\ndpop: eyJ.p.s\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        assert!(
+            !post
+                .with_body(Some(b"abc"))
+                .windows(5)
+                .any(|w| w == b"dpop:")
         );
         assert_eq!(
             RawRequests::new(false, "h:1", "/p").with_body(None),
