@@ -867,3 +867,126 @@ fn check_refuses_what_serve_would_refuse_at_start() {
         "{err}"
     );
 }
+
+/// A one-request server that answers as GitHub's `ACTIONS_ID_TOKEN_REQUEST_URL` does:
+/// `{"count":…,"value":token}` when asked with `authorization: bearer <secret>` and the
+/// expected audience; 403 otherwise. Returns its URL (with GitHub's `api-version` query)
+/// and the request line and headers it saw.
+fn github_oidc_endpoint(
+    secret: &'static str,
+    token: String,
+) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/_apis/pipelines/oidc/token?api-version=2.0",
+        listener.local_addr().unwrap()
+    );
+    let seen = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = String::new();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let authorized = head
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case(&format!("authorization: bearer {secret}")));
+        let asked_for_ferry =
+            head.starts_with("GET /_apis/pipelines/oidc/token?api-version=2.0&audience=ferry ");
+        let (status, body) = if authorized && asked_for_ferry {
+            ("200 OK", format!("{{\"count\":1,\"value\":\"{token}\"}}"))
+        } else {
+            ("403 Forbidden", "{}".to_owned())
+        };
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        head
+    });
+    (url, seen)
+}
+
+#[test]
+fn the_exchange_client_gets_its_token_from_github_actions_or_a_variable() {
+    let mut server = Server::start("config/dev.toml");
+    let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#, "aud=ferry"]);
+    let url = server.base.clone();
+    let args = [
+        "exchange",
+        "--url",
+        &url,
+        "--target",
+        "internal-api",
+        "--scope",
+        "read",
+    ];
+
+    let (oidc, seen) = github_oidc_endpoint("job-request-token", token.clone());
+    let out = ferry()
+        .args(args)
+        .args(["--token-source", "github-actions", "--audience", "ferry"])
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", &oidc)
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "job-request-token")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["scope"], "read");
+    let head = seen.join().unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("authorization: bearer job-request-token"),
+        "{head}"
+    );
+
+    // A refusal by GitHub is reported without the request token.
+    let (oidc, _seen) = github_oidc_endpoint("another-secret", token.clone());
+    let out = ferry()
+        .args(args)
+        .args(["--token-source", "github-actions", "--audience", "ferry"])
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", &oidc)
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "job-request-token")
+        .output()
+        .unwrap();
+    let err = client_failed(&out, "GitHub's OIDC token endpoint answered 403 Forbidden");
+    assert!(!err.contains("job-request-token"), "{err}");
+
+    // Not in a GitHub job: said so.
+    let out = ferry()
+        .args(args)
+        .args(["--token-source", "github-actions"])
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .output()
+        .unwrap();
+    client_failed(&out, "ACTIONS_ID_TOKEN_REQUEST_URL is not set");
+
+    // A variable (GitLab CI's `id_tokens`).
+    let out = ferry()
+        .args(args)
+        .args(["--token-env", "CI_JOB_JWT_FERRY"])
+        .env("CI_JOB_JWT_FERRY", format!("{token}\n"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = ferry()
+        .args(args)
+        .args(["--token-env", "CI_JOB_JWT_FERRY"])
+        .env_remove("CI_JOB_JWT_FERRY")
+        .output()
+        .unwrap();
+    client_failed(
+        &out,
+        "--token-env CI_JOB_JWT_FERRY: the variable is not set",
+    );
+    server.stop();
+}

@@ -8,6 +8,7 @@
 //! a token or a secret.
 
 mod proof;
+mod source;
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -37,8 +38,24 @@ pub struct Args {
     resource: Option<String>,
     /// The file holding the subject token (`-`: standard input), e.g. a Kubernetes
     /// projected service-account token.
-    #[arg(long, env = "FERRY_TOKEN_FILE")]
-    token_file: PathBuf,
+    #[arg(
+        long,
+        env = "FERRY_TOKEN_FILE",
+        required_unless_present_any = ["token_env", "token_source"],
+        conflicts_with_all = ["token_env", "token_source"]
+    )]
+    token_file: Option<PathBuf>,
+    /// The environment variable holding the subject token (GitLab CI `id_tokens`,
+    /// Buildkite's OIDC token, …).
+    #[arg(long, value_name = "NAME", conflicts_with = "token_source")]
+    token_env: Option<String>,
+    /// Ask the CI system for the job's OIDC token instead of reading one.
+    #[arg(long, value_enum)]
+    token_source: Option<source::TokenSource>,
+    /// The `aud` to ask the CI system's token for (`--token-source`; default: the CI
+    /// system's own default).
+    #[arg(long, requires = "token_source")]
+    audience: Option<String>,
     /// The subject token's type.
     #[arg(long, value_enum, default_value_t = TokenType::Jwt)]
     token_type: TokenType,
@@ -105,7 +122,19 @@ enum Format {
 /// Exchanges the token and prints the credentials.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let endpoint = token_endpoint(&args.url)?;
-    let token = read_token(&args.token_file)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = match (&args.token_file, &args.token_env, args.token_source) {
+        (Some(path), _, _) => read_token(path)?,
+        (None, Some(name), _) => source::from_env(name)?,
+        (None, None, Some(s)) => rt.block_on(source::fetch(
+            s,
+            args.audience.as_deref(),
+            args.timeout.into(),
+        ))?,
+        (None, None, None) => bail!("give --token-file, --token-env or --token-source"),
+    };
     let form = form_body(&args, &token);
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => Some(identity(cert, key)?),
@@ -117,9 +146,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(proof::DpopKey::load)
         .transpose()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let response = rt.block_on(post(&client, &endpoint, form, dpop.as_ref(), args.retries))?;
     let now = SystemTime::now();
     let text = render(&response, args.format, now)?;
@@ -175,25 +201,9 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
             .with_context(|| format!("cannot read the token file {}", path.display()))
     };
     read?;
-    if raw.len() > limit {
-        bail!(
-            "the token in {} is over {limit} bytes; Ferry refuses tokens that large",
-            path.display()
-        );
-    }
-    let text = String::from_utf8(raw)
-        .map_err(|_| anyhow!("the token in {} is not UTF-8 text", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    if token.chars().any(char::is_whitespace) {
-        bail!(
-            "the token file {} holds more than one word; it should hold the token alone",
-            path.display()
-        );
-    }
-    Ok(token.to_owned())
+    let whence = format!("the token file {}", path.display());
+    let text = String::from_utf8(raw).map_err(|_| anyhow!("{whence} is not UTF-8 text"))?;
+    source::check_token(&text, &whence)
 }
 
 fn form_body(args: &Args, token: &str) -> String {
