@@ -931,14 +931,18 @@ fn the_exchange_client_gets_its_token_from_github_actions_or_a_variable() {
         "read",
     ];
 
+    // `ferry exchange` in a job whose OIDC endpoint is at `oidc`.
+    let from_github = |oidc: &str| {
+        ferry()
+            .args(args)
+            .args(["--token-source", "github-actions", "--audience", "ferry"])
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", oidc)
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "job-request-token")
+            .output()
+            .unwrap()
+    };
     let (oidc, seen) = github_oidc_endpoint("job-request-token", token.clone());
-    let out = ferry()
-        .args(args)
-        .args(["--token-source", "github-actions", "--audience", "ferry"])
-        .env("ACTIONS_ID_TOKEN_REQUEST_URL", &oidc)
-        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "job-request-token")
-        .output()
-        .unwrap();
+    let out = from_github(&oidc);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let body: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["scope"], "read");
@@ -951,13 +955,7 @@ fn the_exchange_client_gets_its_token_from_github_actions_or_a_variable() {
 
     // A refusal by GitHub is reported without the request token.
     let (oidc, _seen) = github_oidc_endpoint("another-secret", token.clone());
-    let out = ferry()
-        .args(args)
-        .args(["--token-source", "github-actions", "--audience", "ferry"])
-        .env("ACTIONS_ID_TOKEN_REQUEST_URL", &oidc)
-        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "job-request-token")
-        .output()
-        .unwrap();
+    let out = from_github(&oidc);
     let err = client_failed(&out, "GitHub's OIDC token endpoint answered 403 Forbidden");
     assert!(!err.contains("job-request-token"), "{err}");
 
