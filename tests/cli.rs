@@ -51,6 +51,13 @@ fn check_passes_on_every_config_in_the_repo() {
     assert!(checked >= 2, "dev.toml and ferry.example.toml at least");
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -537,10 +544,7 @@ fn explain_reports_every_stage() {
     assert!(!stdout.contains(&token), "explain never prints the token");
 
     // From claims: marked as not signature-checked; the failing stage says why.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = unix_now();
     let claims = serde_json::json!({"iss": "https://dev-issuer.ferry.invalid", "aud": "ferry", "sub": "bob", "iat": now, "exp": now + 600});
     let claims_file = write(dir.path(), "claims.json", &claims.to_string());
     let out = explain_internal_api(&["--claims", claims_file.to_str().unwrap(), "--json"]);
@@ -987,4 +991,75 @@ fn the_exchange_client_gets_its_token_from_github_actions_or_a_variable() {
         "--token-env CI_JOB_JWT_FERRY: the variable is not set",
     );
     server.stop();
+}
+
+#[test]
+fn explain_shows_a_policy_on_the_client_certificate_decide() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = r#"@id("deployer-svid")
+permit(principal, action, resource) when {
+  context has client_certificate && context.client_certificate has spiffe_id &&
+  context.client_certificate.spiffe_id == "spiffe://acme.test/ns/ci/sa/deployer"
+};
+"#;
+    let cfg = write(
+        dir.path(),
+        "ferry.toml",
+        &dev::dev_config_with_policy(dir.path(), "", policy),
+    );
+    let svid = |uri: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    };
+    let good = write(
+        dir.path(),
+        "good.pem",
+        &svid("spiffe://acme.test/ns/ci/sa/deployer"),
+    );
+    let other = write(
+        dir.path(),
+        "other.pem",
+        &svid("spiffe://acme.test/ns/ci/sa/other"),
+    );
+    let now = unix_now();
+    let claims = serde_json::json!({"iss": "https://dev-issuer.ferry.invalid", "aud": "ferry", "sub": "bob", "iat": now, "exp": now + 600});
+    let claims = write(dir.path(), "claims.json", &claims.to_string());
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--target",
+            "internal-api",
+            "--claims",
+            claims.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = explain(&["--client-cert", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("deployer-svid"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        explain(&["--client-cert", other.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(explain(&[]).status.code(), Some(1), "no certificate");
+    let out = explain(&["--client-cert", claims.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--client-cert"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -31,6 +31,10 @@ pub struct Args {
     /// The client address policies see.
     #[arg(long, default_value = "127.0.0.1")]
     source_ip: IpAddr,
+    /// A PEM client certificate policies see as `context.client_certificate`, as if it
+    /// had been presented over mutual TLS and verified (its chain is not checked here).
+    #[arg(long)]
+    client_cert: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -67,6 +71,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
+    let client_certificate = match &args.client_cert {
+        None => None,
+        Some(path) => {
+            let chain = ferry::tls::read_certificates(path)
+                .map_err(|e| anyhow::anyhow!("--client-cert: {e}"))?;
+            let leaf = chain.first().map(|c| c.as_ref()).unwrap_or_default();
+            Some(
+                ferry::tls::ClientCertificate::from_der(leaf)
+                    .map_err(|e| anyhow::anyhow!("--client-cert {}: {e}", path.display()))?,
+            )
+        }
+    };
     let now = super::system_clock().now();
     let rt = super::tokio_runtime()?;
     let report = rt.block_on(explain(
@@ -75,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &TargetSelector::Audience(args.target.clone()),
         &scopes,
         args.source_ip,
+        client_certificate.as_ref(),
         now,
     ));
     if args.json {

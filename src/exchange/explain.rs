@@ -68,6 +68,7 @@ pub async fn explain(
     target: &TargetSelector,
     scopes: &[String],
     source_ip: IpAddr,
+    client_certificate: Option<&crate::tls::ClientCertificate>,
     now: i64,
 ) -> ExplainReport {
     let mut stages = Vec::new();
@@ -160,7 +161,7 @@ pub async fn explain(
         target_id: &target.id,
         target_kind: target.kind.as_str(),
         source_ip,
-        client_certificate: None,
+        client_certificate,
         scopes,
         timestamp: now,
     });

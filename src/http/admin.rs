@@ -158,6 +158,7 @@ pub async fn explain(
         &TargetSelector::Audience(req.target),
         &scopes,
         req.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        None,
         state.services.clock.now(),
     )
     .await;
