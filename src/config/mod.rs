@@ -87,13 +87,8 @@ impl ConfigSource {
 
     /// Resolves a path from the config relative to the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            return p.to_path_buf();
-        }
-        match self.path.parent() {
-            Some(dir) => dir.join(p),
-            None => p.to_path_buf(),
-        }
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        ferry_provider_api::settings::resolve_in(dir, p)
     }
 }
 

@@ -160,19 +160,21 @@ impl std::fmt::Debug for NonceKey {
 impl NonceKey {
     /// The key derived from `shared` (the store's encryption key), or a random one.
     pub fn new(shared: Option<&[u8; 32]>) -> Self {
-        let mut secret = [0u8; 32];
-        match shared {
+        use aws_lc_rs::hmac;
+        let key = match shared {
+            // HMAC-SHA256 of a fixed label: 32 bytes only the holders of `shared` know.
             Some(k) => {
-                let derive = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k);
-                let tag = aws_lc_rs::hmac::sign(&derive, b"ferry dpop nonce v1");
-                secret.copy_from_slice(tag.as_ref().get(..32).unwrap_or(&[0; 32]));
+                let label = b"ferry dpop nonce v1";
+                let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, k), label);
+                hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
             }
-            None => rand::Rng::fill(&mut rand::rng(), &mut secret),
-        }
-        Self(aws_lc_rs::hmac::Key::new(
-            aws_lc_rs::hmac::HMAC_SHA256,
-            &secret,
-        ))
+            None => {
+                let mut secret = [0u8; 32];
+                rand::Rng::fill(&mut rand::rng(), &mut secret);
+                hmac::Key::new(hmac::HMAC_SHA256, &secret)
+            }
+        };
+        Self(key)
     }
 
     /// A nonce issued at `now`: base64url of the time (8 bytes) and 16 bytes of its tag.

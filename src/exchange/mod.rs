@@ -328,12 +328,14 @@ pub async fn exchange(
         svc.admit(&format!("client:{}", req.client_ip), limit)
             .await?;
     }
-    if let Some(proof) = &req.dpop {
-        svc.first_proof(proof).await?;
-    }
     let token = snap.verifier.verify(&req.subject_token).await?;
     record.verified(&token);
     check_bound_subject_token(&token, &req)?;
+    // Recorded only for a caller with a valid subject token: anyone can make proofs, so
+    // the shared record is not theirs to fill.
+    if let Some(proof) = &req.dpop {
+        svc.first_proof(proof).await?;
+    }
     let identity = snap.mapper.map(&token)?;
     record.mapped(&identity);
     if let Some(limit) = limits.per_subject {
@@ -365,8 +367,15 @@ pub async fn exchange(
     let mut call = None;
     let served = svc
         .get_or_mint(lookup, || async {
-            let mut grant = grant(snap, &target, &identity, &req, &fields, &record.request_id)?;
-            grant.confirmation.clone_from(&confirmation);
+            let grant = grant(
+                snap,
+                &target,
+                &identity,
+                &req,
+                &fields,
+                confirmation.clone(),
+                &record.request_id,
+            )?;
             let (issued, made) = issue(&target, &grant).await;
             call = Some(made);
             Ok(issued?)
@@ -440,6 +449,7 @@ fn grant(
     identity: &Identity,
     req: &ExchangeRequest,
     fields: &RevocationFields,
+    confirmation: Option<Confirmation>,
     request_id: &str,
 ) -> Result<Grant, ExchangeError> {
     Ok(Grant {
@@ -454,7 +464,7 @@ fn grant(
         traceparent: req.traceparent.clone(),
         target_values: snap.mapper.eval_over_identity(&target.values, identity)?,
         revocation_fields: fields.credential().to_vec(),
-        confirmation: None,
+        confirmation,
     })
 }
 

@@ -237,9 +237,9 @@ fn dpop_proof(
     let proof = value
         .to_str()
         .map_err(|_| ApiError::invalid_dpop_proof("the DPoP header is not ASCII"))?;
-    let htu = format!("{}/oauth2/token", snapshot.issuer.public_url());
+    let htu = snapshot.issuer.token_endpoint();
     let proof =
-        exchange::dpop::verify(proof, "POST", &htu, now).map_err(ApiError::invalid_dpop_proof)?;
+        exchange::dpop::verify(proof, "POST", htu, now).map_err(ApiError::invalid_dpop_proof)?;
     let dpop = &snapshot.config.dpop;
     if dpop.require_nonce
         && !proof

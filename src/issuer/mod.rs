@@ -25,6 +25,8 @@ pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 #[derive(Debug)]
 pub struct FerryIssuer {
     public_url: String,
+    /// `{public_url}/oauth2/token`: what a DPoP proof's `htu` must name.
+    token_endpoint: String,
     keys: KeyRing,
     clock: SharedClock,
     discovery: Vec<u8>,
@@ -47,11 +49,12 @@ impl FerryIssuer {
         scopes.dedup();
         let public_url = public_url.trim_end_matches('/').to_owned();
         let alg = keys::alg_name(keys.active.alg);
+        let token_endpoint = format!("{public_url}/oauth2/token");
         // OpenID Connect Discovery 1.0 §3 (required members) plus RFC 8414 token endpoint.
         let discovery = json!({
             "issuer": public_url,
             "jwks_uri": format!("{public_url}/.well-known/jwks.json"),
-            "token_endpoint": format!("{public_url}/oauth2/token"),
+            "token_endpoint": token_endpoint,
             "grant_types_supported": ["urn:ietf:params:oauth:grant-type:token-exchange"],
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
@@ -75,11 +78,17 @@ impl FerryIssuer {
         let jwks = serde_json::to_vec(&keys.jwks_json()).unwrap_or_default();
         Self {
             public_url,
+            token_endpoint,
             keys,
             clock,
             discovery,
             jwks,
         }
+    }
+
+    /// Ferry's token endpoint, as its discovery document names it.
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
     }
 
     /// The `iss` of what Ferry signs.

@@ -126,9 +126,13 @@ impl Verifier {
     /// The certificate a finished handshake presented, if it chains to the CA.
     pub fn identify(&self, chain: &[CertificateDer<'_>]) -> Option<ClientCertificate> {
         let (leaf, intermediates) = chain.split_first()?;
-        self.inner
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .ok()?;
+        // `required`: the handshake refused anything that did not chain. `optional` let
+        // such a certificate through, so its chain is checked again before it counts.
+        if !self.required {
+            self.inner
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .ok()?;
+        }
         ClientCertificate::from_der(leaf)
             .map_err(
                 |e| tracing::warn!(error = %e, "a verified client certificate could not be read"),

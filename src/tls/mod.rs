@@ -286,10 +286,12 @@ impl CertStore {
             }
             *stamps = seen;
         }
+        // Read before the status lock: `/readyz` and `/metrics` never wait on the disk.
+        let loaded = load_pair(&self.files.cert, &self.files.key, now);
         let Ok(mut status) = self.status.lock() else {
             return false;
         };
-        match load_pair(&self.files.cert, &self.files.key, now) {
+        match loaded {
             Ok(pair) => {
                 self.current.store(pair.key);
                 tracing::info!(

@@ -5,7 +5,7 @@
 //! target, ready to construct, or every problem it found, each named by key so the core
 //! can report `file: targets[id].key: problem` beside the config's other problems.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use toml::{Table, Value};
@@ -28,13 +28,18 @@ pub struct Context<'a> {
 
 impl Context<'_> {
     /// `path` as written, resolved against the config file's directory.
-    pub fn resolve(&self, path: &str) -> std::path::PathBuf {
-        let p = Path::new(path);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        resolve_in(self.base_dir, Path::new(path))
+    }
+}
+
+/// A path from a config file: as written when absolute, else under `base_dir` (the
+/// config file's directory). The one rule for every relative path in Ferry's config.
+pub fn resolve_in(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
     }
 }
 
