@@ -20,6 +20,7 @@ const MAP: u8 = 3;
 const UINT: u8 = 4;
 const NONE: u8 = 5;
 const BYTES: u8 = 6;
+const SOME: u8 = 7;
 
 /// Builds a SHA-256 digest of a sequence of typed values.
 #[derive(Clone)]
@@ -67,10 +68,15 @@ impl KeyDigest {
         self
     }
 
-    /// An optional string (`None` differs from every string, the empty one included).
+    /// An optional string (`None` differs from every string, the empty one included, and
+    /// `Some(s)` from the string `s`).
     pub fn opt_str(&mut self, s: Option<&str>) -> &mut Self {
         match s {
-            Some(s) => self.str(s),
+            // Tagged, so `Some(s)` is never the bare string `s` in another layout.
+            Some(s) => {
+                self.0.update([SOME]);
+                self.str(s)
+            }
             None => {
                 self.0.update([NONE]);
                 self
