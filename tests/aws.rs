@@ -7,47 +7,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
+use ferry_testkit::MotoServer;
 use jsonwebtoken::Algorithm;
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "moto_server not found: the README's test command (tests/run) installs moto[server]",
-        );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto { child, port }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Answer {
@@ -131,9 +98,9 @@ async fn proxy_handler(
     }
 }
 
-async fn start_proxy(moto: &Moto) -> (Proxy, u16) {
+async fn start_proxy(moto: &MotoServer) -> (Proxy, u16) {
     let proxy = Proxy {
-        moto: format!("http://127.0.0.1:{}/", moto.port),
+        moto: moto.url(),
         answer: Arc::new(Mutex::new(Answer::Forward)),
         seen: Arc::default(),
         calls: Arc::default(),
@@ -201,9 +168,9 @@ fn b64json(part: &str) -> serde_json::Value {
 }
 
 /// moto, the recording proxy in front of it, and Ferry with the AWS targets.
-async fn aws_harness() -> (Moto, Proxy, Harness) {
+async fn aws_harness() -> (MotoServer, Proxy, Harness) {
     set_aws_env();
-    let moto = start_moto();
+    let moto = MotoServer::start();
     let (proxy, port) = start_proxy(&moto).await;
     let h = Harness::with(
         &[Algorithm::RS256],

@@ -1,6 +1,9 @@
 //! What Ferry's tests, micro-benchmarks and load harness share: private `redis-server`
-//! processes (standalone or a 3-master cluster) on free loopback ports, started and
-//! killed by pid, keeping nothing on disk.
+//! processes (standalone or a 3-master cluster) on free loopback ports and a private
+//! `moto_server`, started and killed by pid, keeping nothing on disk.
+
+mod moto;
+pub use moto::MotoServer;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,15 +96,23 @@ impl RedisServer {
         Self::start_with(false)
     }
 
+    /// A port probed free can be taken by another server started at the same moment;
+    /// then this one exits at once and is started again on another port.
     fn start_with(cluster: bool) -> Result<Self, String> {
-        let mut s = Self {
-            port: free_port().map_err(|e| format!("no free port: {e}"))?,
-            child: None,
-            dir: tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?,
-            cluster,
-        };
-        s.spawn()?;
-        Ok(s)
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut s = Self {
+                port: free_port().map_err(|e| format!("no free port: {e}"))?,
+                child: None,
+                dir: tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?,
+                cluster,
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -140,11 +151,19 @@ impl RedisServer {
             .map_err(|e| format!("redis-server: {e}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]) != "PONG" {
-            if Instant::now() >= deadline {
+        while self.cli(&["PING"]) != "PONG" || !self.running() {
+            if Instant::now() >= deadline || !self.running() {
+                self.kill();
                 return Err(format!("redis-server on {} did not start", self.port));
             }
             std::thread::sleep(Duration::from_millis(30));
+        }
+        // A server that lost the port to another answers PING from the other one, and
+        // exits right after failing to bind.
+        std::thread::sleep(Duration::from_millis(50));
+        if !self.running() {
+            self.kill();
+            return Err(format!("redis-server on {} exited", self.port));
         }
         Ok(())
     }
@@ -164,6 +183,12 @@ impl RedisServer {
             .output()
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
             .unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Kills the server (SIGKILL, by pid).
