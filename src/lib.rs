@@ -5,8 +5,10 @@
 //! answers an RFC 8693 token exchange ([`exchange`]) with a credential from a
 //! [`ferry_provider_api::CredentialProvider`].
 
+pub mod agent;
 pub mod algorithms;
 pub mod audit;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod exchange;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::agent;
 use common::*;
 use ferry_testkit::MotoServer;
 use jsonwebtoken::Algorithm;
@@ -426,4 +427,120 @@ async fn ferry_exchange_feeds_an_aws_sdk_as_its_credential_process() {
             issued["expiration"].as_str().unwrap()
         )
     );
+}
+
+/// `ferry agent` serves the AWS container-credentials endpoint: boto3 and the AWS SDK
+/// for Rust, configured only by `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, get what Ferry issued (one STS call for all
+/// of them), sign a request with it, and a caller without the agent's secret is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_container_credentials_to_boto3_and_the_rust_sdk() {
+    use aws_credential_types::provider::ProvideCredentials as _;
+
+    let (moto, proxy, h) = aws_harness().await;
+    let (url, _ferry) = agent::serve_ferry(h.router()).await;
+    let token = h.token(|_| {});
+    let agent = agent::Agent::start(&url, &token, "[aws]\ntarget = \"aws-web\"\n");
+    agent.await_healthy().await;
+    let uri = format!("{}/aws/credentials", agent.base());
+    let secret_file = agent.secret_file().display().to_string();
+
+    let out = agent::run_python(
+        r#"
+import boto3, json, os
+s = boto3.Session(region_name="us-east-1")
+c = s.get_credentials()
+f = c.get_frozen_credentials()
+who = s.client("sts", endpoint_url=os.environ["MOTO_URL"]).get_caller_identity()
+print(json.dumps({"method": c.method, "key": f.access_key, "secret": f.secret_key, "token": f.token, "account": who["Account"]}))
+"#,
+        &[
+            ("MOTO_URL", moto.url()),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.clone()),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", secret_file.clone()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ],
+    )
+    .await;
+    let boto: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(boto["method"], "container-role");
+
+    // What Ferry issued, from its cache: the same credential.
+    let r = h.exchange_token(&token, "aws-web", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let issued = &r.body["credentials"];
+    assert_eq!(boto["key"], issued["access_key_id"]);
+    assert_eq!(boto["secret"], issued["secret_access_key"]);
+    assert_eq!(boto["token"], issued["session_token"]);
+    assert!(boto["account"].as_str().is_some_and(|a| a.len() == 12));
+
+    // The AWS SDK for Rust reads the same variables (process-wide: set once, the other
+    // tests here never read them).
+    // SAFETY: no other thread of this test binary reads or writes these variables.
+    unsafe {
+        std::env::set_var("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri);
+        std::env::set_var("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &secret_file);
+    }
+    let creds = aws_config::ecs::EcsCredentialsProvider::builder()
+        .build()
+        .provide_credentials()
+        .await
+        .expect("the Rust SDK reads the agent's answer");
+    assert_eq!(
+        creds.access_key_id(),
+        issued["access_key_id"].as_str().unwrap()
+    );
+    assert_eq!(creds.session_token(), issued["session_token"].as_str());
+    assert_eq!(
+        creds.expiry(),
+        Some(humantime::parse_rfc3339(issued["expiration"].as_str().unwrap()).unwrap())
+    );
+    assert_eq!(
+        *proxy.calls.lock().unwrap(),
+        1,
+        "one STS call served every SDK"
+    );
+
+    // Without the secret, or with another: refused, AWS-shaped.
+    let client = reqwest::Client::new();
+    let r = client.get(&uri).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["Code"], "AccessDenied");
+    let r = client
+        .get(&uri)
+        .header("authorization", "not-the-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(issued["access_key_id"].as_str().unwrap()));
+
+    let metrics = client
+        .get(format!("{}/metrics", agent.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ferry_agent_requests_total{endpoint=\"aws\",outcome=\"served\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_agent_requests_total{endpoint=\"aws\",outcome=\"refused\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ferry_agent_exchanges_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    agent.assert_logs_hold_none_of(&[
+        &token,
+        &agent.secret(),
+        issued["secret_access_key"].as_str().unwrap(),
+        issued["session_token"].as_str().unwrap(),
+    ]);
 }

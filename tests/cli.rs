@@ -986,10 +986,7 @@ fn the_exchange_client_gets_its_token_from_github_actions_or_a_variable() {
         .env_remove("CI_JOB_JWT_FERRY")
         .output()
         .unwrap();
-    client_failed(
-        &out,
-        "--token-env CI_JOB_JWT_FERRY: the variable is not set",
-    );
+    client_failed(&out, "the token variable CI_JOB_JWT_FERRY is not set");
     server.stop();
 }
 

@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+mod agent;
 mod audit;
 mod check;
 mod dev;
@@ -48,6 +49,9 @@ enum Command {
     Explain(explain::Args),
     /// Exchange a token file for a target's credentials (a client of a running Ferry).
     Exchange(exchange::Args),
+    /// Serve the cloud SDKs' credential endpoints (AWS container credentials, GCP
+    /// metadata, Azure managed identity) from Ferry, next to a workload.
+    Agent(agent::Args),
     /// Manage Ferry's signing keys.
     #[command(subcommand)]
     Keys(keys::Command),
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Exchange(a) => exchange::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Keys(c) => keys::run(c),
         Command::Audit(c) => audit::run(c),
         Command::Revoke(a) => revoke::run(a),

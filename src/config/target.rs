@@ -13,7 +13,7 @@ use super::{Binding, ConfigDuration, TargetKind};
 /// The shortest and longest lifetime of a JWT Ferry signs, and its default.
 const MIN_JWT_TTL: Duration = Duration::from_secs(10);
 const MAX_JWT_TTL: Duration = Duration::from_secs(24 * 3600);
-const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
+const DEFAULT_JWT_TTL: Duration = Duration::from_secs(600);
 
 /// `[[targets]]`: what a workload can ask for.
 #[derive(Debug, Clone, Deserialize)]

@@ -80,10 +80,24 @@ pub(super) fn build(config: &Config, issuer: Option<&Arc<FerryIssuer>>, b: &mut 
             revocation_field: crate::store::RevocationTarget::target_field(&t.id),
             cache_scope: cache_scope(t, &config.server.public_url, &issuer.keys().active.kid),
         };
+        if matches!(t.spec, TargetSpec::Jwt { .. }) && target.min_remaining < JWT_CLIENT_FLOOR {
+            b.warnings.push(Problem {
+                file: b.file.clone(),
+                entry: format!("targets[{}].min_remaining", t.id),
+                problem: format!(
+                    "warning: a cached token is handed out with as little as {} left; google-auth treats a token with under 3m45s left as expired and asks again at once, getting the same token back (a loop until it is replaced): set min_remaining to at least 4m (and ttl above it)",
+                    humantime::format_duration(target.min_remaining)
+                ),
+            });
+        }
         targets.insert(t.id.clone(), Arc::new(target));
     }
     (targets, resources)
 }
+
+/// The least lifetime a cached JWT is handed out with by default: above google-auth's
+/// refresh threshold (3 min 45 s), the shortest common client threshold for JWTs.
+const JWT_CLIENT_FLOOR: Duration = Duration::from_secs(240);
 
 /// A cloud target: its provider crate's target constructed, its expressions over
 /// `identity` compiled, its warnings recorded.

@@ -2,6 +2,7 @@
 //! socket, key rotation, several algorithms) and Ferry's real router over a temp config.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod dev;
 pub mod dpop;
 

@@ -7,22 +7,14 @@
 //! standard output: errors name the failing step and Ferry's `error_description`, never
 //! a token or a secret.
 
-mod proof;
-mod source;
-
-use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
+use ferry::client::{self, Client, Subject, Transport, source};
 use serde_json::{Map, Value};
-use url::Url;
-
-/// The RFC 8693 grant type.
-const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// The longest wait a `Retry-After` can ask for.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -117,36 +109,46 @@ enum Format {
     Env,
     /// The JSON an AWS SDK or CLI reads from a `credential_process` (AWS targets only).
     CredentialProcess,
+    /// The executable response google-auth's `executable` credential source reads
+    /// (pluggable auth; `jwt` targets only): Ferry's JWT as the subject token of a GCP
+    /// workload identity federation.
+    GoogleExecutable,
 }
 
 /// Exchanges the token and prints the credentials.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let endpoint = token_endpoint(&args.url)?;
+    let endpoint = client::token_endpoint(&args.url, "--url")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let token = match (&args.token_file, &args.token_env, args.token_source) {
-        (Some(path), _, _) => read_token(path)?,
-        (None, Some(name), _) => source::from_env(name)?,
-        (None, None, Some(s)) => rt.block_on(source::fetch(
-            s,
-            args.audience.as_deref(),
-            args.timeout.into(),
-        ))?,
+    let subject = match (&args.token_file, &args.token_env, args.token_source) {
+        (Some(path), _, _) => Subject::File(path.clone()),
+        (None, Some(name), _) => Subject::Env(name.clone()),
+        (None, None, Some(source)) => Subject::Ci {
+            source,
+            audience: args.audience.clone(),
+        },
         (None, None, None) => bail!("give --token-file, --token-env or --token-source"),
     };
-    let form = form_body(&args, &token);
-    let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Some(identity(cert, key)?),
-        _ => None,
+    let token = rt.block_on(subject.token(args.timeout.into()))?;
+    let transport = Transport {
+        ca_file: args.ca_file.as_deref(),
+        identity: args.cert.as_deref().zip(args.key.as_deref()),
+        dpop_key: args.dpop_key.as_deref(),
+        timeout: args.timeout.into(),
     };
-    let client = client(args.ca_file.as_deref(), identity, args.timeout.into())?;
-    let dpop = args
-        .dpop_key
-        .as_deref()
-        .map(proof::DpopKey::load)
-        .transpose()?;
-    let response = rt.block_on(post(&client, &endpoint, form, dpop.as_ref(), args.retries))?;
+    let client = Client::new(endpoint, &transport)?;
+    let request = client::Request {
+        token_type: args.token_type.urn(),
+        audience: args.target.as_deref(),
+        resource: args.resource.as_deref(),
+        scopes: &args.scopes,
+    };
+    let response = rt.block_on(
+        client.exchange(&token, &request, args.retries, |err, wait| {
+            eprintln!("ferry exchange: {err:#}; trying again in {wait:?}");
+        }),
+    )?;
     let now = SystemTime::now();
     let text = render(&response, args.format, now)?;
     // Not `print!`, which panics when standard output is closed.
@@ -155,276 +157,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .and_then(|()| out.flush())
         .context("cannot write the credentials to standard output")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `{url}/oauth2/token`, keeping any path prefix (Ferry behind a proxy at `/ferry/`).
-fn token_endpoint(base: &str) -> anyhow::Result<Url> {
-    // Not echoed: the text may hold a password.
-    let mut url = Url::parse(base).map_err(|e| anyhow!("--url is not a URL: {e}"))?;
-    // A password in the URL would be sent with every request and shown in every error
-    // that names the URL (DESIGN §4: no secrets in logs); Ferry's token endpoint takes
-    // none, so such a URL is refused without repeating it.
-    if !url.username().is_empty() || url.password().is_some() {
-        bail!("--url holds a user name or password; give Ferry's URL without them");
-    }
-    match url.scheme() {
-        "https" => {}
-        "http" if ferry::verify::fetch::is_loopback(&url) => {}
-        "http" => bail!(
-            "--url `{base}`: plain http would send the token in the clear; use https (http is allowed only to a loopback address)"
-        ),
-        other => bail!("--url `{base}`: scheme `{other}` is not http or https"),
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        bail!("--url `{base}`: give Ferry's base URL, without a query or fragment");
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    url.join("oauth2/token")
-        .with_context(|| format!("--url `{base}`: cannot append oauth2/token"))
-}
-
-/// The token, without surrounding whitespace (token files usually end with a newline).
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let limit = ferry::verify::MAX_TOKEN_BYTES;
-    let mut raw = Vec::new();
-    let read = if path == Path::new("-") {
-        std::io::stdin()
-            .take(limit as u64 + 1)
-            .read_to_end(&mut raw)
-            .context("cannot read the token from standard input")
-    } else {
-        std::fs::File::open(path)
-            .and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut raw))
-            .with_context(|| format!("cannot read the token file {}", path.display()))
-    };
-    read?;
-    let whence = format!("the token file {}", path.display());
-    let text = String::from_utf8(raw).map_err(|_| anyhow!("{whence} is not UTF-8 text"))?;
-    source::check_token(&text, &whence)
-}
-
-fn form_body(args: &Args, token: &str) -> String {
-    let mut form = url::form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", GRANT_TYPE)
-        .append_pair("subject_token", token)
-        .append_pair("subject_token_type", args.token_type.urn());
-    if let Some(t) = &args.target {
-        form.append_pair("audience", t);
-    }
-    if let Some(r) = &args.resource {
-        form.append_pair("resource", r);
-    }
-    let scope = args
-        .scopes
-        .iter()
-        .flat_map(|s| s.split_whitespace())
-        .collect::<Vec<_>>()
-        .join(" ");
-    if !scope.is_empty() {
-        form.append_pair("scope", &scope);
-    }
-    form.finish()
-}
-
-/// The client certificate and key, as one reqwest identity.
-fn identity(cert: &Path, key: &Path) -> anyhow::Result<reqwest::Identity> {
-    let mut pem =
-        std::fs::read(cert).with_context(|| format!("cannot read --cert {}", cert.display()))?;
-    pem.extend_from_slice(b"\n");
-    pem.extend(std::fs::read(key).with_context(|| format!("cannot read --key {}", key.display()))?);
-    reqwest::Identity::from_pem(&pem).with_context(|| {
-        format!(
-            "--cert {} and --key {}: not a PEM certificate and its private key",
-            cert.display(),
-            key.display()
-        )
-    })
-}
-
-fn client(
-    ca_file: Option<&Path>,
-    identity: Option<reqwest::Identity>,
-    timeout: Duration,
-) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("ferry-exchange/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("cannot read --ca-file {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?;
-        if certs.is_empty() {
-            bail!("--ca-file {}: no certificate in it", path.display());
-        }
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    if let Some(identity) = identity {
-        builder = builder.identity(identity);
-    }
-    builder.build().context("cannot set up the HTTP client")
-}
-
-/// What one attempt came to.
-enum Attempt {
-    Done(Map<String, Value>),
-    /// Worth another attempt, after this long.
-    Again(anyhow::Error, Option<Duration>),
-    /// Ferry asked for a DPoP proof with this nonce (RFC 9449 §8).
-    Nonce(anyhow::Error, String),
-}
-
-async fn post(
-    client: &reqwest::Client,
-    endpoint: &Url,
-    form: String,
-    dpop: Option<&proof::DpopKey>,
-    retries: u32,
-) -> anyhow::Result<Map<String, Value>> {
-    let mut attempt = 0u32;
-    let mut nonce: Option<String> = None;
-    let mut followed_nonce = false;
-    loop {
-        // A proof is good once: each attempt makes its own.
-        let proof = dpop
-            .map(|key| key.proof(endpoint, super::system_clock().now(), nonce.as_deref()))
-            .transpose()?;
-        match once(client, endpoint, form.clone(), proof).await? {
-            Attempt::Done(body) => return Ok(body),
-            // Followed once, at once; a second challenge is a refusal.
-            Attempt::Nonce(err, given) => {
-                if followed_nonce || dpop.is_none() {
-                    return Err(err);
-                }
-                followed_nonce = true;
-                nonce = Some(given);
-            }
-            Attempt::Again(err, wait) => {
-                if attempt >= retries {
-                    return Err(err);
-                }
-                let backoff = Duration::from_millis(500u64 << attempt.min(5));
-                let wait = wait.unwrap_or(backoff).min(MAX_RETRY_AFTER);
-                eprintln!("ferry exchange: {err:#}; trying again in {wait:?}");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-        }
-    }
-}
-
-async fn once(
-    client: &reqwest::Client,
-    endpoint: &Url,
-    form: String,
-    proof: Option<String>,
-) -> anyhow::Result<Attempt> {
-    let mut request = client
-        .post(endpoint.clone())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("accept", "application/json");
-    if let Some(proof) = proof {
-        request = request.header("dpop", proof);
-    }
-    let sent = request.body(form).send().await;
-    let res = match sent {
-        Ok(r) => r,
-        // The error names the URL and the cause; the body (the token) is not in it.
-        Err(e) => {
-            return Ok(Attempt::Again(
-                anyhow!("cannot reach Ferry at {endpoint}: {}", reqwest_cause(&e)),
-                None,
-            ));
-        }
-    };
-    let status = res.status();
-    let request_id = res
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let nonce_header = res
-        .headers()
-        .get("dpop-nonce")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let body = match res.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            return Ok(Attempt::Again(
-                anyhow!("Ferry's answer was cut off: {}", reqwest_cause(&e)),
-                None,
-            ));
-        }
-    };
-    let json: Option<Map<String, Value>> = serde_json::from_slice(&body).ok();
-    let rid = request_id
-        .map(|r| format!(" (request id {r})"))
-        .unwrap_or_default();
-    if status.is_success() {
-        let Some(json) = json.filter(|j| j.get("access_token").is_some_and(Value::is_string))
-        else {
-            bail!("Ferry answered {status} without a token response{rid}");
-        };
-        return Ok(Attempt::Done(json));
-    }
-    let field = |k: &str| {
-        json.as_ref()
-            .and_then(|j| j.get(k))
-            .and_then(Value::as_str)
-            .map(one_line)
-    };
-    let refusal = match (field("error"), field("error_description")) {
-        (Some(e), Some(d)) => anyhow!("Ferry refused: {e}: {d}{rid}"),
-        (Some(e), None) => anyhow!("Ferry refused: {e}{rid}"),
-        _ => anyhow!("Ferry answered {status}{rid}"),
-    };
-    if field("error").as_deref() == Some("use_dpop_nonce")
-        && let Some(n) = nonce_header
-    {
-        return Ok(Attempt::Nonce(refusal, n));
-    }
-    let transient = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        || status == reqwest::StatusCode::BAD_GATEWAY
-        || status == reqwest::StatusCode::GATEWAY_TIMEOUT;
-    if transient {
-        Ok(Attempt::Again(refusal, retry_after))
-    } else {
-        Err(refusal)
-    }
-}
-
-/// The innermost cause of a client error (connection refused, timed out, …).
-fn reqwest_cause(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".into();
-    }
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    one_line(&cause.to_string())
-}
-
-/// Text from the server, on one line and bounded, for an error message.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(300)
-        .collect()
 }
 
 /// The response in the chosen format, ending with a newline.
@@ -437,6 +169,7 @@ fn render(
         Format::Json => Ok(format!("{}\n", Value::Object(response.clone()))),
         Format::Env => Ok(env_lines(response, now)),
         Format::CredentialProcess => credential_process(response),
+        Format::GoogleExecutable => google_executable(response, now),
     }
 }
 
@@ -509,6 +242,35 @@ fn credential_process(response: &Map<String, Value>) -> anyhow::Result<String> {
         "SecretAccessKey": secret,
         "SessionToken": session,
         "Expiration": expiration,
+    });
+    Ok(format!("{out}\n"))
+}
+
+/// <https://google.aip.dev/auth/4117#determining-the-subject-token-in-executable-sourced-credentials>:
+/// `{"version":1,"success":true,"token_type":…,"id_token":…,"expiration_time":…}`.
+fn google_executable(response: &Map<String, Value>, now: SystemTime) -> anyhow::Result<String> {
+    const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+    let token = string_field(response, "access_token");
+    let jwt = string_field(response, "issued_token_type") == Some(JWT);
+    let (Some(token), true) = (token, jwt) else {
+        bail!(
+            "--format google-executable needs a jwt target (Ferry's JWT is the subject token google-auth exchanges with Google's STS); this target issued no JWT"
+        );
+    };
+    let expires_in = response
+        .get("expires_in")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let at = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + expires_in;
+    let out = serde_json::json!({
+        "version": 1,
+        "success": true,
+        "token_type": JWT,
+        "id_token": token,
+        "expiration_time": at,
     });
     Ok(format!("{out}\n"))
 }

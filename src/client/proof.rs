@@ -1,4 +1,4 @@
-//! `ferry exchange --dpop-key`: a fresh DPoP proof (RFC 9449 §4.2) for each attempt.
+//! A client's DPoP key (`ferry exchange --dpop-key`): a fresh DPoP proof (RFC 9449 §4.2) for each attempt.
 
 use std::path::Path;
 
@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 /// A client's DPoP key and the public JWK its proofs carry.
 pub struct DpopKey {
-    key: ferry::issuer::keys::SigningKey,
+    key: crate::issuer::keys::SigningKey,
     jwk: Map<String, Value>,
 }
 
@@ -36,7 +36,7 @@ impl DpopKey {
             Algorithm::EdDSA,
         ]
         .into_iter()
-        .find_map(|alg| ferry::issuer::keys::signing_key_from_pem(alg, &pem, Some("dpop"), 0).ok())
+        .find_map(|alg| crate::issuer::keys::signing_key_from_pem(alg, &pem, Some("dpop"), 0).ok())
         .ok_or_else(|| {
             anyhow!(
                 "--dpop-key {}: not a P-256, P-384, RSA or Ed25519 PEM private key",
@@ -93,10 +93,10 @@ mod tests {
             Algorithm::EdDSA,
         ] {
             let path = dir.path().join("dpop.pem");
-            std::fs::write(&path, ferry::issuer::keys::generate_private_pem(alg)?)?;
+            std::fs::write(&path, crate::issuer::keys::generate_private_pem(alg)?)?;
             let key = DpopKey::load(&path)?;
             let proof = key.proof(&htu, 1_700_000_000, Some("n-1"))?;
-            let checked = ferry::exchange::dpop::verify(
+            let checked = crate::exchange::dpop::verify(
                 &proof,
                 "POST",
                 "https://ferry.example.com/oauth2/token",

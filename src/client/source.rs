@@ -1,4 +1,4 @@
-//! Where `ferry exchange` gets the workload's own token: a file (a Kubernetes projected
+//! Where `ferry exchange` and `ferry agent` get the workload's own token: a file (a Kubernetes projected
 //! service-account token, re-read each run), an environment variable (GitLab CI
 //! `id_tokens`, Buildkite's OIDC token, …), or the CI system itself (GitHub Actions'
 //! OIDC token endpoint).
@@ -9,7 +9,8 @@ use anyhow::{Context as _, anyhow, bail};
 use url::Url;
 
 /// A CI system Ferry can ask for the job's OIDC token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TokenSource {
     /// The job's OIDC token from `ACTIONS_ID_TOKEN_REQUEST_URL`, authenticated with
     /// `ACTIONS_ID_TOKEN_REQUEST_TOKEN` (the job needs `permissions: id-token: write`).
@@ -23,7 +24,7 @@ const GITHUB_TOKEN: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
 /// A token as a token file, a variable or an endpoint gave it: surrounding whitespace
 /// dropped, one word, at most Ferry's limit. `whence` names where it came from.
 pub fn check_token(text: &str, whence: &str) -> anyhow::Result<String> {
-    let limit = ferry::verify::MAX_TOKEN_BYTES;
+    let limit = crate::verify::MAX_TOKEN_BYTES;
     let token = text.trim();
     if token.len() > limit {
         bail!("the token in {whence} is over {limit} bytes; Ferry refuses tokens that large");
@@ -40,8 +41,8 @@ pub fn check_token(text: &str, whence: &str) -> anyhow::Result<String> {
 /// The token in environment variable `name`.
 pub fn from_env(name: &str) -> anyhow::Result<String> {
     let value = std::env::var(name).map_err(|e| match e {
-        std::env::VarError::NotPresent => anyhow!("--token-env {name}: the variable is not set"),
-        std::env::VarError::NotUnicode(_) => anyhow!("--token-env {name}: not UTF-8 text"),
+        std::env::VarError::NotPresent => anyhow!("the token variable {name} is not set"),
+        std::env::VarError::NotUnicode(_) => anyhow!("the token variable {name} is not UTF-8 text"),
     })?;
     check_token(&value, &format!("the variable {name}"))
 }
@@ -62,18 +63,18 @@ async fn github_actions(audience: Option<&str>, timeout: Duration) -> anyhow::Re
     let var = |name: &str| {
         std::env::var(name).map_err(|_| {
             anyhow!(
-                "--token-source github-actions: {name} is not set (is this a GitHub Actions job with `permissions: id-token: write`?)"
+                "the GitHub Actions token source: {name} is not set (is this a GitHub Actions job with `permissions: id-token: write`?)"
             )
         })
     };
     // Not echoed: the URL is GitHub's, but the request token beside it is a secret.
     let mut url = Url::parse(&var(GITHUB_URL)?)
-        .map_err(|_| anyhow!("--token-source github-actions: {GITHUB_URL} is not a URL"))?;
+        .map_err(|_| anyhow!("the GitHub Actions token source: {GITHUB_URL} is not a URL"))?;
     let secure = url.scheme() == "https"
-        || (url.scheme() == "http" && ferry::verify::fetch::is_loopback(&url));
+        || (url.scheme() == "http" && crate::verify::fetch::is_loopback(&url));
     if !secure {
         bail!(
-            "--token-source github-actions: {GITHUB_URL} is not https; the request token would go in the clear"
+            "the GitHub Actions token source: {GITHUB_URL} is not https; the request token would go in the clear"
         );
     }
     if let Some(aud) = audience {
@@ -83,7 +84,7 @@ async fn github_actions(audience: Option<&str>, timeout: Duration) -> anyhow::Re
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("ferry-exchange/", env!("CARGO_PKG_VERSION")))
+        .user_agent(super::USER_AGENT)
         .build()
         .context("cannot set up the HTTP client")?;
     let res = client
