@@ -12,6 +12,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use common::agent;
 use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
@@ -219,4 +220,119 @@ async fn entra_denials_and_throttling_map_to_oauth_errors() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "bounded by attempt timeouts and the 10 s budget"
     );
+}
+
+/// azure-identity, pointed at the agent by `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` (the
+/// App Service protocol, through `DefaultAzureCredential`) or by
+/// `AZURE_POD_IDENTITY_AUTHORITY_HOST` (the IMDS shape), gets the Entra tokens Ferry
+/// obtained for the mapped resources; an unmapped resource, a missing secret and a
+/// missing `Metadata` header are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_managed_identity_to_azure_identity() {
+    let (fake, url) = start_fake().await;
+    let (h, _side) = harness(&url).await;
+    let (ferry, _down) = agent::serve_ferry(h.router()).await;
+    let a = agent::Agent::start(
+        &ferry,
+        &h.token(|_| {}),
+        &format!(
+            "[azure]\nclient_id = \"{CLIENT}\"\nresources = {{ \"https://management.azure.com/\" = \"az-fed\", \"https://vault.azure.net\" = \"az-secret\" }}\n"
+        ),
+    );
+    a.await_healthy().await;
+    let endpoint = format!("{}/azure/identity", a.base());
+    let script = |scope: &str, credential: &str| {
+        format!(
+            "import json\nfrom azure.identity import {credential}\nt = {credential}().get_token({scope:?})\nprint(json.dumps({{\"token\": t.token, \"expires_on\": t.expires_on}}))\n"
+        )
+    };
+    let out = agent::run_python(
+        &script(
+            "https://management.azure.com/.default",
+            "DefaultAzureCredential",
+        ),
+        &[
+            ("IDENTITY_ENDPOINT", endpoint.clone()),
+            ("IDENTITY_HEADER", a.secret()),
+        ],
+    )
+    .await;
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["token"], "eyJ0eXAi.entra.token");
+    let expires_on = got["expires_on"].as_i64().unwrap();
+    assert!(
+        (now() + 3500..=now() + 3600).contains(&expires_on),
+        "{expires_on}"
+    );
+
+    let out = agent::run_python(
+        &script(
+            "https://vault.azure.net/.default",
+            "ManagedIdentityCredential",
+        ),
+        &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", a.base())],
+    )
+    .await;
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["token"], "eyJ0eXAi.entra.token");
+    // Both targets were fetched once, ahead of need, and served from the agent after.
+    assert_eq!(fake.token.lock().unwrap().len(), 2);
+
+    let client = reqwest::Client::new();
+    let get = |url: String, headers: &[(&'static str, String)]| {
+        let mut r = client.get(url);
+        for (k, v) in headers {
+            r = r.header(*k, v);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let app = |resource: &str| format!("{endpoint}?api-version=2019-08-01&resource={resource}");
+    let (status, body) = get(
+        app("https://storage.azure.com/"),
+        &[("x-identity-header", a.secret())],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_resource");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("https://management.azure.com")
+    );
+    let (status, body) = get(app("https://management.azure.com/"), &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "invalid_request");
+    let (status, body) = get(
+        app("https://management.azure.com/"),
+        &[("x-identity-header", "guess".into())],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = get(
+        format!("{endpoint}?api-version=2019-08-01&resource=https://management.azure.com/&client_id=someone-else"),
+        &[("x-identity-header", a.secret())],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let imds = format!(
+        "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/",
+        a.base()
+    );
+    let (status, body) = get(imds.clone(), &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error_description"],
+        "Required metadata header not specified"
+    );
+    let (status, body) = get(imds, &[("metadata", "true".into())]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["client_id"], CLIENT);
+    assert_eq!(body["resource"], "https://management.azure.com/");
+    assert!(body["expires_in"].as_str().unwrap().parse::<u64>().unwrap() > 3000);
+    a.assert_logs_hold_none_of(&["eyJ0eXAi.entra.token", &a.secret()]);
 }

@@ -4,21 +4,51 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Ferry's router on a loopback listener; the task serving it (abort it for an outage).
-pub async fn serve_ferry(router: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
+/// Ferry's router on a loopback listener, and a switch that makes it answer 503 to
+/// everything (a load balancer with no healthy replica: an outage).
+pub async fn serve_ferry(router: axum::Router) -> (String, Arc<AtomicBool>) {
+    use axum::response::IntoResponse as _;
+    let down = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&down);
+    let router = router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let flag = Arc::clone(&flag);
+            async move {
+                if flag.load(Ordering::SeqCst) {
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "no healthy upstream",
+                    )
+                        .into_response();
+                }
+                next.run(req).await
+            }
+        },
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let _ = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .await;
     });
-    (url, task)
+    (url, down)
+}
+
+/// Keeps a harness's manual clock on real time (the agent's refreshes run on it).
+pub fn follow_real_time(clock: Arc<ferry::clock::ManualClock>) {
+    tokio::spawn(async move {
+        loop {
+            clock.set(super::now());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 /// A running `ferry agent`, killed when dropped.
