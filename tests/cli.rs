@@ -1060,3 +1060,112 @@ permit(principal, action, resource) when {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn check_warns_when_a_cached_jwt_would_make_google_auth_loop() {
+    // The shipped configs hand out no JWT with under 4 minutes left (the test above
+    // checks they pass); a 5-minute ttl with the default half-life cache does.
+    let dev = std::fs::read_to_string(repo().join("config/dev.toml")).unwrap();
+    let config_dir = repo().join("config");
+    let short = dev
+        .replace("ttl = \"10m\"", "ttl = \"5m\"")
+        .replace("\"dev/", &format!("\"{}/dev/", config_dir.display()))
+        .replace(
+            "\"policies/",
+            &format!("\"{}/policies/", config_dir.display()),
+        );
+    assert!(
+        short.contains("ttl = \"5m\""),
+        "dev.toml's internal-api ttl"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "short-jwt.toml", &short);
+    let out = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("targets[internal-api].min_remaining: warning: a cached token is handed out with as little as 2m 30s left; google-auth"),
+        "{err}"
+    );
+    let fixed = short.replace("ttl = \"5m\"", "ttl = \"5m\"\nmin_remaining = \"4m\"");
+    std::fs::write(&cfg, fixed).unwrap();
+    let out = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        !text(&out.stderr).contains("google-auth"),
+        "{}",
+        text(&out.stderr)
+    );
+    let dev_out = run(&["check", "--config", "config/dev.toml"]);
+    assert!(
+        !text(&dev_out.stderr).contains("google-auth"),
+        "{}",
+        text(&dev_out.stderr)
+    );
+}
+
+#[test]
+fn the_agent_checks_its_config_and_prints_each_sdks_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "agent.toml",
+        "ferry_url = \"http://ferry.example.com\"\nlisten = \"0.0.0.0:80\"\n[aws]\ntarget = \"a\"\n",
+    );
+    let out = run(&["agent", "--config", bad.to_str().unwrap(), "--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let file = bad.display().to_string();
+    for line in [
+        format!(
+            "{file}: ferry_url: the URL `http://ferry.example.com`: plain http would send the token in the clear"
+        ),
+        format!("{file}: listen: `0.0.0.0:80` is not a loopback address"),
+        format!(
+            "{file}: token_file: the workload's token: give token_file, token_env or token_source"
+        ),
+        format!("{file}: secret_file: is required with [aws] or [azure]"),
+    ] {
+        assert!(err.contains(&line), "missing {line:?} in {err}");
+    }
+
+    let good = write(
+        dir.path(),
+        "good.toml",
+        "ferry_url = \"https://ferry.example.com\"\ntoken_env = \"T\"\nsecret_file = \"secret\"\nlisten = \"127.0.0.1:8990\"\n[aws]\ntarget = \"a\"\n[gcp]\ntarget = \"g\"\nemail = \"a@b.iam.gserviceaccount.com\"\nproject_id = \"p\"\n[azure]\nresources = { \"https://management.azure.com/\" = \"z\" }\n",
+    );
+    let out = run(&["agent", "--config", good.to_str().unwrap(), "--check"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !dir.path().join("secret").exists(),
+        "--check creates nothing"
+    );
+    let out = run(&["agent", "--config", good.to_str().unwrap(), "--print-env"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let secret = std::fs::read_to_string(dir.path().join("secret")).unwrap();
+    assert_eq!(secret.len(), 64);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let env = text(&out.stdout);
+    for line in [
+        "export AWS_CONTAINER_CREDENTIALS_FULL_URI='http://127.0.0.1:8990/aws/credentials'\n"
+            .to_owned(),
+        format!(
+            "export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE='{}'\n",
+            dir.path().join("secret").display()
+        ),
+        "export GCE_METADATA_HOST='127.0.0.1:8990'\n".to_owned(),
+        "export IDENTITY_ENDPOINT='http://127.0.0.1:8990/azure/identity'\n".to_owned(),
+        format!("export IDENTITY_HEADER='{secret}'\n"),
+    ] {
+        assert!(env.contains(&line), "missing {line:?} in {env}");
+    }
+    // The same secret the next time: it is read, not made again.
+    let again = run(&["agent", "--config", good.to_str().unwrap(), "--print-env"]);
+    assert_eq!(text(&again.stdout), env);
+}

@@ -167,6 +167,14 @@ pub(crate) fn print_goals(
             t2.cpu_us / b1.cpu_us.max(1e-9)
         );
     }
+    if let Some(g1) = row("G1") {
+        println!(
+            "  (G1, the agent's cached answer, saturated: {:.0} req/s, {:.2} × A, CPU {:.1} µs/req; its p99 goal is judged in the open loop below)",
+            g1.rps,
+            g1.rps / a_rps.max(1e-9),
+            g1.cpu_us
+        );
+    }
     for prefix in ["B3", "B4", "C3"] {
         if let Some(r) = row(prefix) {
             let ratio = r.rps / a_rps.max(1e-9);

@@ -106,7 +106,7 @@ pub(crate) fn config_text(dir: &Path, redis: Option<(&str, &Path, &str)>) -> Str
     };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:9\"\n[signing]\n{signing}\n[reload]\nwatch = false\n{store}\n{}{}\
-         [[targets]]\nid = \"api\"\nkind = \"jwt\"\naudience = \"https://api\"\nttl = \"1h\"\n\
+         [[targets]]\nid = \"api\"\nkind = \"jwt\"\naudience = \"https://api\"\nttl = \"1h\"\nscopes = [\"bench\"]\n\
          [[targets]]\nid = \"miss0\"\nkind = \"jwt\"\naudience = \"https://miss0\"\nttl = \"1h\"\n\
          [[targets]]\nid = \"miss50\"\nkind = \"jwt\"\naudience = \"https://miss50\"\nttl = \"1h\"\n\
          [policy]\nfiles = [\"{}\"]\n",
@@ -457,4 +457,43 @@ pub(crate) fn export(
         dir = dir.display()
     );
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `ferry agent` for the Ferry at `ferry`, holding `token`, serving the GCP metadata
+/// server from the `api` target; its address once its credential is held.
+pub(crate) async fn start_agent(
+    dir: &Path,
+    ferry: SocketAddr,
+    token: &str,
+) -> anyhow::Result<SocketAddr> {
+    std::fs::write(dir.join("agent.token"), token)?;
+    let text = format!(
+        "ferry_url = \"http://{ferry}\"\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n\
+         [gcp]\ntarget = \"api\"\nemail = \"bench@bench.iam.gserviceaccount.com\"\nproject_id = \"bench\"\nscopes = [\"bench\"]\n"
+    );
+    let config = ferry::agent::AgentConfig::parse("agent.toml", &text, dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let agent = ferry::agent::Agent::start(config)?;
+    tokio::spawn(ferry::agent::serve(
+        listener,
+        std::sync::Arc::clone(&agent),
+        std::future::pending(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent
+        .credentials
+        .status()
+        .iter()
+        .any(|s| s.expires_at.is_none())
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the agent got no credential from Ferry: {:?}",
+            agent.credentials.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(addr)
 }

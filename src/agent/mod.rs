@@ -143,6 +143,17 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
     router.with_state(agent)
 }
 
+/// Serves the agent on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    agent: Arc<Agent>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(agent))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 type State = axum::extract::State<Arc<Agent>>;
 
 /// 200 when every configured credential is held and servable, else 503; the

@@ -66,8 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let listen = listener.local_addr().context("listen")?;
         let agent = Agent::start(config)?;
         tracing::info!(%listen, endpoints = %endpoints(&agent.config), "ferry agent listening");
-        axum::serve(listener, ferry::agent::router(agent))
-            .with_graceful_shutdown(super::serve::shutdown_signal())
+        ferry::agent::serve(listener, agent, super::serve::shutdown_signal())
             .await
             .context("serving")?;
         tracing::info!("ferry agent stopped");

@@ -142,7 +142,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("token_endpoint", &self.endpoint.as_str())
             .finish_non_exhaustive()
     }
 }

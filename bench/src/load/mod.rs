@@ -47,7 +47,8 @@ pub(crate) type Client = hyper_util::client::legacy::Client<
 
 #[derive(Clone)]
 pub(crate) enum Load {
-    Get(String),
+    /// GETs of a URL, with these extra header lines (`name: value\r\n` each).
+    Get(String, Arc<str>),
     /// POSTs of these bodies in turn. The cursor belongs to the scenario, so a later round
     /// goes on where the last stopped instead of presenting the same tokens again.
     Post(String, Arc<Vec<Bytes>>, Arc<AtomicUsize>),
@@ -72,9 +73,22 @@ impl Load {
         Load::Post(url, bodies, Arc::default())
     }
 
+    pub(crate) fn get(url: String) -> Self {
+        Load::Get(url, Arc::from(""))
+    }
+
+    /// Its extra header lines (a GET's).
+    pub(crate) fn headers(&self) -> &str {
+        match self {
+            Load::Get(_, headers) => headers,
+            Load::Tls(load, _) | Load::Dpop(load, ..) => load.headers(),
+            Load::Post(..) => "",
+        }
+    }
+
     pub(crate) fn url(&self) -> &str {
         match self {
-            Load::Get(url) | Load::Post(url, ..) => url,
+            Load::Get(url, _) | Load::Post(url, ..) => url,
             Load::Tls(load, _) | Load::Dpop(load, ..) => load.url(),
         }
     }

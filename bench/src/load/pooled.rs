@@ -25,8 +25,14 @@ pub(crate) async fn drive_hyper(
             let mut t = Tally::default();
             while Instant::now() < deadline {
                 let req = match &load {
-                    Load::Get(url) => {
-                        hyper::Request::get(url.as_str()).body(Full::new(Bytes::new()))
+                    Load::Get(url, headers) => {
+                        let mut req = hyper::Request::get(url.as_str());
+                        for line in headers.lines() {
+                            if let Some((name, value)) = line.split_once(':') {
+                                req = req.header(name.trim(), value.trim());
+                            }
+                        }
+                        req.body(Full::new(Bytes::new()))
                     }
                     Load::Post(url, bodies, cursor) => form_request(
                         url.as_str(),

@@ -107,7 +107,8 @@ pub(crate) async fn raw_connection(
     let (load, proofs) = load.split_dpop();
     let mut conn = RawConnection::new(addr);
     conn.tls = tls.cloned();
-    let mut requests = RawRequests::new(matches!(load, Load::Post(..)), &host, &path);
+    let mut requests =
+        RawRequests::new(matches!(load, Load::Post(..)), &host, &path, load.headers());
     let start = Instant::now() + phase.unwrap_or_default();
     let mut free_at = start;
     for n in 0u32.. {
@@ -176,14 +177,14 @@ pub(crate) struct RawRequests {
 }
 
 impl RawRequests {
-    pub(crate) fn new(post: bool, host: &str, path: &str) -> Self {
+    pub(crate) fn new(post: bool, host: &str, path: &str, headers: &str) -> Self {
         let head = if post {
             format!(
                 "POST {path} HTTP/1.1\r\nhost: {host}\r\n\
                  content-type: application/x-www-form-urlencoded\r\n"
             )
         } else {
-            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n")
+            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n{headers}\r\n")
         };
         let mut bytes = Vec::with_capacity(4096);
         bytes.extend_from_slice(head.as_bytes());
@@ -409,7 +410,7 @@ mod tests {
             Some((8443, "/".to_owned()))
         );
         assert_eq!(split_url("http://localhost:8080/"), None);
-        let mut post = RawRequests::new(true, "h:1", "/p");
+        let mut post = RawRequests::new(true, "h:1", "/p", "");
         assert_eq!(
             post.with_body(Some(b"abc")),
             b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 3\r\n\r\nabc"
@@ -432,7 +433,7 @@ mod tests {
                 .any(|w| w == b"dpop:")
         );
         assert_eq!(
-            RawRequests::new(false, "h:1", "/p").with_body(None),
+            RawRequests::new(false, "h:1", "/p", "").with_body(None),
             b"GET /p HTTP/1.1\r\nhost: h:1\r\n\r\n"
         );
     }

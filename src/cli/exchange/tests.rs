@@ -77,3 +77,21 @@ fn gcp_tokens_set_the_gcloud_and_terraform_variables_and_jwts_only_ferrys() {
     let err = credential_process(&jwt).unwrap_err().to_string();
     assert!(err.contains("needs an AWS target"), "{err}");
 }
+
+#[test]
+fn google_executable_prints_the_pluggable_auth_response_for_jwts_only() {
+    let jwt = obj(serde_json::json!({
+        "access_token": "eyJ.x.y",
+        "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "expires_in": 600,
+    }));
+    let out = google_executable(&jwt, SystemTime::UNIX_EPOCH + Duration::from_secs(1000)).unwrap();
+    assert_eq!(
+        out,
+        "{\"version\":1,\"success\":true,\"token_type\":\"urn:ietf:params:oauth:token-type:jwt\",\"id_token\":\"eyJ.x.y\",\"expiration_time\":1600}\n"
+    );
+    let err = google_executable(&aws_response(), SystemTime::UNIX_EPOCH)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs a jwt target"), "{err}");
+}
