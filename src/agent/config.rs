@@ -117,6 +117,21 @@ pub fn normalise_resource(resource: &str) -> String {
 }
 
 impl AgentConfig {
+    /// The client of Ferry this config describes (its CA and client certificate files
+    /// loaded).
+    pub fn client(&self) -> anyhow::Result<client::Client> {
+        let transport = client::Transport {
+            ca_file: self.ca_file.as_deref(),
+            identity: self
+                .identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+            dpop_key: None,
+            timeout: self.timeout,
+        };
+        client::Client::new(self.endpoint.clone(), &transport)
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let file = path.display().to_string();

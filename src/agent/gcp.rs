@@ -81,22 +81,24 @@ fn refused(headers: &HeaderMap) -> Option<Response> {
     None
 }
 
+/// `/`, the ping clients send to detect the server.
 async fn root(axum::extract::State(agent): State, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&headers) {
-        agent.count(Endpoint::Gcp, Outcome::Refused);
-        return r;
-    }
-    agent.count(Endpoint::Gcp, Outcome::Served);
-    text(StatusCode::OK, "computeMetadata/\n")
+    fixed(&agent, &headers, "computeMetadata/\n")
 }
 
+/// `/computeMetadata/v1/`.
 async fn listing(axum::extract::State(agent): State, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&headers) {
+    fixed(&agent, &headers, "instance/\nproject/\nuniverse/\n")
+}
+
+/// A fixed answer, to a request with the flavour header.
+fn fixed(agent: &Agent, headers: &HeaderMap, body: &'static str) -> Response {
+    if let Some(r) = refused(headers) {
         agent.count(Endpoint::Gcp, Outcome::Refused);
         return r;
     }
     agent.count(Endpoint::Gcp, Outcome::Served);
-    text(StatusCode::OK, "instance/\nproject/\nuniverse/\n")
+    text(StatusCode::OK, body)
 }
 
 async fn metadata(

@@ -73,16 +73,7 @@ impl Agent {
     /// when its file does not exist), and the credentials the config names, fetched
     /// now and kept fresh (call within a tokio runtime).
     pub fn start(config: AgentConfig) -> anyhow::Result<Arc<Self>> {
-        let transport = crate::client::Transport {
-            ca_file: config.ca_file.as_deref(),
-            identity: config
-                .identity
-                .as_ref()
-                .map(|(c, k)| (c.as_path(), k.as_path())),
-            dpop_key: None,
-            timeout: config.timeout,
-        };
-        let client = crate::client::Client::new(config.endpoint.clone(), &transport)?;
+        let client = config.client()?;
         let secret = config
             .secret_file
             .as_deref()

@@ -33,16 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     if args.check {
-        let transport = ferry::client::Transport {
-            ca_file: config.ca_file.as_deref(),
-            identity: config
-                .identity
-                .as_ref()
-                .map(|(c, k)| (c.as_path(), k.as_path())),
-            dpop_key: None,
-            timeout: config.timeout,
-        };
-        if let Err(e) = ferry::client::Client::new(config.endpoint.clone(), &transport) {
+        if let Err(e) = config.client() {
             eprintln!("{}: {e:#}", args.config.display());
             return Ok(ExitCode::FAILURE);
         }
