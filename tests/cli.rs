@@ -1169,3 +1169,136 @@ fn the_agent_checks_its_config_and_prints_each_sdks_variables() {
     let again = run(&["agent", "--config", good.to_str().unwrap(), "--print-env"]);
     assert_eq!(text(&again.stdout), env);
 }
+
+#[test]
+fn every_shipped_config_has_trust_mapping_tests_that_pass() {
+    let mut configs = 0;
+    for entry in std::fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = run(&["test", "--config", path.to_str().unwrap()]);
+            let stdout = text(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}: {stdout}{}",
+                path.display(),
+                text(&out.stderr)
+            );
+            let summary = stdout.lines().last().unwrap_or_default().to_owned();
+            let passed: usize = summary
+                .strip_suffix(" passed, 0 failed")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{}: {stdout}", path.display()));
+            assert!(passed >= 5, "{}: {summary}", path.display());
+            configs += 1;
+        }
+    }
+    assert!(configs >= 2);
+}
+
+#[test]
+fn a_failing_trust_mapping_case_shows_its_difference_in_text_and_junit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = write(
+        dir.path(),
+        "mine.ferry-test.toml",
+        r#"
+[[cases]]
+name = "passes"
+claims = { sub = "alice", groups = ["deployers"] }
+target = "internal-api"
+expect = "allow"
+
+[[cases]]
+name = "a <visitor> & the wrong expectations"
+claims = { sub = "bob", groups = ["visitors"] }
+target = "internal-api"
+expect = "allow"
+subject = "dev:robert"
+denied_at = "mapping"
+"#,
+    );
+    let junit = dir.path().join("junit.xml");
+    let out = run(&[
+        "test",
+        "--config",
+        "config/dev.toml",
+        cases.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let file = cases.display().to_string();
+    assert!(
+        stdout.contains(&format!("FAIL {file}: a <visitor> & the wrong expectations: expected allow, got deny (policy: denied: no policy permits this identity for this target); expected a deny at mapping, got policy; subject: expected \"dev:robert\", got Some(\"dev:bob\")")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(": passes: "), "{stdout}");
+    assert!(stdout.ends_with("1 passed, 1 failed\n"), "{stdout}");
+
+    // JUnit, read by a real XML parser.
+    let parsed = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, xml.etree.ElementTree as E\nr = E.parse(sys.argv[1]).getroot()\ncases = r.findall('./testsuite/testcase')\nprint(r.tag, r.get('tests'), r.get('failures'), len(cases), [c.get('name') for c in cases if c.find('failure') is not None], cases[1].find('failure').get('message'))",
+        )
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{}", text(&parsed.stderr));
+    assert_eq!(
+        text(&parsed.stdout),
+        "testsuites 2 1 2 ['a <visitor> & the wrong expectations'] expected allow, got deny (policy: denied: no policy permits this identity for this target)\n"
+    );
+
+    // A starter file: one case per target, and it passes as written.
+    let starter = dir.path().join("starter.ferry-test.toml");
+    let out = run(&[
+        "test",
+        "--config",
+        "config/dev.toml",
+        "--init",
+        starter.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&[
+        "test",
+        "--config",
+        "config/dev.toml",
+        starter.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).ends_with("1 passed, 0 failed\n"));
+    let again = run(&[
+        "test",
+        "--config",
+        "config/dev.toml",
+        "--init",
+        starter.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "an existing file is not overwritten"
+    );
+
+    // A case that cannot run says why, and fails.
+    let broken = write(
+        dir.path(),
+        "broken.ferry-test.toml",
+        "[[cases]]\nname = \"n\"\nclaims = { sub = \"a\" }\nexpect = \"allow\"\n",
+    );
+    let out = run(&[
+        "test",
+        "--config",
+        "config/dev.toml",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("n: cannot run: give target or resource"),
+        "{}",
+        text(&out.stdout)
+    );
+}

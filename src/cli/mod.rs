@@ -9,6 +9,7 @@ mod explain;
 mod keys;
 mod revoke;
 mod serve;
+mod test_cases;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     Check(check::Args),
     /// Show each stage's outcome for a token or claims file, issuing nothing.
     Explain(explain::Args),
+    /// Run trust-mapping test cases (condition, mapping, target, policy); exit 1 on any
+    /// failure.
+    Test(test_cases::Args),
     /// Exchange a token file for a target's credentials (a client of a running Ferry).
     Exchange(exchange::Args),
     /// Serve the cloud SDKs' credential endpoints (AWS container credentials, GCP
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(a, cli.log_format),
         Command::Check(a) => check::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Test(a) => test_cases::run(a),
         Command::Exchange(a) => exchange::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Keys(c) => keys::run(c),
