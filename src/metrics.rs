@@ -128,6 +128,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Authorization decisions (allow, deny, error).",
     ),
     (
+        "ferry_shadow_disagreements_total",
+        "counter",
+        "Decisions where the shadow policies (`[policy] shadow_files`) disagreed with the enforced ones, by direction (allow_to_deny, deny_to_allow).",
+    ),
+    (
         "ferry_config_reloads_total",
         "counter",
         "Config reloads by outcome (success, failure).",
@@ -146,6 +151,14 @@ impl Metrics {
             && let Some(count) = series(&mut inner.counters, name, labels)
         {
             *count += 1;
+        }
+    }
+
+    /// Creates the series at 0 if it does not exist: a counter an alert reads
+    /// (`increase(…[5m])`) must exist before its first increment.
+    pub fn declare(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        if let Ok(mut inner) = self.inner.lock() {
+            series(&mut inner.counters, name, labels);
         }
     }
 

@@ -6,6 +6,9 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use crate::exchange::TargetSelector;
 use crate::mapping::Identity;
 use crate::policy::Decision;
 use crate::verify::VerifiedToken;
@@ -48,6 +51,30 @@ pub struct Refusal {
     pub description: String,
 }
 
+/// What the shadow policy set (`[policy] shadow_files`) decided beside the enforced one.
+#[derive(Debug, Clone)]
+pub struct ShadowDecision {
+    /// `allow`, `deny` or `error`.
+    pub decision: &'static str,
+    /// The shadow policies that determined it.
+    pub policy_ids: Vec<String>,
+}
+
+/// With `[audit] record_identity`: what `ferry impact` needs to replay the decision from
+/// the mapping on — the request as sent and, once mapped, the identity. Never the token
+/// or its claims.
+#[derive(Debug, Clone)]
+pub struct ReplayFacts {
+    /// The target as the request named it.
+    pub target: TargetSelector,
+    pub scopes: Vec<String>,
+    /// The address policy saw as `context.source_ip`.
+    pub source_ip: IpAddr,
+    pub client_certificate: Option<Arc<crate::tls::ClientCertificate>>,
+    /// The mapped identity, once mapping ran.
+    pub identity: Option<Identity>,
+}
+
 /// Who asked for what, what was decided and why, and what it cost. Fields are `None`
 /// until the stage that learns them has run: a request refused at verification has no
 /// subject.
@@ -87,6 +114,21 @@ pub struct ExchangeRecord {
     pub credential_sha256: Option<String>,
     /// Set when the request was refused.
     pub refusal: Option<Refusal>,
+    /// The shadow set's decision, when there is one and policy ran.
+    pub shadow: Option<ShadowDecision>,
+    /// With `[audit] record_identity`: the facts a replay needs.
+    pub replay: Option<Box<ReplayFacts>>,
+}
+
+/// `allow`, `deny` or `error` (a policy could not be evaluated).
+fn decision_label(decision: &Decision) -> &'static str {
+    if decision.allowed {
+        "allow"
+    } else if decision.errors.is_empty() {
+        "deny"
+    } else {
+        "error"
+    }
 }
 
 impl ExchangeRecord {
@@ -110,6 +152,8 @@ impl ExchangeRecord {
             upstream_request_id: None,
             credential_sha256: None,
             refusal: None,
+            shadow: None,
+            replay: None,
         }
     }
 
@@ -119,21 +163,39 @@ impl ExchangeRecord {
         self.token_sub = token.sub().map(str::to_owned);
     }
 
-    /// Notes the mapped identity's subject.
+    /// Notes the mapped identity's subject (and, when replay facts are recorded, the
+    /// whole identity).
     pub fn mapped(&mut self, identity: &Identity) {
         self.subject = Some(identity.subject.clone());
+        if let Some(replay) = &mut self.replay {
+            replay.identity = Some(identity.clone());
+        }
     }
 
     /// Notes the policy decision.
     pub fn decided(&mut self, decision: &Decision) {
         self.policy_ids.clone_from(&decision.policy_ids);
-        self.policy_decision = Some(if decision.allowed {
-            "allow"
-        } else if decision.errors.is_empty() {
-            "deny"
-        } else {
-            "error"
+        self.policy_decision = Some(decision_label(decision));
+    }
+
+    /// Notes the shadow set's decision.
+    pub fn shadowed(&mut self, decision: &Decision) {
+        self.shadow = Some(ShadowDecision {
+            decision: decision_label(decision),
+            policy_ids: decision.policy_ids.clone(),
         });
+    }
+
+    /// `allow_to_deny` or `deny_to_allow` when the shadow set decided otherwise than the
+    /// enforced one (an evaluation error counts as a deny).
+    pub fn shadow_disagreement(&self) -> Option<&'static str> {
+        let shadow = self.shadow.as_ref()?;
+        let enforced = self.policy_decision? == "allow";
+        match (enforced, shadow.decision == "allow") {
+            (true, false) => Some("allow_to_deny"),
+            (false, true) => Some("deny_to_allow"),
+            _ => None,
+        }
     }
 
     /// `granted`, or the refusal's error code: the `outcome` label.

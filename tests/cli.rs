@@ -552,6 +552,7 @@ fn explain_reports_every_stage() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["signature_checked"], false);
     assert_eq!(report["allowed"], false);
+    assert_eq!(report["error"], "invalid_target", "the code a client gets");
     assert_eq!(report["stages"][0]["outcome"], "pass");
     assert!(
         report["stages"][0]["detail"]

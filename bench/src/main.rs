@@ -177,6 +177,33 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             audit_log.display()
         ),
     ))?;
+    // B1 with a shadow policy set as large as the enforced one (a copy of it).
+    std::fs::copy(
+        dir.path().join("bench.cedar"),
+        dir.path().join("shadow.cedar"),
+    )?;
+    let shadowed = server_rt.block_on(start_server(
+        dir.path(),
+        "shadowed",
+        &config_text(dir.path(), None).replace(
+            "[policy]\n",
+            &format!(
+                "[policy]\nshadow_files = [\"{}\"]\n",
+                dir.path().join("shadow.cedar").display()
+            ),
+        ),
+    ))?;
+    // B5 with the identity and request recorded in each audit line (`ferry impact`).
+    let identity_log = dir.path().join("audit-identity.log");
+    let audited_identity = server_rt.block_on(start_server(
+        dir.path(),
+        "audited-identity",
+        &format!(
+            "{}\n[audit]\nfile = \"{}\"\nrecord_identity = true\n",
+            config_text(dir.path(), None),
+            identity_log.display()
+        ),
+    ))?;
     // DPoP: proofs are minted before the run and their `iat` is checked against a 65 s
     // window, so this server's clock stands still at the minting time (its tokens and
     // cached credentials live an hour: nothing else notices).
@@ -246,7 +273,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .any(|l| args.only.iter().any(|o| l.starts_with(o.as_str())))
     };
     let empty = || Arc::new(Vec::new());
-    let rs_fresh = if want(&["B1", "B5", "B6", "C1", "T1", "T2"]) {
+    let rs_fresh = if want(&["B1", "B1s", "B5", "B5i", "B6", "C1", "T1", "T2"]) {
         fresh(&rs, if args.quick { 2_000 } else { 50_000 })?
     } else {
         empty()
@@ -291,6 +318,11 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         Load::post(url(mem.addr, "/oauth2/token"), rs_fresh.clone()),
     ));
     scenarios.push((
+        "B1s B1 with shadow policies (same size)",
+        &shadowed,
+        Load::post(url(shadowed.addr, "/oauth2/token"), rs_fresh.clone()),
+    ));
+    scenarios.push((
         "B2 hit, ES256, fresh token, memory",
         &mem,
         Load::post(url(mem.addr, "/oauth2/token"), es_fresh.clone()),
@@ -309,6 +341,14 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "B5 B1 with an audit trail file",
         &audited,
         Load::post(url(audited.addr, "/oauth2/token"), rs_fresh.clone()),
+    ));
+    scenarios.push((
+        "B5i B5 recording identity and request",
+        &audited_identity,
+        Load::post(
+            url(audited_identity.addr, "/oauth2/token"),
+            rs_fresh.clone(),
+        ),
     ));
     // The pooled client speaks plain HTTP only, and sends no DPoP header.
     if args.generator == Generator::Raw && want(&["B6"]) {
@@ -453,7 +493,9 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let mut open_rows = Vec::new();
     if args.rate.is_none() && args.generator == Generator::Raw {
         for (i, (name, _, load)) in scenarios.iter().enumerate() {
-            if !args.open_loop.iter().any(|o| name.starts_with(o.as_str())) {
+            // By the scenario's label (`B1`, not `B1s`).
+            let label = name.split(' ').next().unwrap_or_default();
+            if !args.open_loop.iter().any(|o| o == label) {
                 continue;
             }
             let Some(closed) = tallies.get(i) else {
@@ -693,7 +735,35 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         single_flight_ok &= *calls == 1 && *errors == 0;
         total_errors += errors;
     }
-    if let Some(b5) = rows.iter().find(|r| r.name.starts_with("B5")) {
+    let row = |prefix: &str| rows.iter().find(|r| r.name.starts_with(prefix));
+    if let (Some(b1), Some(b1s)) = (row("B1 "), row("B1s ")) {
+        let added = b1s.cpu_us - b1.cpu_us;
+        println!(
+            "B1s shadow policies (a set as large as the enforced one): {added:+.1} µs of CPU per cache hit over B1's ({:+.0} %; goal ≤ +25 %)",
+            100.0 * added / b1.cpu_us
+        );
+    }
+    if let (Some(b5), Some(b5i)) = (row("B5 "), row("B5i ")) {
+        let size = |p: &std::path::Path| -> Option<(u64, usize)> {
+            let text = std::fs::read_to_string(p).ok()?;
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("\"type\":\"decision\""))
+                .collect();
+            let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+            Some((bytes as u64, lines.len()))
+        };
+        let per_line = |p: &std::path::Path| {
+            size(p).map_or(0, |(bytes, n)| bytes / u64::try_from(n.max(1)).unwrap_or(1))
+        };
+        println!(
+            "B5i [audit] record_identity: {:+.1} µs of CPU per exchange over B5's; decision lines {} bytes (B5: {})",
+            b5i.cpu_us - b5.cpu_us,
+            per_line(&identity_log),
+            per_line(&audit_log)
+        );
+    }
+    if let Some(b5) = row("B5 ") {
         println!(
             "B5 audit trail: {audit_lines} hash-chained lines appended to a file, {} ({:.1} µs of CPU per exchange over B1's)",
             match &audit_chain {
@@ -703,11 +773,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 ),
                 Err(e) => format!("the chain is BROKEN at line {}: {}", e.line, e.problem),
             },
-            b5.cpu_us
-                - rows
-                    .iter()
-                    .find(|r| r.name.starts_with("B1"))
-                    .map_or(b5.cpu_us, |b1| b1.cpu_us)
+            b5.cpu_us - row("B1 ").map_or(b5.cpu_us, |b1| b1.cpu_us)
         );
         if audit_lines == 0 || audit_chain.is_err() {
             total_errors += 1;

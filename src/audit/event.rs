@@ -22,6 +22,10 @@ pub struct AuditEvent<'a> {
     pub decision: &'static str,
     /// Policies that determined the decision.
     pub policy_ids: &'a [String],
+    /// What policy decided (`allow`, `deny`, `error`), when it ran: a request policy
+    /// allowed can still be refused after it (a revocation, the cloud's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_decision: Option<&'static str>,
     /// The RFC 6749 error code of a denial.
     pub error: Option<&'a str>,
     /// The error description the client was sent.
@@ -34,6 +38,41 @@ pub struct AuditEvent<'a> {
     pub upstream_request_id: Option<&'a str>,
     /// The config revision that decided.
     pub revision: &'a str,
+    /// What the shadow policy set decided (`allow`, `deny`, `error`), when one is
+    /// configured and policy ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<&'static str>,
+    /// The shadow policies that determined it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_policy_ids: Option<&'a [String]>,
+    /// With `[audit] record_identity`, once mapped: the identity policy saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<AuditIdentity>,
+    /// With `[audit] record_identity`: the request as it named its target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<AuditRequest>,
+}
+
+/// The mapped identity in an audit line (`[audit] record_identity`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AuditIdentity {
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// The request in an audit line (`[audit] record_identity`): the target as named, the
+/// scopes, the address and certificate policy saw.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AuditRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    pub scopes: Vec<String>,
+    pub source_ip: std::net::IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<crate::tls::ClientCertificate>,
 }
 
 pub(crate) fn rfc3339(unix: i64) -> String {

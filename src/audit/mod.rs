@@ -20,7 +20,7 @@ mod verify;
 mod writer;
 
 pub use chain::{CheckpointSigner, GENESIS, line_hash};
-pub use event::AuditEvent;
+pub use event::{AuditEvent, AuditIdentity, AuditRequest};
 pub use verify::{ChainBreak, CheckpointKeys, VerifyReport, verify_files, verify_texts};
 pub use writer::{AuditLog, DEFAULT_CHECKPOINT_EVERY, check_writable};
 

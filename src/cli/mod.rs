@@ -6,6 +6,7 @@ mod check;
 mod dev;
 mod exchange;
 mod explain;
+mod impact;
 mod keys;
 mod revoke;
 mod serve;
@@ -51,6 +52,9 @@ enum Command {
     /// Run trust-mapping test cases (condition, mapping, target, policy); exit 1 on any
     /// failure.
     Test(test_cases::Args),
+    /// Replay recorded decisions (`[audit] record_identity`) against an old and a new
+    /// config and report every one that changes; exit 2 on a change `--fail-on` names.
+    Impact(impact::Args),
     /// Exchange a token file for a target's credentials (a client of a running Ferry).
     Exchange(exchange::Args),
     /// Serve the cloud SDKs' credential endpoints (AWS container credentials, GCP
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => check::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Test(a) => test_cases::run(a),
+        Command::Impact(a) => impact::run(a),
         Command::Exchange(a) => exchange::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Keys(c) => keys::run(c),

@@ -73,8 +73,14 @@ struct Case {
     groups: Option<Vec<String>>,
     /// Each named attribute must have this value (others are not compared).
     attributes: Option<Map<String, Value>>,
-    /// The stage a deny comes from: `verify`, `mapping`, `target` or `policy`.
+    /// The stage a deny comes from: `verify`, `mapping`, `target`, `policy` or `values`.
     denied_at: Option<Stage>,
+    /// The RFC 6749 `error` code a deny is sent with (`invalid_target`, `invalid_request`,
+    /// `invalid_scope`).
+    error: Option<String>,
+    /// Each named target value (an AWS session tag, …) must have this value (others are
+    /// not compared).
+    values: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -91,6 +97,7 @@ enum Stage {
     Mapping,
     Target,
     Policy,
+    Values,
 }
 
 impl Stage {
@@ -100,6 +107,7 @@ impl Stage {
             Self::Mapping => "mapping",
             Self::Target => "target",
             Self::Policy => "policy",
+            Self::Values => "values",
         }
     }
 }
@@ -325,6 +333,26 @@ fn compare(case: &Case, report: &ExplainReport) -> Vec<String> {
             diff.push(format!("expected a deny at {}, got {got_at}", at.name()));
         }
     }
+    if let Some(want) = &case.error {
+        let got = report.error.unwrap_or("nothing (allowed)");
+        if got != want {
+            diff.push(format!("error: expected {want}, got {got}"));
+        }
+    }
+    if let Some(want) = &case.values {
+        let got = stage("values")
+            .filter(|s| s.outcome == "pass")
+            .and_then(|s| s.data.get("values"));
+        for (k, v) in want {
+            let g = got.and_then(|a| a.get(k)).and_then(Value::as_str);
+            if g != Some(v.as_str()) {
+                diff.push(format!(
+                    "values.{k}: expected {v:?}, got {}",
+                    g.map_or("nothing".to_owned(), |g| format!("{g:?}"))
+                ));
+            }
+        }
+    }
     if let Some(want) = &case.policies {
         let mut want = want.clone();
         want.sort();
@@ -472,7 +500,7 @@ fn init(snap: &Snapshot, path: &Path) -> anyhow::Result<ExitCode> {
          # Each case runs condition, mapping, target and policy as `ferry serve` would\n\
          # (no signature check, no cloud call). Keys: name, issuer, claims | claims_file |\n\
          # token_file, target | resource, scopes, source_ip, time, expect = \"allow\" | \"deny\",\n\
-         # and optionally policies, subject, groups, attributes, denied_at.\n",
+         # and optionally policies, subject, groups, attributes, denied_at, error, values.\n",
     );
     let mut ids: Vec<&String> = snap.targets.keys().collect();
     ids.sort();

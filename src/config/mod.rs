@@ -396,7 +396,7 @@ fn default_algorithms() -> Vec<String> {
 }
 
 /// `[issuers.mapping]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct MappingConfig {
     /// CEL giving the canonical subject.
     pub subject: String,
@@ -420,6 +420,10 @@ pub struct AuditConfig {
     /// Lines between two signed checkpoints (also written at rotation and shutdown).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// Also record each decision's mapped identity (subject, groups, attributes) and
+    /// request (target, scopes, source address), so `ferry impact` can replay it.
+    #[serde(default)]
+    pub record_identity: bool,
 }
 
 impl Default for AuditConfig {
@@ -429,6 +433,7 @@ impl Default for AuditConfig {
             stdout: false,
             replica_id: None,
             checkpoint_every: default_checkpoint_every(),
+            record_identity: false,
         }
     }
 }
@@ -495,6 +500,10 @@ pub struct PolicyConfig {
     /// Cedar files (globs allowed), relative to the config file.
     #[serde(default)]
     pub files: Vec<String>,
+    /// Shadow policies: validated like `files` and evaluated beside them on every
+    /// exchange, never changing an answer; a disagreement is counted and audited.
+    #[serde(default)]
+    pub shadow_files: Vec<String>,
 }
 
 impl Config {

@@ -92,6 +92,35 @@ pub enum ExchangeError {
     StoreUnavailable(String),
 }
 
+impl ExchangeError {
+    /// The RFC 6749 / RFC 8693 `error` code the client is sent for this error (the
+    /// HTTP status and description are chosen in `http/error.rs`, over this code).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Verify(v) if v.is_unavailable() => "temporarily_unavailable",
+            // RFC 8693 §2.2.2: an invalid or unacceptable subject token is invalid_request.
+            Self::Verify(_)
+            | Self::Mapping(_)
+            | Self::TokenType { .. }
+            | Self::Replay(_)
+            | Self::Unbound(_) => "invalid_request",
+            Self::UnknownTarget(_) | Self::Denied { .. } | Self::Revoked(_) => "invalid_target",
+            // RFC 6749 §5.2.
+            Self::Scope { .. } => "invalid_scope",
+            Self::RateLimited(_) => "slow_down",
+            Self::DpopProof(_) => "invalid_dpop_proof",
+            Self::StoreUnavailable(_) => "temporarily_unavailable",
+            Self::Provider(p) => match p {
+                ProviderError::Denied { .. } => "invalid_target",
+                ProviderError::Unavailable { .. } | ProviderError::BadAnswer(_) => {
+                    "temporarily_unavailable"
+                }
+                ProviderError::Misconfigured(_) | ProviderError::Internal(_) => "server_error",
+            },
+        }
+    }
+}
+
 fn denial_message(subject: &str, target: &str, decision: &Decision) -> String {
     // The subject is mapped from claims (at most 256 bytes, but any characters).
     let subject = crate::text::escape_control(subject);
@@ -207,7 +236,7 @@ fn authorize(
     now: i64,
     record: &mut ExchangeRecord,
 ) -> Result<(), ExchangeError> {
-    let decision = snap.policy.authorize(&AuthzInput {
+    let input = AuthzInput {
         identity,
         target_id: &target.id,
         target_kind: target.kind.as_str(),
@@ -215,8 +244,12 @@ fn authorize(
         scopes: &req.scopes,
         timestamp: now,
         client_certificate: req.client_certificate.as_deref(),
-    });
+    };
+    let decision = snap.policy.authorize(&input);
     record.decided(&decision);
+    if let Some(shadow) = &snap.shadow {
+        record.shadowed(&shadow.authorize(&input));
+    }
     if decision.allowed {
         Ok(())
     } else {
@@ -323,6 +356,15 @@ pub async fn exchange(
     record: &mut ExchangeRecord,
 ) -> Result<ExchangeResponse, ExchangeError> {
     record.token_sha256 = Some(req.subject_token.sha256());
+    if snap.config.audit.record_identity {
+        record.replay = Some(Box::new(crate::record::ReplayFacts {
+            target: req.target.clone(),
+            scopes: req.scopes.clone(),
+            source_ip: req.client_ip,
+            client_certificate: req.client_certificate.clone(),
+            identity: None,
+        }));
+    }
     let limits = &snap.config.rate_limits;
     if let Some(limit) = limits.per_client {
         svc.admit(&format!("client:{}", req.client_ip), limit)

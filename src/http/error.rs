@@ -107,44 +107,22 @@ impl From<RequestError> for ApiError {
 
 impl From<ExchangeError> for ApiError {
     fn from(e: ExchangeError) -> Self {
+        let code = e.code();
         match &e {
             ExchangeError::Verify(v) if v.is_unavailable() => {
                 Self::unavailable(e.to_string(), v.retry_after())
             }
-            // RFC 8693 §2.2.2: an invalid or unacceptable subject token is invalid_request.
-            ExchangeError::Verify(_)
-            | ExchangeError::Mapping(_)
-            | ExchangeError::TokenType { .. } => Self::invalid_request(e.to_string()),
-            ExchangeError::UnknownTarget(_) | ExchangeError::Denied { .. } => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_target", e.to_string())
-            }
-            // RFC 6749 §5.2.
-            ExchangeError::Scope { .. } => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_scope", e.to_string())
-            }
             ExchangeError::RateLimited(after) => Self {
                 retry_after: Some(Duration::from_secs(*after)),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", e.to_string())
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string())
             },
-            ExchangeError::Replay(_) | ExchangeError::Unbound(_) => {
-                Self::invalid_request(e.to_string())
-            }
             ExchangeError::DpopProof(d) => Self::invalid_dpop_proof(d.clone()),
-            ExchangeError::Revoked(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_target", e.to_string())
-            }
-            ExchangeError::StoreUnavailable(cause) => {
-                tracing::warn!(%cause, "store unavailable");
-                Self::unavailable(
-                    "shared state is unavailable; retry later",
-                    Duration::from_secs(2),
-                )
-            }
+            ExchangeError::StoreUnavailable(cause) => Self::store_unavailable(cause),
             ExchangeError::Provider(p) => match p {
-                ProviderError::Denied { code } => Self::new(
+                ProviderError::Denied { code: cloud } => Self::new(
                     StatusCode::BAD_REQUEST,
-                    "invalid_target",
-                    format!("the target's cloud refused the exchange: {code}"),
+                    code,
+                    format!("the target's cloud refused the exchange: {cloud}"),
                 ),
                 ProviderError::Unavailable { retry_after, .. } => Self::unavailable(
                     "the target's cloud is unavailable; retry later",
@@ -161,6 +139,8 @@ impl From<ExchangeError> for ApiError {
                     Self::server_error(p)
                 }
             },
+            // Every other refusal is a 400 with its code (`ExchangeError::code`).
+            _ => Self::new(StatusCode::BAD_REQUEST, code, e.to_string()),
         }
     }
 }

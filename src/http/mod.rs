@@ -79,11 +79,20 @@ impl AppState {
             _ => None,
         };
         let dpop_nonces = exchange::dpop::NonceKey::new(shared.as_ref());
+        let metrics = Metrics::default();
+        // Present at 0 from the start, so an alert on the first disagreement fires (a shadow
+        // set can be added by a reload).
+        for direction in ["allow_to_deny", "deny_to_allow"] {
+            metrics.declare(
+                "ferry_shadow_disagreements_total",
+                &[("direction", direction)],
+            );
+        }
         Ok(Arc::new(Self {
             dpop_nonces,
             snapshot: ArcSwap::from_pointee(snapshot),
             services,
-            metrics: Metrics::default(),
+            metrics,
             audit,
             tls: std::sync::OnceLock::new(),
             connections: std::sync::OnceLock::new(),

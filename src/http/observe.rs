@@ -14,8 +14,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState, request_id_of};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditIdentity, AuditRequest};
 use crate::exchange::ExchangeResponse;
+use crate::exchange::TargetSelector;
 use crate::exchange::request;
 use crate::record::{ExchangeRecord, Refusal};
 
@@ -140,12 +141,37 @@ fn audit_event<'a>(state: &AppState, record: &'a ExchangeRecord) -> AuditEvent<'
         target: record.target.as_deref(),
         decision: if granted { "allow" } else { "deny" },
         policy_ids: &record.policy_ids,
+        policy_decision: record.policy_decision,
         error: record.refusal.as_ref().map(|r| r.code),
         reason: record.refusal.as_ref().map(|r| r.description.as_str()),
         cache: record.cache.filter(|_| granted).map(|c| c.as_str()),
         credential_sha256: record.credential_sha256.as_deref(),
         upstream_request_id: record.upstream_request_id.as_deref().filter(|_| granted),
         revision: &record.revision,
+        shadow_decision: record.shadow.as_ref().map(|s| s.decision),
+        shadow_policy_ids: record.shadow.as_ref().map(|s| s.policy_ids.as_slice()),
+        identity: record
+            .replay
+            .as_ref()
+            .and_then(|r| r.identity.as_ref())
+            .map(|i| AuditIdentity {
+                subject: i.subject.clone(),
+                groups: i.groups.clone(),
+                attributes: i.attributes.clone(),
+            }),
+        request: record.replay.as_ref().map(|r| {
+            let (audience, resource) = match &r.target {
+                TargetSelector::Audience(a) => (Some(a.clone()), None),
+                TargetSelector::Resource(u) => (None, Some(u.clone())),
+            };
+            AuditRequest {
+                audience,
+                resource,
+                scopes: r.scopes.clone(),
+                source_ip: r.source_ip,
+                client_certificate: r.client_certificate.as_deref().cloned(),
+            }
+        }),
     }
 }
 
@@ -172,6 +198,12 @@ fn count(state: &AppState, record: &ExchangeRecord) {
     }
     if let Some(decision) = record.policy_decision {
         m.inc("ferry_policy_decisions_total", &[("decision", decision)]);
+    }
+    if let Some(direction) = record.shadow_disagreement() {
+        m.inc(
+            "ferry_shadow_disagreements_total",
+            &[("direction", direction)],
+        );
     }
     if let Some(cache) = record.cache {
         m.inc("ferry_cache_requests_total", &[("result", cache.as_str())]);

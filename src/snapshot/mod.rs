@@ -95,6 +95,9 @@ pub struct Snapshot {
     pub mapper: Mapper,
     /// Policies.
     pub policy: PolicyEngine,
+    /// Shadow policies (`[policy] shadow_files`): evaluated beside `policy`, never
+    /// deciding.
+    pub shadow: Option<PolicyEngine>,
     /// Targets by id.
     pub targets: HashMap<String, Arc<Target>>,
     /// Target ids by resource URI.
@@ -160,10 +163,10 @@ impl Snapshot {
             &JwksPolicy::of(&config.jwks),
             &mut b,
         );
-        let policy = policies::build(&config, issuers.attribute_count, &mut b);
+        let policies = policies::build(&config, issuers.attribute_count, &mut b);
         let issuer = keys::build(&config, options, &mut b);
         let (targets, resources) = targets::build(&config, issuer.as_ref(), &mut b);
-        let (Some(policy), Some(issuer), true) = (policy, issuer, b.errs.is_empty()) else {
+        let (Some(policies), Some(issuer), true) = (policies, issuer, b.errs.is_empty()) else {
             if b.errs.is_empty() {
                 b.errs.push(&b.file, "config", "could not be compiled");
             }
@@ -213,7 +216,8 @@ impl Snapshot {
                 verifier: Verifier::new(issuers.trusted, options.clock.clone()),
                 mapper: Mapper::new(issuers.mappings),
                 config,
-                policy,
+                policy: policies.enforced,
+                shadow: policies.shadow,
                 targets,
                 resources,
                 issuer,

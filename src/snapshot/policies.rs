@@ -6,14 +6,21 @@ use super::Build;
 use crate::config::Config;
 use crate::policy::{AttributePresence, PolicyEngine, PolicySource};
 
-/// Reads the files `[policy] files` match (each joins the revision; the directories
-/// their globs read are watched) and loads them against the schema: an attribute every
-/// issuer maps is always present, one some issuers map sometimes.
+/// The enforced policy set and, when `[policy] shadow_files` names any, the shadow set.
+pub(super) struct Policies {
+    pub(super) enforced: PolicyEngine,
+    pub(super) shadow: Option<PolicyEngine>,
+}
+
+/// Reads the files `[policy] files` and `shadow_files` match (each joins the revision;
+/// the directories their globs read are watched) and loads each set against the same
+/// schema: an attribute every issuer maps is always present, one some issuers map
+/// sometimes.
 pub(super) fn build(
     config: &Config,
     attribute_count: BTreeMap<String, usize>,
     b: &mut Build,
-) -> Option<PolicyEngine> {
+) -> Option<Policies> {
     let issuer_count = config.issuers.len();
     let attributes: BTreeMap<String, AttributePresence> = attribute_count
         .into_iter()
@@ -26,8 +33,35 @@ pub(super) fn build(
             (name, presence)
         })
         .collect();
+    let enforced = load(config, "policy.files", &config.policy.files, &attributes, b);
+    let shadow = if config.policy.shadow_files.is_empty() {
+        Some(None)
+    } else {
+        load(
+            config,
+            "policy.shadow_files",
+            &config.policy.shadow_files,
+            &attributes,
+            b,
+        )
+        .map(Some)
+    };
+    Some(Policies {
+        enforced: enforced?,
+        shadow: shadow?,
+    })
+}
+
+/// One set: the files `patterns` match, read and loaded.
+fn load(
+    config: &Config,
+    key: &str,
+    patterns: &[String],
+    attributes: &BTreeMap<String, AttributePresence>,
+    b: &mut Build,
+) -> Option<PolicyEngine> {
     let mut sources = Vec::new();
-    for pattern in &config.policy.files {
+    for pattern in patterns {
         let resolved = config.source.resolve(std::path::Path::new(pattern));
         if let Some(dir) = resolved.parent() {
             // A new file matching the glob changes the directory's mtime.
@@ -43,17 +77,14 @@ pub(super) fn build(
             }
             Err(e) => b.errs.push(
                 &b.file,
-                "policy.files",
+                key,
                 format!("`{pattern}` is not a valid pattern: {e}"),
             ),
         }
         matched.sort();
         if matched.is_empty() {
-            b.errs.push(
-                &b.file,
-                "policy.files",
-                format!("`{pattern}` matches no file"),
-            );
+            b.errs
+                .push(&b.file, key, format!("`{pattern}` matches no file"));
         }
         for path in matched {
             b.watched.push(path.clone());
@@ -75,7 +106,7 @@ pub(super) fn build(
             }
         }
     }
-    match PolicyEngine::load(&sources, &attributes, &b.file) {
+    match PolicyEngine::load(&sources, attributes, &b.file) {
         Ok((engine, lints)) => {
             b.warnings.extend(lints.into_iter().map(|mut p| {
                 p.problem = format!("warning: {}", p.problem);

@@ -13,8 +13,9 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sha2::Digest as _;
 
-/// A client certificate that chained to `client_ca_file`, as policy reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A client certificate that chained to `client_ca_file`, as policy reads it (and, with
+/// `[audit] record_identity`, as the audit line records it: public facts only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientCertificate {
     /// SHA-256 of the certificate's DER, lowercase hex.
     pub sha256: String,
