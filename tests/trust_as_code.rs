@@ -157,6 +157,20 @@ fn ferry(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `ferry test --config cfg` on `cases` (written to `dir/cases.ferry-test.toml`): its
+/// output and the cases file's path.
+fn ferry_test(dir: &Path, cfg: &Path, cases: &str) -> (Output, std::path::PathBuf) {
+    let file = dir.join("cases.ferry-test.toml");
+    std::fs::write(&file, cases).unwrap();
+    let out = ferry(&[
+        "test",
+        "--config",
+        cfg.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    (out, file)
+}
+
 /// `ferry impact --from old --to new --audit audit`, plus `extra`.
 fn impact(old: &Path, new: &Path, audit: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -426,9 +440,9 @@ fn ferry_test_checks_the_refusal_code_and_the_target_values() {
         "identity.attributes.environment",
         "",
     );
-    let cases = dir.path().join("cases.ferry-test.toml");
-    std::fs::write(
-        &cases,
+    let (out, cases) = ferry_test(
+        dir.path(),
+        &cfg,
         r#"
 [[cases]]
 name = "a deployer's session is tagged with its environment"
@@ -461,14 +475,7 @@ expect = "allow"
 values = { "session_tag:env" = "prod" }
 error = "invalid_request"
 "#,
-    )
-    .unwrap();
-    let out = ferry(&[
-        "test",
-        "--config",
-        cfg.to_str().unwrap(),
-        cases.to_str().unwrap(),
-    ]);
+    );
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
     assert!(
@@ -554,4 +561,208 @@ fn shadow_files_are_checked_like_enforced_ones_and_explain_shows_their_verdict()
         ),
         "{stdout}"
     );
+}
+
+/// A config with `issuers` and `targets`, and `policy` as its one policy file.
+fn preset_config(dir: &Path, issuers: &str, policy: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("p.cedar"), policy).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\npublic_url = \"http://127.0.0.1:8080\"\n[store]\nbackend = \"memory\"\n[signing]\nephemeral = true\n{issuers}\n\
+         [[targets]]\nid = \"aws-deploy\"\nkind = \"aws\"\nmode = \"web_identity\"\nrole_arn = \"arn:aws:iam::123456789012:role/deploy\"\nregion = \"us-east-1\"\n\
+         [[targets]]\nid = \"api\"\nkind = \"jwt\"\naudience = \"https://api\"\n\
+         [policy]\nfiles = [\"p.cedar\"]\n"
+    );
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn each_preset_lint_fires_on_a_config_that_trips_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = preset_config(
+        dir.path(),
+        r#"
+[[issuers]]
+id = "github"
+preset = "github-actions"
+audiences = ["ferry"]
+condition = 'assertion.repository_owner == "acme" && assertion.sub.startsWith("repo:acme/")'
+
+[[issuers]]
+id = "k8s"
+preset = "kubernetes"
+issuer = "https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE"
+audiences = ["sts.amazonaws.com"]
+condition = 'assertion["kubernetes.io"].namespace == "ci"'
+"#,
+        r#"
+@id("by-owner-name")
+permit (principal, action, resource == Ferry::Target::"aws-deploy")
+when { principal.issuer == "github" && principal.attributes has repository_owner && principal.attributes.repository_owner == "acme" };
+
+@id("pull-requests-deploy")
+permit (principal, action, resource == Ferry::Target::"aws-deploy")
+when { principal.attributes has event_name && principal.attributes.event_name == "pull_request" };
+
+@id("subject-wildcard")
+permit (principal, action, resource == Ferry::Target::"api")
+when { principal.subject like "github:repo:acme/*" };
+
+@id("kubernetes-only")
+permit (principal, action, resource == Ferry::Target::"aws-deploy")
+when { principal.issuer == "k8s" };
+"#,
+    );
+    let out = ferry(&["check", "--config", cfg.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "warnings only: {stderr}");
+    let file = cfg.display().to_string();
+    let policies = dir.path().join("p.cedar").display().to_string();
+    let expected = [
+        format!(
+            "{file}: issuers[github].condition: warning: trusts `repository_owner` by name without `repository_owner_id`"
+        ),
+        format!("{file}: issuers[github].condition: warning: matches `sub` by a pattern"),
+        format!(
+            "{policies}: policy `by-owner-name`: warning: trusts `repository_owner` by name without `repository_owner_id`"
+        ),
+        format!(
+            "{policies}: policy `by-owner-name`: warning: permits cloud target(s) aws-deploy without reading `ref`, `environment` or `event_name` (nor does issuer `github`'s condition)"
+        ),
+        format!(
+            "{policies}: policy `pull-requests-deploy`: warning: permits cloud target(s) aws-deploy to `pull_request` runs"
+        ),
+        format!(
+            "{policies}: policy `subject-wildcard`: warning: matches `principal.subject` with `like`"
+        ),
+        format!(
+            "{file}: issuers[k8s].audiences: warning: `sts.amazonaws.com` is an audience service-account tokens carry by default"
+        ),
+    ];
+    for line in &expected {
+        assert!(
+            stderr.contains(line.as_str()),
+            "missing {line:?} in:\n{stderr}"
+        );
+    }
+    let lint_lines = stderr
+        .lines()
+        .filter(|l| {
+            [
+                "repository_owner`",
+                "matches `",
+                "permits cloud",
+                "carry by default",
+            ]
+            .iter()
+            .any(|m| l.contains(m))
+        })
+        .count();
+    assert_eq!(
+        lint_lines,
+        expected.len(),
+        "no other lint fired (the Kubernetes-only policy is not GitHub's):\n{stderr}"
+    );
+
+    // The shipped presets example follows the advice: none of these fire there.
+    let out = ferry(&[
+        "check",
+        "--config",
+        dev::repo()
+            .join("config/presets.example.toml")
+            .to_str()
+            .unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for marker in [
+        "repository_owner`",
+        "matches `",
+        "permits cloud",
+        "carry by default",
+    ] {
+        assert!(!stderr.contains(marker), "{marker}: {stderr}");
+    }
+}
+
+#[test]
+fn a_preset_fills_only_what_the_entry_leaves_out_and_bad_presets_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = "@id(\"p\")\npermit (principal, action, resource == Ferry::Target::\"api\") when { principal.issuer == \"gh\" };\n";
+    // Overrides win: a subject of the operator's, an extra attribute, one preset
+    // attribute replaced.
+    let cfg = preset_config(
+        dir.path(),
+        r#"
+[[issuers]]
+id = "gh"
+preset = "github-actions"
+audiences = ["ferry"]
+condition = 'assertion.repository_owner_id == "1"'
+[issuers.mapping]
+subject = 'assertion.repository + "@" + assertion.ref'
+[issuers.mapping.attributes]
+ref = '"branch:" + assertion.ref'
+team = '"platform"'
+"#,
+        policy,
+    );
+    let (out, _) = ferry_test(
+        dir.path(),
+        &cfg,
+        r#"
+[[cases]]
+name = "overrides and the preset's attributes"
+claims = { sub = "repo:acme/infra:ref:refs/heads/main", repository = "acme/infra", repository_owner_id = "1", ref = "refs/heads/main", run_attempt = "2" }
+target = "api"
+expect = "allow"
+subject = "acme/infra@refs/heads/main"
+attributes = { ref = "branch:refs/heads/main", team = "platform", repository = "acme/infra", run_attempt = "2", environment = "" }
+"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let cfg = preset_config(
+        dir.path(),
+        r#"
+[[issuers]]
+id = "gh"
+preset = "github"
+audiences = ["ferry"]
+
+[[issuers]]
+id = "k8s"
+preset = "kubernetes"
+audiences = ["ferry"]
+
+[[issuers]]
+id = "plain"
+issuer = "https://idp.example.com"
+audiences = ["ferry"]
+"#,
+        policy,
+    );
+    let out = ferry(&["check", "--config", cfg.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let file = cfg.display().to_string();
+    for line in [
+        format!(
+            "{file}: issuers[gh].preset: unknown preset `github` (one of `github-actions`, `gitlab`, `kubernetes`, `spiffe`, `buildkite`, `circleci`, `google`, `entra`, `aws`)"
+        ),
+        format!(
+            "{file}: issuers[k8s].issuer: is required with preset `kubernetes` (its URL depends on the deployment): the cluster's service-account issuer"
+        ),
+        format!(
+            "{file}: issuers[plain].mapping.subject: is required (a CEL expression over `assertion`), unless a `preset` supplies it"
+        ),
+    ] {
+        assert!(stderr.contains(&line), "missing {line:?} in:\n{stderr}");
+    }
 }

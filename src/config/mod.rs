@@ -4,6 +4,7 @@
 mod choice;
 mod duration;
 pub mod key_file;
+pub mod preset;
 mod problem;
 mod target;
 mod transport;
@@ -357,7 +358,11 @@ fn d_24h() -> ConfigDuration {
 pub struct IssuerConfig {
     /// Short id used in policies, logs and errors.
     pub id: String,
-    /// The exact `iss`.
+    /// A well-known issuer's defaults (`github-actions`, `kubernetes`, …; `preset.rs`):
+    /// its URL, algorithms, mapping and the claims it sends. Keys set here win.
+    pub preset: Option<String>,
+    /// The exact `iss` (a preset with one URL supplies it).
+    #[serde(default)]
     pub issuer: String,
     /// JWKS URL (skips discovery).
     pub jwks_uri: Option<String>,
@@ -366,8 +371,8 @@ pub struct IssuerConfig {
     /// Accepted `aud` values (any of).
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Allowed algorithms.
-    #[serde(default = "default_algorithms")]
+    /// Allowed algorithms (default: the preset's, else RS256).
+    #[serde(default)]
     pub algorithms: Vec<String>,
     /// Clock skew allowed on `exp`/`nbf`/`iat`.
     #[serde(default = "d_60s")]
@@ -381,7 +386,9 @@ pub struct IssuerConfig {
     pub max_token_lifetime: ConfigDuration,
     /// CEL over `assertion`; false means the token is not acceptable.
     pub condition: Option<String>,
-    /// How claims become an identity.
+    /// How claims become an identity (a preset supplies a default, attribute by
+    /// attribute).
+    #[serde(default)]
     pub mapping: MappingConfig,
     /// `/readyz` is false while this issuer has never had keys.
     #[serde(default = "default_true")]
@@ -391,14 +398,11 @@ pub struct IssuerConfig {
     pub single_use: bool,
 }
 
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into()]
-}
-
 /// `[issuers.mapping]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct MappingConfig {
     /// CEL giving the canonical subject.
+    #[serde(default)]
     pub subject: String,
     /// CEL giving a list of group names.
     pub groups: Option<String>,
@@ -536,6 +540,9 @@ impl Config {
             path: path.to_path_buf(),
             bytes,
         };
+        for issuer in &mut config.issuers {
+            issuer.apply_preset();
+        }
         let base_dir = path.parent().unwrap_or(Path::new(""));
         for target in &mut config.targets {
             target.parse_kind(base_dir);

@@ -296,7 +296,38 @@ fn validate_issuers(config: &Config, file: &str, errs: &mut ConfigErrors) {
         if !ids.insert(issuer.id.as_str()) {
             errs.push(file, format!("{entry}.id"), "is used by another issuer");
         }
-        if !urls.insert(issuer.issuer.as_str()) {
+        let preset = issuer
+            .preset
+            .as_deref()
+            .map(|name| (name, super::preset::find(name)));
+        if let Some((name, None)) = preset {
+            errs.push(
+                file,
+                format!("{entry}.preset"),
+                format!(
+                    "unknown preset `{name}` (one of {})",
+                    super::preset::names()
+                ),
+            );
+        }
+        if issuer.issuer.is_empty() {
+            let problem = match preset {
+                Some((name, Some(p))) => format!(
+                    "is required with preset `{name}` (its URL depends on the deployment): {}",
+                    p.issuer_example
+                ),
+                _ => "is required: the exact `iss` of the tokens".to_owned(),
+            };
+            errs.push(file, format!("{entry}.issuer"), problem);
+        }
+        if issuer.mapping.subject.is_empty() {
+            errs.push(
+                file,
+                format!("{entry}.mapping.subject"),
+                "is required (a CEL expression over `assertion`), unless a `preset` supplies it",
+            );
+        }
+        if !issuer.issuer.is_empty() && !urls.insert(issuer.issuer.as_str()) {
             errs.push(
                 file,
                 format!("{entry}.issuer"),
@@ -304,6 +335,7 @@ fn validate_issuers(config: &Config, file: &str, errs: &mut ConfigErrors) {
             );
         }
         match Url::parse(&issuer.issuer) {
+            Err(_) if issuer.issuer.is_empty() => {}
             Err(e) => errs.push(file, format!("{entry}.issuer"), format!("not a URL: {e}")),
             Ok(url) => {
                 if issuer.jwks_file.is_none()

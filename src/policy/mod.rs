@@ -272,6 +272,19 @@ impl PolicyEngine {
         ))
     }
 
+    /// Each policy's id, file and JSON syntax tree (Cedar's EST), for lints; a policy
+    /// whose tree cannot be produced is left out.
+    pub fn trees(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.policies
+            .policies()
+            .filter_map(|p| {
+                let id = p.id().to_string();
+                let file = self.files.get(&id)?.clone();
+                Some((id, file, p.to_json().ok()?))
+            })
+            .collect()
+    }
+
     /// How many policies are loaded.
     pub fn len(&self) -> usize {
         self.files.len()

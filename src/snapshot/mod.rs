@@ -18,6 +18,7 @@ use crate::verify::{Verifier, fetch};
 
 mod issuers;
 mod keys;
+mod lints;
 mod policies;
 mod secrets;
 mod targets;
@@ -172,6 +173,12 @@ impl Snapshot {
             }
             return Err(b.errs);
         };
+        let facts: Vec<lints::PolicyFacts> = std::iter::once(&policies.enforced)
+            .chain(policies.shadow.as_ref())
+            .flat_map(PolicyEngine::trees)
+            .map(|(id, file, tree)| lints::PolicyFacts::of(id, file, &tree))
+            .collect();
+        b.warnings.extend(lints::preset_lints(&config, &facts));
         let admin_token = secrets::admin_token(&config, &mut b);
         let introspection_clients = secrets::introspection_clients(&config, &mut b);
         // What `ferry serve` opens at start, `ferry check` checks: the same error, naming
