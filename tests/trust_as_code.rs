@@ -415,6 +415,82 @@ fn shadow_policies_are_counted_and_audited_and_impact_replays_exactly_the_flips(
     assert_eq!(same.status.code(), Some(0), "{}", text(&same.stdout));
     assert!(text(&same.stdout).contains("\nno decision changes\n"));
 
+    // Unused entitlements, judged against a config with a broad permit and an unused one.
+    let report_cfg = config(
+        dir.path(),
+        "report",
+        (
+            r#"
+@id("read")
+permit (principal in Ferry::Group::"deployers", action, resource)
+when { !context.scopes.contains("write") };
+
+@id("write")
+permit (principal in Ferry::Group::"deployers", action, resource == Ferry::Target::"internal-api")
+when { principal.attributes.repository == "acme/infra" };
+
+@id("unused")
+permit (principal, action, resource == Ferry::Target::"aws-tagged")
+when { principal.subject == "dev:nobody" };
+"#,
+            "",
+        ),
+        "identity.attributes.environment",
+        "",
+    );
+    let report = |extra: &[&str]| {
+        let mut a = vec!["audit", "report", "--config", report_cfg.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        a.push(audit.to_str().unwrap());
+        let out = ferry(&a);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    };
+    let r: Value = serde_json::from_slice(&report(&["--json"]).stdout).unwrap();
+    assert_eq!(r["decisions"], 7);
+    assert_eq!(r["granted"], 4, "frank, alice, bob, dave");
+    assert_eq!(
+        r["permits_that_allowed_nothing"],
+        serde_json::json!([{"policy": "unused", "file": dir.path().join("report.cedar").display().to_string()}])
+    );
+    assert_eq!(
+        r["targets_nobody_obtained"],
+        serde_json::json!(["aws-tagged"])
+    );
+    assert_eq!(r["stopped_using"], serde_json::json!([]));
+    assert_eq!(
+        r["broader_than_use"][0]["permits"],
+        serde_json::json!(["aws-tagged", "internal-api"])
+    );
+    assert_eq!(
+        r["broader_than_use"][0]["used"],
+        serde_json::json!(["internal-api"])
+    );
+    assert_eq!(r["broader_than_use"].as_array().unwrap().len(), 1);
+    // Eight days on, every subject has stopped using what it had; 40 days on, nothing is
+    // in the window.
+    let later = |days: u64| {
+        let t = std::time::SystemTime::now() + Duration::from_secs(days * 86_400);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let out = report(&["--until", &later(8)]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("\nsubjects that stopped using a target (no grant in the last 7days) (4):\n  dev:alice → internal-api, last granted "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\npermits broader than their use (1):\n  read permits aws-tagged, internal-api; used for internal-api only\n"),
+        "{stdout}"
+    );
+    let r: Value =
+        serde_json::from_slice(&report(&["--json", "--until", &later(40)]).stdout).unwrap();
+    assert_eq!(r["in_window"], 0);
+    assert_eq!(
+        r["permits_that_allowed_nothing"].as_array().unwrap().len(),
+        3
+    );
+
     // Not an audit file: a clear error naming the line.
     let junk = dir.path().join("junk.log");
     std::fs::write(&junk, "{\"type\":\"decision\"}\nnot json\n").unwrap();

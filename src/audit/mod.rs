@@ -16,11 +16,13 @@
 
 mod chain;
 mod event;
+mod read;
 mod verify;
 mod writer;
 
 pub use chain::{CheckpointSigner, GENESIS, line_hash};
 pub use event::{AuditEvent, AuditIdentity, AuditRequest};
+pub use read::{DecisionLine, for_each_decision};
 pub use verify::{ChainBreak, CheckpointKeys, VerifyReport, verify_files, verify_texts};
 pub use writer::{AuditLog, DEFAULT_CHECKPOINT_EVERY, check_writable};
 

@@ -1,4 +1,4 @@
-//! `ferry audit verify FILE… [--jwks F | --key F]`.
+//! `ferry audit verify FILE… [--jwks F | --key F]`, `ferry audit report …`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,11 +22,17 @@ pub enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Report entitlements nobody uses: permits that allowed nothing, targets nobody
+    /// obtained, subjects that stopped using a target, permits broader than their use.
+    Report(super::audit_report::Args),
 }
 
 /// Runs an audit command.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let Command::Verify { files, jwks, key } = command;
+    let (files, jwks, key) = match command {
+        Command::Verify { files, jwks, key } => (files, jwks, key),
+        Command::Report(args) => return super::audit_report::run(args),
+    };
     let keys = match (jwks, key) {
         (Some(path), _) => {
             let bytes =

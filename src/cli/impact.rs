@@ -3,17 +3,15 @@
 //! that would change, grouped, with an exit code a CI job can gate on.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use ferry::audit::{AuditIdentity, AuditRequest};
+use ferry::audit::AuditRequest;
 use ferry::exchange::TargetSelector;
 use ferry::exchange::explain::{Request, Verdict, from_identity};
 use ferry::mapping::Identity;
 use ferry::snapshot::Snapshot;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
@@ -63,19 +61,6 @@ impl ChangeKind {
     }
 }
 
-/// The part of an audit line a replay reads.
-#[derive(Debug, Deserialize)]
-struct Line {
-    time: Option<i64>,
-    issuer: Option<String>,
-    subject: Option<String>,
-    decision: Option<String>,
-    policy_decision: Option<String>,
-    identity: Option<AuditIdentity>,
-    request: Option<AuditRequest>,
-    shadow_decision: Option<String>,
-}
-
 /// Changes that share a kind, a target and both outcomes.
 #[derive(Debug, Default, Serialize)]
 struct Group {
@@ -123,93 +108,80 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..Report::default()
     };
     let mut groups: BTreeMap<(ChangeKind, String, String, String), Group> = BTreeMap::new();
-    for path in &args.audit {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("{}: line {}", path.display(), n + 1))?;
-            let at = || format!("{}: line {}", path.display(), n + 1);
-            let value: serde_json::Value = serde_json::from_str(&line)
-                .with_context(|| format!("{}: not a JSON audit line", at()))?;
-            if value.get("type").and_then(serde_json::Value::as_str) != Some("decision") {
-                continue;
-            }
-            let parsed: Line = serde_json::from_value(value)
-                .with_context(|| format!("{}: not a decision line Ferry writes", at()))?;
-            report.decisions += 1;
-            let enforced = parsed.policy_decision.as_deref().map(|d| d == "allow");
-            match (enforced, parsed.shadow_decision.as_deref()) {
-                (Some(false), Some("allow")) => report.shadow_deny_to_allow += 1,
-                (Some(true), Some("deny" | "error")) => report.shadow_allow_to_deny += 1,
-                _ => {}
-            }
-            let (Some(request), Some(identity), Some(issuer)) =
-                (&parsed.request, &parsed.identity, &parsed.issuer)
-            else {
-                if parsed.request.is_some() {
-                    report.skipped_before_mapping += 1;
-                } else {
-                    report.skipped_not_recorded += 1;
-                }
-                continue;
-            };
-            let Some(selector) = selector(request) else {
-                report.skipped_not_recorded += 1;
-                continue;
-            };
-            report.replayed += 1;
-            let identity = Identity {
-                issuer_id: issuer.clone(),
-                subject: identity.subject.clone(),
-                groups: identity.groups.clone(),
-                attributes: identity.attributes.clone(),
-            };
-            let replay = |snap: &Snapshot| {
-                from_identity(
-                    snap,
-                    &identity,
-                    &Request {
-                        target: &selector,
-                        scopes: &request.scopes,
-                        source_ip: request.source_ip,
-                        client_certificate: request.client_certificate.as_ref(),
-                        timestamp: parsed.time.unwrap_or(0),
-                    },
-                )
-            };
-            let (before, after) = (replay(&old), replay(&new));
-            // What policy decided then (or, refused before policy, the outcome), against
-            // the old config's replay: a difference means another revision decided, or a
-            // stage the replay does not run refused (a per-subject rate limit).
-            let recorded = enforced.unwrap_or(parsed.decision.as_deref() == Some("allow"));
-            if recorded != before.verdict.allowed {
-                report.unreproduced += 1;
-            }
-            let Some(kind) = change(&before.verdict, &after.verdict) else {
-                continue;
-            };
-            let target = after
-                .verdict
-                .target
-                .clone()
-                .or_else(|| before.verdict.target.clone())
-                .unwrap_or_else(|| requested(&selector));
-            let (from, to) = describe(kind, &before, &after);
-            let group = groups
-                .entry((kind, target.clone(), from.clone(), to.clone()))
-                .or_insert_with(|| Group {
-                    kind: Some(kind),
-                    target,
-                    from,
-                    to,
-                    ..Group::default()
-                });
-            group.count += 1;
-            group
-                .subjects
-                .insert(parsed.subject.clone().unwrap_or(identity.subject));
+    ferry::audit::for_each_decision(&args.audit, |line| {
+        report.decisions += 1;
+        let enforced = line.policy_decision.as_deref().map(|d| d == "allow");
+        match (enforced, line.shadow_decision.as_deref()) {
+            (Some(false), Some("allow")) => report.shadow_deny_to_allow += 1,
+            (Some(true), Some("deny" | "error")) => report.shadow_allow_to_deny += 1,
+            _ => {}
         }
-    }
+        let (Some(request), Some(identity), Some(issuer)) =
+            (&line.request, &line.identity, &line.issuer)
+        else {
+            if line.request.is_some() {
+                report.skipped_before_mapping += 1;
+            } else {
+                report.skipped_not_recorded += 1;
+            }
+            return;
+        };
+        let Some(selector) = selector(request) else {
+            report.skipped_not_recorded += 1;
+            return;
+        };
+        report.replayed += 1;
+        let identity = Identity {
+            issuer_id: issuer.clone(),
+            subject: identity.subject.clone(),
+            groups: identity.groups.clone(),
+            attributes: identity.attributes.clone(),
+        };
+        let replay = |snap: &Snapshot| {
+            from_identity(
+                snap,
+                &identity,
+                &Request {
+                    target: &selector,
+                    scopes: &request.scopes,
+                    source_ip: request.source_ip,
+                    client_certificate: request.client_certificate.as_ref(),
+                    timestamp: line.time.unwrap_or(0),
+                },
+            )
+        };
+        let (before, after) = (replay(&old), replay(&new));
+        // What policy decided then (or, refused before policy, the outcome), against the
+        // old config's replay: a difference means another revision decided, or a stage
+        // the replay does not run refused (a per-subject rate limit).
+        if enforced.unwrap_or(line.granted()) != before.verdict.allowed {
+            report.unreproduced += 1;
+        }
+        let Some(kind) = change(&before.verdict, &after.verdict) else {
+            return;
+        };
+        let target = after
+            .verdict
+            .target
+            .clone()
+            .or_else(|| before.verdict.target.clone())
+            .unwrap_or_else(|| requested(&selector));
+        let (from, to) = describe(kind, &before, &after);
+        let group = groups
+            .entry((kind, target.clone(), from.clone(), to.clone()))
+            .or_insert_with(|| Group {
+                kind: Some(kind),
+                target,
+                from,
+                to,
+                ..Group::default()
+            });
+        group.count += 1;
+        group
+            .subjects
+            .insert(line.subject.unwrap_or(identity.subject));
+    })
+    .map_err(anyhow::Error::msg)?;
     report.changes = groups.into_values().collect();
     report.changes.sort_by(|a, b| {
         (a.kind, std::cmp::Reverse(a.count)).cmp(&(b.kind, std::cmp::Reverse(b.count)))

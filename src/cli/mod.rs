@@ -2,6 +2,7 @@
 
 mod agent;
 mod audit;
+mod audit_report;
 mod check;
 mod dev;
 mod exchange;
@@ -65,7 +66,7 @@ enum Command {
     Keys(keys::Command),
     /// Revoke a subject, an issuer's sub, a token id or a target on every replica.
     Revoke(revoke::Args),
-    /// Verify the audit trail.
+    /// Verify the audit trail; report unused entitlements from it.
     #[command(subcommand)]
     Audit(audit::Command),
     /// Development helpers (never for production).

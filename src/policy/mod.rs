@@ -12,6 +12,9 @@ use cedar_policy::{
     Validator,
 };
 
+mod facts;
+pub use facts::PolicyFacts;
+
 use crate::config::{ConfigErrors, Problem};
 use crate::mapping::Identity;
 use crate::memo::{Digest, SlotCache};
@@ -272,15 +275,15 @@ impl PolicyEngine {
         ))
     }
 
-    /// Each policy's id, file and JSON syntax tree (Cedar's EST), for lints; a policy
-    /// whose tree cannot be produced is left out.
-    pub fn trees(&self) -> Vec<(String, String, serde_json::Value)> {
+    /// What lints and reports read of each policy (from its syntax tree; a policy whose
+    /// tree cannot be produced is left out).
+    pub fn facts(&self) -> Vec<PolicyFacts> {
         self.policies
             .policies()
             .filter_map(|p| {
                 let id = p.id().to_string();
                 let file = self.files.get(&id)?.clone();
-                Some((id, file, p.to_json().ok()?))
+                Some(PolicyFacts::of(id, file, &p.to_json().ok()?))
             })
             .collect()
     }

@@ -173,10 +173,9 @@ impl Snapshot {
             }
             return Err(b.errs);
         };
-        let facts: Vec<lints::PolicyFacts> = std::iter::once(&policies.enforced)
+        let facts: Vec<crate::policy::PolicyFacts> = std::iter::once(&policies.enforced)
             .chain(policies.shadow.as_ref())
-            .flat_map(PolicyEngine::trees)
-            .map(|(id, file, tree)| lints::PolicyFacts::of(id, file, &tree))
+            .flat_map(PolicyEngine::facts)
             .collect();
         b.warnings.extend(lints::preset_lints(&config, &facts));
         let admin_token = secrets::admin_token(&config, &mut b);
