@@ -77,8 +77,12 @@ pub fn init(
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .fmt_fields(escaped_fields())
-            // Colours only on a terminal: a file or a collector gets plain text.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            // Colours only on a terminal, and not with `NO_COLOR` set (no-color.org): a
+            // file or a collector gets plain text.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .with_writer(std::io::stderr)
             .with_filter(only_the_request_span)
             .boxed(),

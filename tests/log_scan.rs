@@ -164,6 +164,16 @@ fn at_info_a_granted_exchange_writes_one_line_with_its_outcome() {
         "{raw}"
     );
     assert!(line["latency_ms"].is_number(), "{raw}");
+    // Whole microseconds, written as the shortest decimal: at most 3 decimals.
+    let latency = raw
+        .split("\"latency_ms\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .unwrap();
+    assert!(
+        latency.split('.').nth(1).is_none_or(|d| d.len() <= 3),
+        "{latency}"
+    );
     // One span, the request's, with its id; each key once (`target` is the module).
     assert_eq!(line["spans"].as_array().unwrap().len(), 1, "{raw}");
     assert_eq!(line["spans"][0]["request_id"], granted_id.as_str());

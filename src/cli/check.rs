@@ -1,19 +1,18 @@
 //! `ferry check --config F`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The config file.
-    #[arg(long, short, default_value_os_t = super::default_config())]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::embedded::ConfigArg,
 }
 
 /// Validates everything and prints every problem; exit 1 when there is an error.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snapshot, warnings) = match super::load_snapshot(&args.config, false) {
+    let config = args.config.resolve()?;
+    let (snapshot, warnings) = match super::load_snapshot(config.as_path(), false) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -31,7 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!(
         "{}: ok: {} issuer(s), {} target(s), {} polic{} (revision {})",
-        args.config.display(),
+        config.name(),
         snapshot.config.issuers.len(),
         snapshot.targets.len(),
         snapshot.policy.len(),

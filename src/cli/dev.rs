@@ -1,5 +1,6 @@
-//! `ferry dev token`: mint a token from the dev issuer whose key ships in `config/dev/`.
-//! That key is public; the dev issuer must never be trusted outside development.
+//! `ferry dev token`: mint a token from the dev issuer, whose key is built into the binary
+//! (and ships in `config/dev/`). That key is public; the dev issuer must never be trusted
+//! outside development.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use serde_json::{Map, Value};
 /// Development commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Print a token signed by the dev issuer (config/dev/dev-issuer.key.pem).
+    /// Print a token signed by the dev issuer (its key is built in; `ferry serve --dev`
+    /// trusts it).
     Token(TokenArgs),
 }
 
@@ -21,9 +23,9 @@ pub struct TokenArgs {
     /// A claim, `name=value`; the value is parsed as JSON when it is JSON, else a string.
     #[arg(long = "claim", value_name = "NAME=VALUE")]
     claims: Vec<String>,
-    /// The dev issuer's private key.
-    #[arg(long, default_value = "config/dev/dev-issuer.key.pem")]
-    key: PathBuf,
+    /// Sign with this RSA private key (PEM) instead of the built-in dev issuer's.
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// `iss`.
     #[arg(long, default_value = "https://dev-issuer.ferry.invalid")]
     issuer: String,
@@ -41,10 +43,14 @@ pub struct TokenArgs {
 /// Runs a dev command.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     let Command::Token(args) = command;
-    let pem =
-        std::fs::read(&args.key).with_context(|| format!("cannot read {}", args.key.display()))?;
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
-        .context("the dev key is not an RSA PEM key")?;
+    let pem = match &args.key {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => super::embedded::DEV_ISSUER_KEY.as_bytes().to_vec(),
+    };
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&pem).context("the key is not an RSA PEM key")?;
     let now = super::system_clock().now();
     let ttl = i64::try_from(args.ttl.as_secs()).unwrap_or(600);
     let mut claims = Map::new();

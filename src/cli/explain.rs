@@ -13,18 +13,22 @@ use ferry::verify::UnverifiedToken;
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["token", "claims"])))]
 pub struct Args {
-    /// The config file.
-    #[arg(long, short, default_value_os_t = super::default_config())]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::embedded::ConfigArg,
     /// Target id.
     #[arg(long)]
     target: String,
     /// A file holding the token (its signature is checked; keys may be fetched).
     #[arg(long)]
     token: Option<PathBuf>,
-    /// A JSON file of claims (everything but the signature is checked).
+    /// A JSON file of claims (everything but the signature is checked). `iss`, `aud`,
+    /// `iat`, `nbf` and `exp` are filled in where it leaves them out.
     #[arg(long)]
     claims: Option<PathBuf>,
+    /// The issuer id the claims come from (default: the one their `iss` names, else the
+    /// config's only issuer).
+    #[arg(long, requires = "claims")]
+    issuer: Option<String>,
     /// Requested scopes (space-separated, as in the `scope` parameter).
     #[arg(long, default_value = "")]
     scope: String,
@@ -42,7 +46,8 @@ pub struct Args {
 
 /// Prints each stage; exits 0 when the exchange would be allowed, 1 otherwise.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snapshot, _warnings) = match super::load_snapshot(&args.config, false) {
+    let config = args.config.resolve()?;
+    let (snapshot, _warnings) = match super::load_snapshot(config.as_path(), false) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -58,9 +63,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => {
             let raw =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let claims: serde_json::Map<String, serde_json::Value> =
+            let mut claims: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(&raw)
                     .with_context(|| format!("{}: not a JSON object of claims", path.display()))?;
+            super::complete_claims(
+                &snapshot,
+                args.issuer.as_deref(),
+                "--issuer ID",
+                &mut claims,
+                super::system_clock().now(),
+            )?;
             ExplainInput::Claims(claims)
         }
         (None, None) => anyhow::bail!("give --token or --claims"),

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The config file (its `[store]` must be shared: redis).
-    #[arg(long, short, default_value_os_t = super::default_config())]
+    #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
     /// A canonical subject (as the mapping produces it).
     #[arg(long)]

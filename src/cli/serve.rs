@@ -1,7 +1,6 @@
 //! `ferry serve --config F`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,9 +11,8 @@ use ferry::http::{AppState, app};
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The config file.
-    #[arg(long, short, default_value_os_t = super::default_config())]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::embedded::ConfigArg,
     /// Listen here instead of `server.listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -22,7 +20,8 @@ pub struct Args {
 
 /// Runs the broker until SIGINT/SIGTERM.
 pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode> {
-    let (mut snapshot, warnings) = match super::load_snapshot(&args.config, true) {
+    let config = args.config.resolve()?;
+    let (mut snapshot, warnings) = match super::load_snapshot(config.as_path(), true) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -32,6 +31,12 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
         Some(&snapshot.config.telemetry),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if config.dev.is_some() {
+        tracing::warn!(
+            config = %config.path.display(),
+            "DEVELOPMENT CONFIG (--dev): it trusts a dev issuer whose private key is public (`ferry dev token` mints its tokens); never use in production"
+        );
+    }
     for w in &warnings {
         tracing::warn!("{w}");
     }

@@ -19,9 +19,8 @@ use serde_json::{Map, Value};
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The config file.
-    #[arg(long, short, default_value_os_t = super::default_config())]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::embedded::ConfigArg,
     /// Test files (default: the config's own, `<name>.ferry-test.toml` and
     /// `<name>.*.ferry-test.toml` beside it or in `tests/` beside it).
     files: Vec<PathBuf>,
@@ -122,7 +121,8 @@ struct Outcome {
 /// Runs every case; exit 0 when all pass, 1 otherwise (or on a file that cannot be
 /// read).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snapshot, _warnings) = match super::load_snapshot(&args.config, false) {
+    let config = args.config.resolve()?;
+    let (snapshot, _warnings) = match super::load_snapshot(config.as_path(), false) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -130,14 +130,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return init(&snapshot, path);
     }
     let files = if args.files.is_empty() {
-        beside(&args.config)?
+        beside(config.as_path())?
     } else {
         args.files.clone()
     };
     if files.is_empty() {
         bail!(
             "no test files: give them, or put *.ferry-test.toml beside {} (ferry test --init FILE writes a starter)",
-            args.config.display()
+            config.name()
         );
     }
     let rt = super::tokio_runtime()?;
@@ -277,26 +277,13 @@ fn input(snap: &Snapshot, case: &Case, base: &Path, now: i64) -> anyhow::Result<
         }
         _ => bail!("give one of claims, claims_file and token_file"),
     };
-    let issuers = &snap.config.issuers;
-    let issuer = match &case.issuer {
-        Some(id) => issuers
-            .iter()
-            .find(|i| &i.id == id)
-            .with_context(|| format!("no issuer `{id}` in the config"))?,
-        None => match issuers.as_slice() {
-            [only] => only,
-            _ => bail!("the config has several issuers: name one (issuer = \"…\")"),
-        },
-    };
-    claims
-        .entry("iss")
-        .or_insert_with(|| issuer.issuer.clone().into());
-    if let Some(aud) = issuer.audiences.first() {
-        claims.entry("aud").or_insert_with(|| aud.clone().into());
-    }
-    claims.entry("iat").or_insert_with(|| now.into());
-    claims.entry("nbf").or_insert_with(|| now.into());
-    claims.entry("exp").or_insert_with(|| (now + 300).into());
+    super::complete_claims(
+        snap,
+        case.issuer.as_deref(),
+        "issuer = \"…\"",
+        &mut claims,
+        now,
+    )?;
     Ok(ExplainInput::Claims(claims))
 }
 

@@ -269,7 +269,9 @@ pub async fn log_request(
         }
     };
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Whole microseconds: `0.354`, not `0.35368900000000003`.
+    let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+    let latency_ms = f64::from(micros) / 1000.0;
     let record = response.extensions_mut().remove::<Box<ExchangeRecord>>();
     if let Some(r) = &record {
         count(&state, r);
