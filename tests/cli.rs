@@ -488,7 +488,7 @@ impl Drop for Server {
 }
 
 #[test]
-fn the_readme_walkthrough_works_on_dev_toml() {
+fn the_dev_config_grants_and_refuses_as_its_comments_say() {
     let mut server = Server::start("config/dev.toml");
     let token = dev_token(&["sub=alice", r#"groups=["deployers"]"#]);
     let (status, body) = server.exchange(&token, "internal-api", "read");
