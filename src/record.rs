@@ -90,7 +90,8 @@ pub struct ExchangeRecord {
     pub started: Instant,
     /// SHA-256 (hex) of the presented subject token, once one was parsed from the form.
     pub token_sha256: Option<String>,
-    /// The trusted issuer's id, once the token verified.
+    /// The trusted issuer's id: once the token verified, or the configured issuer a
+    /// refused token names in its `iss`.
     pub issuer: Option<String>,
     /// The verified token's `sub`.
     pub token_sub: Option<String>,

@@ -382,3 +382,70 @@ async fn an_optional_issuer_without_keys_does_not_block_readiness() {
     let required = Harness::with(&[Algorithm::RS256], extra(true), POLICY).await;
     assert_eq!(required.get("/readyz").await.status, 503);
 }
+
+#[tokio::test]
+async fn counters_an_alert_reads_exist_at_zero_and_a_refused_token_names_its_issuer() {
+    let (h, side) = harness("").await;
+    let text = metrics_text(&h).await;
+    for at_zero in [
+        r#"ferry_config_reloads_total{outcome="failure"} 0"#,
+        r#"ferry_config_reloads_total{outcome="success"} 0"#,
+        r#"ferry_exchanges_total{issuer="fake",target="api",outcome="server_error"} 0"#,
+        r#"ferry_exchanges_total{issuer="unknown",target="unknown",outcome="invalid_request"} 0"#,
+        r#"ferry_policy_decisions_total{decision="error"} 0"#,
+        r#"ferry_provider_calls_total{provider="jwt",outcome="unavailable"} 0"#,
+        r#"ferry_cache_requests_total{result="miss"} 0"#,
+        r#"ferry_revocations_total{kind="subject",via="admin"} 0"#,
+        "ferry_audit_write_failures_total 0",
+        "ferry_rate_limited_total 0",
+        r#"ferry_shadow_disagreements_total{direction="allow_to_deny"} 0"#,
+    ] {
+        assert!(text.contains(at_zero), "missing `{at_zero}`:\n{text}");
+    }
+    let series = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert!(series("process_cpu_seconds_total") > 0.0);
+    assert!(series("process_resident_memory_bytes") > 1e6);
+    assert!(series("process_open_fds") >= 3.0);
+    assert!(series("process_max_fds") >= series("process_open_fds"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = series("process_start_time_seconds");
+    assert!(started <= now && started > now - 600.0, "{started}");
+    assert!(
+        text.contains(&format!(
+            "ferry_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+
+    // An expired token of a configured issuer: counted and audited under that issuer.
+    let expired = h.token(|c| {
+        c["iat"] = json!(h.now() - 7200);
+        c["exp"] = json!(h.now() - 3600);
+    });
+    let r = h.exchange_token(&expired, "api", None).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let text = metrics_text(&h).await;
+    assert!(
+        text.contains(
+            r#"ferry_exchanges_total{issuer="fake",target="unknown",outcome="invalid_request"} 1"#
+        ),
+        "{text}"
+    );
+    let lines = audit_lines(&side);
+    assert_eq!(lines.last().unwrap()["issuer"], "fake");
+    assert!(
+        lines.last().unwrap()["token_sub"].is_null(),
+        "nothing else from an unverified token"
+    );
+}

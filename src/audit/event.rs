@@ -8,7 +8,7 @@ pub struct AuditEvent<'a> {
     pub time: i64,
     pub request_id: &'a str,
     pub client_ip: String,
-    /// The issuer id, once known.
+    /// The configured issuer the token verified against, or that a refused token named.
     pub issuer: Option<&'a str>,
     /// The subject token's `sub`, once verified.
     pub token_sub: Option<&'a str>,

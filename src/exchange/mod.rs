@@ -370,7 +370,17 @@ pub async fn exchange(
         svc.admit(&format!("client:{}", req.client_ip), limit)
             .await?;
     }
-    let token = snap.verifier.verify(&req.subject_token).await?;
+    let token = match snap.verifier.verify(&req.subject_token).await {
+        Ok(t) => t,
+        Err(e) => {
+            // Counted and audited under the configured issuer it names, if any.
+            record.issuer = snap
+                .verifier
+                .named_issuer(&req.subject_token)
+                .map(str::to_owned);
+            return Err(e.into());
+        }
+    };
     record.verified(&token);
     check_bound_subject_token(&token, &req)?;
     // Recorded only for a caller with a valid subject token: anyone can make proofs, so

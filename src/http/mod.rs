@@ -53,6 +53,8 @@ pub struct AppState {
     pub dpop_nonces: exchange::dpop::NonceKey,
     /// The accept loop's connection counts (set once by `ferry serve`).
     pub connections: std::sync::OnceLock<server::ConnectionStats>,
+    /// When this state was made (Unix seconds): `process_start_time_seconds`.
+    pub started: f64,
     reload: reload::ReloadState,
 }
 
@@ -80,14 +82,7 @@ impl AppState {
         };
         let dpop_nonces = exchange::dpop::NonceKey::new(shared.as_ref());
         let metrics = Metrics::default();
-        // Present at 0 from the start, so an alert on the first disagreement fires (a shadow
-        // set can be added by a reload).
-        for direction in ["allow_to_deny", "deny_to_allow"] {
-            metrics.declare(
-                "ferry_shadow_disagreements_total",
-                &[("direction", direction)],
-            );
-        }
+        observe::declare_series(&metrics, &snapshot);
         Ok(Arc::new(Self {
             dpop_nonces,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -96,6 +91,9 @@ impl AppState {
             audit,
             tls: std::sync::OnceLock::new(),
             connections: std::sync::OnceLock::new(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             reload: reload::ReloadState::default(),
         }))
     }
@@ -538,6 +536,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ],
         ));
     }
+    scraped.extend(crate::metrics::process::families(state.started));
     let mut response = state.metrics.render(scraped).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -175,6 +175,87 @@ fn audit_event<'a>(state: &AppState, record: &'a ExchangeRecord) -> AuditEvent<'
     }
 }
 
+/// Every `outcome` label value a token request can have: `granted` or an RFC 6749 code.
+const OUTCOMES: &[&str] = &[
+    "granted",
+    "invalid_request",
+    "invalid_target",
+    "invalid_scope",
+    "unsupported_grant_type",
+    "slow_down",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
+    "temporarily_unavailable",
+    "server_error",
+];
+
+/// Creates at 0 every series of the counters this module increments whose label values
+/// are bounded by the config (its issuers, targets and their kinds) or fixed: an alert
+/// on `increase(…[5m])` sees the first failure. Called at start-up and after each reload
+/// (a new issuer or target gets its series).
+pub fn declare_series(metrics: &crate::metrics::Metrics, snapshot: &crate::snapshot::Snapshot) {
+    let issuers: Vec<&str> = snapshot
+        .config
+        .issuers
+        .iter()
+        .map(|i| i.id.as_str())
+        .chain(["unknown"])
+        .collect();
+    let mut targets: Vec<&str> = snapshot.targets.keys().map(String::as_str).collect();
+    targets.push("unknown");
+    for issuer in &issuers {
+        for target in &targets {
+            for outcome in OUTCOMES {
+                metrics.declare(
+                    "ferry_exchanges_total",
+                    &[("issuer", issuer), ("target", target), ("outcome", outcome)],
+                );
+            }
+        }
+    }
+    for decision in ["allow", "deny", "error"] {
+        metrics.declare("ferry_policy_decisions_total", &[("decision", decision)]);
+    }
+    for result in ["hit", "miss"] {
+        metrics.declare("ferry_cache_requests_total", &[("result", result)]);
+    }
+    let mut kinds: Vec<&str> = snapshot
+        .targets
+        .values()
+        .map(|t| t.provider.kind())
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for provider in kinds {
+        for outcome in ["ok", "denied", "unavailable", "bad_answer", "error"] {
+            metrics.declare(
+                "ferry_provider_calls_total",
+                &[("provider", provider), ("outcome", outcome)],
+            );
+        }
+    }
+    for outcome in ["success", "failure"] {
+        metrics.declare("ferry_config_reloads_total", &[("outcome", outcome)]);
+    }
+    for (kind, via) in [
+        ("subject", "admin"),
+        ("issuer_sub", "admin"),
+        ("jti", "admin"),
+        ("target", "admin"),
+        ("jti", "rfc7009"),
+    ] {
+        metrics.declare("ferry_revocations_total", &[("kind", kind), ("via", via)]);
+    }
+    metrics.declare("ferry_rate_limited_total", &[]);
+    metrics.declare("ferry_audit_write_failures_total", &[]);
+    for direction in ["allow_to_deny", "deny_to_allow"] {
+        metrics.declare(
+            "ferry_shadow_disagreements_total",
+            &[("direction", direction)],
+        );
+    }
+}
+
 /// Counts a decision: exchanges by issuer, target and outcome, their latency, policy
 /// decisions, cache lookups and provider calls.
 fn count(state: &AppState, record: &ExchangeRecord) {

@@ -72,6 +72,7 @@ impl AppState {
                 }
                 // Checkpoints are signed with the key the new config makes active.
                 self.audit.set_signer(snapshot.issuer.clone());
+                super::observe::declare_series(&self.metrics, &snapshot);
                 self.snapshot.store(Arc::new(snapshot));
                 self.reload.set_error(None);
                 self.metrics

@@ -89,7 +89,7 @@ impl ConnectionLimits {
 }
 
 /// The soft `RLIMIT_NOFILE`, where there is one.
-fn open_file_limit() -> Option<u64> {
+pub(crate) fn open_file_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         let mut rl = libc::rlimit {

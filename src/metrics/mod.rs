@@ -74,6 +74,8 @@ fn sorted<'a, V>(map: &'a Series<V>, name: &str) -> Vec<&'a (Labels, V)> {
     all
 }
 
+pub mod process;
+
 /// The registry.
 #[derive(Default)]
 pub struct Metrics {
@@ -261,6 +263,21 @@ impl Family {
         Self::of(name, help, MetricType::Gauge, series, Value::Gauge)
     }
 
+    /// A counter in seconds (fractions kept) read at scrape time.
+    pub fn seconds_counter(
+        name: &'static str,
+        help: &'static str,
+        series: Vec<(Labels, f64)>,
+    ) -> Self {
+        Self::of(
+            name,
+            help,
+            MetricType::Counter,
+            series,
+            Value::SecondsCounter,
+        )
+    }
+
     /// A gauge in seconds (fractions kept) read at scrape time.
     pub fn seconds(name: &'static str, help: &'static str, series: Vec<(Labels, f64)>) -> Self {
         Self::of(name, help, MetricType::Gauge, series, Value::Seconds)
@@ -287,6 +304,7 @@ enum Value {
     Counter(u64),
     Gauge(i64),
     Seconds(f64),
+    SecondsCounter(f64),
     Histogram(Histogram),
 }
 
@@ -312,6 +330,9 @@ impl prometheus_client::collector::Collector for Families {
                     Value::Counter(v) => series.encode_counter::<NoLabelSet, _, u64>(v, None)?,
                     Value::Gauge(v) => series.encode_gauge(v)?,
                     Value::Seconds(v) => series.encode_gauge(v)?,
+                    Value::SecondsCounter(v) => {
+                        series.encode_counter::<NoLabelSet, _, f64>(v, None)?;
+                    }
                     Value::Histogram(h) => {
                         // Stored cumulative per bound; the encoder wants each bucket's own.
                         let mut below = 0;
