@@ -217,6 +217,7 @@ fn bench_policy(c: &mut Criterion) {
     };
     let scopes = vec!["read".to_owned()];
     let input = AuthzInput {
+        anomalies: &[],
         identity: &identity,
         target_id: "t7",
         target_kind: "jwt",

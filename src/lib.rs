@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod algorithms;
+pub mod anomaly;
 pub mod audit;
 pub mod client;
 pub mod clock;

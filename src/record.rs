@@ -119,6 +119,8 @@ pub struct ExchangeRecord {
     pub shadow: Option<ShadowDecision>,
     /// With `[audit] record_identity`: the facts a replay needs.
     pub replay: Option<Box<ReplayFacts>>,
+    /// The token was refused for naming a key id its issuer does not publish.
+    pub unknown_kid: bool,
 }
 
 /// `allow`, `deny` or `error` (a policy could not be evaluated).
@@ -155,6 +157,7 @@ impl ExchangeRecord {
             refusal: None,
             shadow: None,
             replay: None,
+            unknown_kid: false,
         }
     }
 

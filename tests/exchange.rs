@@ -322,6 +322,7 @@ async fn readyz_is_false_while_an_issuer_has_no_keys() {
             store: std::sync::Arc::new(ferry::store::memory::MemoryStore::new(10)),
             clock,
             flights: Default::default(),
+            anomalies: Default::default(),
         },
     )
     .unwrap();

@@ -131,6 +131,7 @@ async fn replica_with(
             store,
             clock: h.clock.clone(),
             flights: SingleFlight::default(),
+            anomalies: Default::default(),
         },
     )
     .unwrap()

@@ -6,8 +6,10 @@
 #[path = "common/dev.rs"]
 mod dev;
 
+use dev::{Serve, serve};
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -80,36 +82,6 @@ fn config(
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(cfg: &Path) -> Serve {
-    let port = dev::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    dev::await_ready(&mut child, &base);
-    Serve { child, base }
 }
 
 /// One exchange: the status.

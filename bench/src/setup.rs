@@ -195,6 +195,7 @@ pub(crate) async fn start_server_at(
             store: Arc::clone(&store),
             clock,
             flights: SingleFlight::default(),
+            anomalies: Default::default(),
         },
     )?;
     let handle = Arc::clone(&state);

@@ -301,6 +301,11 @@ impl AuditLog {
         }
     }
 
+    /// This replica's id, as every line names it.
+    pub fn replica(&self) -> &str {
+        &self.checkpoints.replica
+    }
+
     /// Whether anything is recorded.
     pub fn is_enabled(&self) -> bool {
         self.stdout || self.has_file
@@ -309,15 +314,32 @@ impl AuditLog {
     /// Appends one line per sink and returns once it is written: false when a sink could
     /// not be written.
     pub async fn record(&self, event: &AuditEvent<'_>) -> bool {
+        self.record_line("decision", event, event.time).await
+    }
+
+    /// Appends a `"type":"anomaly"` line (chained like every other) and returns once it
+    /// is written: false when a sink could not be written.
+    pub async fn record_anomaly(&self, anomaly: &crate::anomaly::Anomaly) -> bool {
+        self.record_line("anomaly", anomaly, anomaly.time).await
+    }
+
+    /// Appends an operator's action (`"type":"revocation"`, `"anomaly_acknowledged"`)
+    /// and returns once it is written: false when a sink could not be written.
+    pub async fn record_event(&self, kind: &str, body: &impl serde::Serialize, time: i64) -> bool {
+        self.record_line(kind, body, time).await
+    }
+
+    /// Appends `body` (a JSON object) as a line of type `kind` at Unix time `time`.
+    async fn record_line(&self, kind: &str, body: &impl serde::Serialize, time: i64) -> bool {
         if !self.is_enabled() {
             return true;
         }
         let Some(body) = OpenObject::new(
-            event,
+            body,
             &[
-                ("type", "decision"),
+                ("type", kind),
                 ("replica", &self.checkpoints.replica),
-                ("time_rfc3339", &rfc3339(event.time)),
+                ("time_rfc3339", &rfc3339(time)),
             ],
         ) else {
             return false;

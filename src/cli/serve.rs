@@ -73,6 +73,7 @@ pub fn run(args: Args, log_format: super::LogFormat) -> anyhow::Result<ExitCode>
                 store,
                 clock: super::system_clock(),
                 flights: SingleFlight::default(),
+                anomalies: Default::default(),
             },
         )
         .map_err(|e| anyhow::anyhow!("cannot open the audit log: {e}"))?;

@@ -1,6 +1,7 @@
 //! Typed configuration: data only (no clients), parsed from TOML and validated with
 //! errors that name the file, the entry and the problem.
 
+pub mod anomalies;
 mod choice;
 mod duration;
 pub mod key_file;
@@ -67,6 +68,9 @@ pub struct Config {
     /// `[telemetry]`.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// `[anomalies]`: the misuse detector.
+    #[serde(default)]
+    pub anomalies: anomalies::AnomaliesConfig,
     /// Where it was read from (not in the file).
     #[serde(skip)]
     pub source: ConfigSource,

@@ -47,3 +47,40 @@ fn only_named_proxies_may_set_the_client_address() {
     let errs = parse("trusted_proxies = [\"10.0.0.0/8\"]\nclient_address = \"proxy-protocol\"");
     assert!(!errs.contains("server."), "{errs}");
 }
+
+#[test]
+fn anomaly_thresholds_are_checked_and_a_webhook_url_never_echoed() {
+    let parse = |anomalies: &str| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\npublic_url = \"http://127.0.0.1:8080\"\n[anomalies]\n{anomalies}\n"
+        );
+        Config::parse(Path::new("ferry.toml"), text.into_bytes())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(!parse("").contains("anomalies"), "{}", parse(""));
+    let errs = parse(
+        "webhook_url = \"http://hooks.example.com/T0/SECRETPATH\"\nmax_tracked = 0\n\
+         [anomalies.subject_burst]\nfactor = 0.5\nsmoothing = 0\n\
+         [anomalies.denial_burst]\nthreshold = 0\n[anomalies.new_network]\nipv4_prefix = 33\n\
+         [anomalies.first_use]\nenabeld = false",
+    );
+    for expected in [
+        "ferry.toml: anomalies.webhook_url: must be https (plain http only to a loopback address)",
+        "ferry.toml: anomalies.max_tracked: must be at least 1",
+        "ferry.toml: anomalies.subject_burst.factor: must be a number above 1",
+        "ferry.toml: anomalies.subject_burst.smoothing: must be above 0 and at most 1",
+        "ferry.toml: anomalies.denial_burst: `window` (≥ 1s) and `threshold` must be positive",
+        "ferry.toml: anomalies.new_network.ipv4_prefix: must be 0 to 32",
+        "anomalies.first_use.enabeld",
+    ] {
+        assert!(errs.contains(expected), "{expected}\n{errs}");
+    }
+    assert!(!errs.contains("SECRETPATH"), "{errs}");
+    let errs = parse("webhook_url = \"not a url\"");
+    assert!(
+        errs.contains("anomalies.webhook_url: is not a URL"),
+        "{errs}"
+    );
+}

@@ -197,6 +197,7 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
             );
         }
     }
+    super::anomalies::validate(&config.anomalies, file, errs);
     if config.store.max_entries == 0 {
         errs.push(file, "store.max_entries", "must be at least 1");
     }

@@ -261,6 +261,7 @@ pub fn from_identity(snap: &Snapshot, identity: &Identity, request: &Request<'_>
     };
 
     let input = AuthzInput {
+        anomalies: &[],
         identity,
         target_id: &target.id,
         target_kind: target.kind.as_str(),

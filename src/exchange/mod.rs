@@ -36,6 +36,8 @@ pub struct Services {
     pub clock: SharedClock,
     /// In-process deduplication of identical misses.
     pub flights: SingleFlight,
+    /// This replica's misuse detector: what policy reads as `context.anomalies`.
+    pub anomalies: Arc<crate::anomaly::Detector>,
 }
 
 /// Why an exchange failed; mapped to the wire once, in `http/`.
@@ -234,9 +236,11 @@ fn authorize(
     target: &Target,
     req: &ExchangeRequest,
     now: i64,
+    anomalies: &[&'static str],
     record: &mut ExchangeRecord,
 ) -> Result<(), ExchangeError> {
     let input = AuthzInput {
+        anomalies,
         identity,
         target_id: &target.id,
         target_kind: target.kind.as_str(),
@@ -378,6 +382,7 @@ pub async fn exchange(
                 .verifier
                 .named_issuer(&req.subject_token)
                 .map(str::to_owned);
+            record.unknown_kid = e.is_unknown_kid();
             return Err(e.into());
         }
     };
@@ -400,7 +405,14 @@ pub async fn exchange(
     check_target_request(&target, &req.scopes, req.requested_token_type.as_deref())?;
 
     let now = svc.clock.now();
-    authorize(snap, &identity, &target, &req, now, record)?;
+    // Looked up only when a policy reads them: otherwise a decision costs no lock here.
+    let anomalies = if snap.reads_anomalies() {
+        svc.anomalies
+            .open_for(&identity.subject, now, &snap.config.anomalies)
+    } else {
+        Vec::new()
+    };
+    authorize(snap, &identity, &target, &req, now, &anomalies, record)?;
 
     let confirmation = confirmation(&target, &req)?;
     let fields = RevocationFields::new(

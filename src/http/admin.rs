@@ -229,26 +229,8 @@ pub async fn revoke(
         Ok(t) => t,
         Err(e) => return ApiError::invalid_request(e).into_response(),
     };
-    let snapshot = state.snapshot.load_full();
-    let kind = match &target {
-        crate::store::RevocationTarget::Subject { .. } => "subject",
-        crate::store::RevocationTarget::IssuerSub { .. } => "issuer_sub",
-        crate::store::RevocationTarget::Jti { .. } => "jti",
-        crate::store::RevocationTarget::Target { .. } => "target",
-    };
-    let revocation = snapshot.revocation(target, req.reason, state.services.clock.now());
-    match state.services.store.revoke(&revocation).await {
-        Ok(purged) => {
-            state.metrics.inc(
-                "ferry_revocations_total",
-                &[("kind", kind), ("via", "admin")],
-            );
-            tracing::info!(
-                kind,
-                purged,
-                expires_at = revocation.expires_at,
-                "revocation recorded"
-            );
+    match revoke_now(&state, target, req.reason, "admin").await {
+        Ok((revocation, purged)) => {
             let mut r = (
                 StatusCode::CREATED,
                 Json(json!({"revocation": revocation, "purged": purged})),
@@ -258,7 +240,123 @@ pub async fn revoke(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Err(e) => ApiError::store_unavailable(&e).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// An operator action as the audit trail records it (`"type":"revocation"`, …).
+#[derive(serde::Serialize)]
+struct OperatorAction<'a, T: serde::Serialize> {
+    time: i64,
+    /// `admin` (the API) or `console`.
+    via: &'a str,
+    #[serde(flatten)]
+    what: T,
+}
+
+/// Records a revocation on every replica sharing the store, counts it and writes its
+/// audit line: what `POST /admin/revocations` and the console's revoke form both run.
+pub(crate) async fn revoke_now(
+    state: &AppState,
+    target: crate::store::RevocationTarget,
+    reason: Option<String>,
+    via: &'static str,
+) -> Result<(crate::store::Revocation, usize), ApiError> {
+    let snapshot = state.snapshot.load_full();
+    let kind = match &target {
+        crate::store::RevocationTarget::Subject { .. } => "subject",
+        crate::store::RevocationTarget::IssuerSub { .. } => "issuer_sub",
+        crate::store::RevocationTarget::Jti { .. } => "jti",
+        crate::store::RevocationTarget::Target { .. } => "target",
+    };
+    let now = state.services.clock.now();
+    let revocation = snapshot.revocation(target, reason, now);
+    let purged = state
+        .services
+        .store
+        .revoke(&revocation)
+        .await
+        .map_err(|e| ApiError::store_unavailable(&e))?;
+    state.metrics.inc(
+        "ferry_revocations_total",
+        &[("kind", kind), ("via", "admin")],
+    );
+    tracing::info!(
+        kind,
+        via,
+        purged,
+        expires_at = revocation.expires_at,
+        "revocation recorded"
+    );
+    let line = OperatorAction {
+        time: now,
+        via,
+        what: json!({"revocation": &revocation}),
+    };
+    if !state.audit.record_event("revocation", &line, now).await {
+        state.metrics.inc("ferry_audit_write_failures_total", &[]);
+    }
+    Ok((revocation, purged))
+}
+
+/// Acknowledges an anomaly (audited): false when this replica keeps no anomaly `id`.
+pub(crate) async fn acknowledge_now(state: &AppState, id: u64, via: &'static str) -> bool {
+    let now = state.services.clock.now();
+    if !state.services.anomalies.acknowledge(id, via, now) {
+        return false;
+    }
+    tracing::info!(anomaly_id = id, via, "anomaly acknowledged");
+    let line = OperatorAction {
+        time: now,
+        via,
+        what: json!({"anomaly_id": id}),
+    };
+    if !state
+        .audit
+        .record_event("anomaly_acknowledged", &line, now)
+        .await
+    {
+        state.metrics.inc("ferry_audit_write_failures_total", &[]);
+    }
+    true
+}
+
+/// `GET /admin/anomalies`: this replica's kept anomalies, newest first, with whether each
+/// is open.
+pub async fn anomalies(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let snapshot = state.snapshot.load();
+    let list = state
+        .services
+        .anomalies
+        .recent(state.services.clock.now(), &snapshot.config.anomalies);
+    super::no_store(Json(json!({"anomalies": list})).into_response())
+}
+
+/// `POST /admin/anomalies/{id}/acknowledge`: closes an anomaly (it stops counting in
+/// `context.anomalies`).
+pub async fn acknowledge(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return ApiError::invalid_request("the anomaly id is a number").into_response();
+    };
+    if acknowledge_now(&state, id, "admin").await {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            format!("no anomaly {id} is kept on this replica"),
+        )
+        .into_response()
     }
 }
 

@@ -44,7 +44,7 @@ pub struct AppState {
     /// Store, clock, single-flight.
     pub services: Services,
     /// Prometheus metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// The decision log.
     pub audit: AuditLog,
     /// The listener's certificate, when it speaks TLS (set once by `ferry serve`).
@@ -55,6 +55,8 @@ pub struct AppState {
     pub connections: std::sync::OnceLock<server::ConnectionStats>,
     /// When this state was made (Unix seconds): `process_start_time_seconds`.
     pub started: f64,
+    /// The anomaly webhook's queue, started at the first anomaly to post.
+    webhook: std::sync::OnceLock<Option<crate::anomaly::webhook::Webhook>>,
     reload: reload::ReloadState,
 }
 
@@ -81,7 +83,7 @@ impl AppState {
             _ => None,
         };
         let dpop_nonces = exchange::dpop::NonceKey::new(shared.as_ref());
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         observe::declare_series(&metrics, &snapshot);
         Ok(Arc::new(Self {
             dpop_nonces,
@@ -95,7 +97,27 @@ impl AppState {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             reload: reload::ReloadState::default(),
+            webhook: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The anomaly webhook's queue, started (on the running tokio runtime) with the
+    /// queue size and timeout of the config that first needs it.
+    pub fn webhook(
+        &self,
+        config: &crate::config::anomalies::AnomaliesConfig,
+    ) -> Option<&crate::anomaly::webhook::Webhook> {
+        self.webhook
+            .get_or_init(|| {
+                crate::anomaly::webhook::Webhook::start(
+                    config.webhook_queue,
+                    config.webhook_timeout.0,
+                    Arc::clone(&self.metrics),
+                )
+                .map_err(|e| tracing::error!(error = %e, "the anomaly webhook cannot start"))
+                .ok()
+            })
+            .as_ref()
     }
 }
 
@@ -117,6 +139,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(
             "/admin/revocations",
             post(admin::revoke).get(admin::revocations),
+        )
+        .route("/admin/anomalies", get(admin::anomalies))
+        .route(
+            "/admin/anomalies/{id}/acknowledge",
+            post(admin::acknowledge),
         )
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))
@@ -536,6 +563,32 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ],
         ));
     }
+    let untracked = state.services.anomalies.untracked();
+    scraped.push(Family::counter(
+        "ferry_anomaly_untracked_total",
+        "Keys the anomaly detector could not track because its table was full (`[anomalies] max_tracked`), by table.",
+        ["subjects", "tokens", "denial_burst", "unknown_kid_burst"]
+            .into_iter()
+            .map(|t| (labels(&[("table", t)]), untracked.get(t).copied().unwrap_or(0)))
+            .collect(),
+    ));
+    scraped.push(Family::gauge(
+        "ferry_anomalies_open",
+        "Anomalies open now (raised within `[anomalies] open_for`, not acknowledged), on this replica.",
+        vec![(
+            Vec::new(),
+            i64::try_from(
+                state
+                    .services
+                    .anomalies
+                    .recent(now, &snapshot.config.anomalies)
+                    .iter()
+                    .filter(|a| a.open)
+                    .count(),
+            )
+            .unwrap_or(i64::MAX),
+        )],
+    ));
     scraped.extend(crate::metrics::process::families(state.started));
     let mut response = state.metrics.render(scraped).into_response();
     response.headers_mut().insert(

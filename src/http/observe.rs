@@ -90,6 +90,7 @@ pub async fn settle(
                 outcome = "granted",
                 "exchange granted"
             );
+            notice(state, &record).await;
             Ok(Granted {
                 response,
                 record: Box::new(record),
@@ -110,6 +111,7 @@ pub async fn settle(
                 description = %error.description,
                 "exchange refused"
             );
+            notice(state, &record).await;
             Err(Refused { error, record })
         }
     }
@@ -253,6 +255,53 @@ pub fn declare_series(metrics: &crate::metrics::Metrics, snapshot: &crate::snaps
             "ferry_shadow_disagreements_total",
             &[("direction", direction)],
         );
+    }
+    for kind in crate::anomaly::Kind::ALL {
+        metrics.declare("ferry_anomalies_total", &[("kind", kind.as_str())]);
+    }
+    if snapshot.config.anomalies.webhook_url.is_some() {
+        for outcome in ["delivered", "failed", "dropped"] {
+            metrics.declare("ferry_anomaly_webhook_total", &[("outcome", outcome)]);
+        }
+    }
+}
+
+/// Runs the misuse detector over a settled decision; each anomaly it raises is counted,
+/// logged at warn, written to the audit trail after the decision's line, and queued for
+/// the webhook.
+async fn notice(state: &AppState, record: &ExchangeRecord) {
+    let snapshot = state.snapshot.load();
+    let config = &snapshot.config.anomalies;
+    let now = state.services.clock.now();
+    for anomaly in state.services.anomalies.observe(record, now, config) {
+        let kind = anomaly.kind.as_str();
+        state
+            .metrics
+            .inc("ferry_anomalies_total", &[("kind", kind)]);
+        tracing::warn!(
+            target: LOG_TARGET,
+            kind,
+            anomaly_id = anomaly.id,
+            subject = anomaly.subject.as_deref(),
+            issuer = anomaly.issuer.as_deref(),
+            client_ip = %anomaly.client_ip,
+            summary = %anomaly.summary,
+            "anomaly"
+        );
+        if state.audit.is_enabled() && !state.audit.record_anomaly(&anomaly).await {
+            state.metrics.inc("ferry_audit_write_failures_total", &[]);
+        }
+        if let Some(url) = &config.webhook_url
+            && let Some(webhook) = state.webhook(config)
+        {
+            webhook.send(
+                url,
+                config.webhook_attempts,
+                state.audit.replica(),
+                &anomaly,
+                &state.metrics,
+            );
+        }
     }
 }
 

@@ -135,6 +135,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "Decisions where the shadow policies (`[policy] shadow_files`) disagreed with the enforced ones, by direction (allow_to_deny, deny_to_allow).",
     ),
     (
+        "ferry_anomalies_total",
+        "counter",
+        "Anomalies raised by kind (`[anomalies]`; each is also an audit line and a warn log line).",
+    ),
+    (
+        "ferry_anomaly_webhook_total",
+        "counter",
+        "Anomaly webhook POSTs by outcome (delivered, failed after every attempt, dropped from a full queue).",
+    ),
+    (
         "ferry_config_reloads_total",
         "counter",
         "Config reloads by outcome (success, failure).",

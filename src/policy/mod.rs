@@ -63,6 +63,8 @@ pub struct AuthzInput<'a> {
     pub timestamp: i64,
     /// The verified certificate the client presented over mutual TLS.
     pub client_certificate: Option<&'a crate::tls::ClientCertificate>,
+    /// The anomaly kinds open for the subject (`context.anomalies`), sorted.
+    pub anomalies: &'a [&'static str],
 }
 
 /// Compiled policies and the schema they were validated against.
@@ -81,6 +83,7 @@ pub struct PolicyEngine {
     decisions: Option<SlotCache<Decision>>,
     uses_source_ip: bool,
     uses_client_certificate: bool,
+    uses_anomalies: bool,
     /// `ip("…")` values by address: Cedar's `new_ip` parses the extension's name with its
     /// full grammar on every call (≈ 13 µs, the largest single cost of an uncached
     /// decision).
@@ -125,6 +128,7 @@ pub fn derive_schema(attributes: &BTreeMap<String, AttributePresence>) -> String
       "source_ip": ipaddr,
       "scopes": Set<String>,
       "timestamp": Long,
+      "anomalies": Set<String>,
       "client_certificate"?: {{
         "sha256": String,
         "subject": String,
@@ -255,6 +259,7 @@ impl PolicyEngine {
         let uses_source_ip = crate::memo::rules::cedar_reads_context(&policies, "source_ip");
         let uses_client_certificate =
             crate::memo::rules::cedar_reads_context(&policies, "client_certificate");
+        let uses_anomalies = crate::memo::rules::cedar_reads_context(&policies, "anomalies");
         Ok((
             Self {
                 schema,
@@ -264,6 +269,7 @@ impl PolicyEngine {
                     .then(|| SlotCache::new(16_384, std::time::Duration::from_secs(300))),
                 uses_source_ip,
                 uses_client_certificate,
+                uses_anomalies,
                 ip_expressions: SlotCache::new(4096, std::time::Duration::from_secs(3600)),
                 action,
                 identity_type,
@@ -286,6 +292,11 @@ impl PolicyEngine {
                 Some(PolicyFacts::of(id, file, &p.to_json().ok()?))
             })
             .collect()
+    }
+
+    /// Whether a policy reads `context.anomalies` (then the exchange looks them up).
+    pub fn reads_anomalies(&self) -> bool {
+        self.uses_anomalies
     }
 
     /// How many policies are loaded.
@@ -342,6 +353,9 @@ impl PolicyEngine {
             .set(input.scopes.iter().map(String::as_str));
         if self.uses_source_ip {
             d.str(&input.source_ip.to_string());
+        }
+        if self.uses_anomalies {
+            d.set(input.anomalies.iter().copied());
         }
         if self.uses_client_certificate {
             // The certificate's digest stands for everything policy reads of it.
@@ -457,6 +471,15 @@ impl PolicyEngine {
                 (
                     "timestamp".to_owned(),
                     RestrictedExpression::new_long(input.timestamp),
+                ),
+                (
+                    "anomalies".to_owned(),
+                    RestrictedExpression::new_set(
+                        input
+                            .anomalies
+                            .iter()
+                            .map(|k| RestrictedExpression::new_string((*k).to_owned())),
+                    ),
                 ),
             ]
             .into_iter()

@@ -30,6 +30,7 @@ fn identity(repo: &str, groups: &[&str]) -> Identity {
 
 fn input<'a>(identity: &'a Identity, scopes: &'a [String]) -> AuthzInput<'a> {
     AuthzInput {
+        anomalies: &[],
         identity,
         target_id: "api",
         target_kind: "jwt",

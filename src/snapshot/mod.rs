@@ -264,6 +264,16 @@ impl Snapshot {
         }
     }
 
+    /// Whether an enforced or shadow policy reads `context.anomalies`.
+    pub fn reads_anomalies(&self) -> bool {
+        self.config.anomalies.enabled
+            && (self.policy.reads_anomalies()
+                || self
+                    .shadow
+                    .as_ref()
+                    .is_some_and(PolicyEngine::reads_anomalies))
+    }
+
     /// An issuer's clock-skew leeway, seconds.
     pub fn leeway_of(&self, issuer_id: &str) -> i64 {
         self.leeways.get(issuer_id).copied().unwrap_or(60)

@@ -211,6 +211,19 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// True when the token names a key id its issuer does not publish (after the refresh
+    /// that could have found it): what `unknown_kid_burst` counts.
+    pub fn is_unknown_kid(&self) -> bool {
+        matches!(
+            self,
+            Self::KeyNotYetKnown { .. }
+                | Self::Key {
+                    reason: KeyLookupError::UnknownKid(_) | KeyLookupError::RefreshLimited(..),
+                    ..
+                }
+        )
+    }
+
     /// True when the failure is Ferry's or the issuer's, not the token's (maps to 503).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::KeysUnavailable(_) | Self::KeyNotYetKnown { .. })

@@ -131,3 +131,36 @@ pub fn ferry_ok(args: &[&str]) -> String {
     );
     stdout
 }
+
+/// A `ferry serve` child on a free loopback port, killed when dropped.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ferry serve --config cfg` on a free loopback port, once it is ready (static AWS
+/// credentials in its environment, so an `aws` target can sign without a metadata call).
+pub fn serve(cfg: &std::path::Path) -> Serve {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    await_ready(&mut child, &base);
+    Serve { child, base }
+}

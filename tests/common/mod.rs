@@ -294,6 +294,7 @@ async fn start_state(
             store,
             clock,
             flights: SingleFlight::default(),
+            anomalies: Default::default(),
         },
     )
     .unwrap()

@@ -27,6 +27,7 @@ fn services(store: Arc<dyn Store>) -> Services {
         store,
         clock: Arc::new(crate::clock::SystemClock),
         flights: SingleFlight::default(),
+        anomalies: Default::default(),
     }
 }
 
