@@ -70,6 +70,11 @@ pub async fn issuers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     if let Err(r) = authorize(&state, &headers) {
         return *r;
     }
+    super::no_store(Json(issuers_report(&state)).into_response())
+}
+
+/// What `GET /admin/issuers` answers and the console's issuers page shows.
+pub(crate) fn issuers_report(state: &AppState) -> Value {
     let snapshot = state.snapshot.load();
     let now = state.services.clock.now();
     let mut issuers: Vec<Value> = snapshot
@@ -98,7 +103,7 @@ pub async fn issuers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         .collect();
     issuers.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let keys = snapshot.issuer.keys();
-    let body = json!({
+    json!({
         "revision": snapshot.revision,
         "issuers": issuers,
         "signing": {
@@ -108,8 +113,7 @@ pub async fn issuers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
             "retired": keys.retired.iter().map(|(kid, at)| json!({"kid": kid, "retired_at": at})).collect::<Vec<_>>(),
         },
         "last_reload_error": state.reload.last_error(),
-    });
-    super::no_store(Json(body).into_response())
+    })
 }
 
 /// `POST /admin/explain` body.
@@ -262,41 +266,101 @@ pub(crate) async fn revoke_now(
     reason: Option<String>,
     via: &'static str,
 ) -> Result<(crate::store::Revocation, usize), ApiError> {
-    let snapshot = state.snapshot.load_full();
-    let kind = match &target {
-        crate::store::RevocationTarget::Subject { .. } => "subject",
-        crate::store::RevocationTarget::IssuerSub { .. } => "issuer_sub",
-        crate::store::RevocationTarget::Jti { .. } => "jti",
-        crate::store::RevocationTarget::Target { .. } => "target",
-    };
     let now = state.services.clock.now();
-    let revocation = snapshot.revocation(target, reason, now);
-    let purged = state
-        .services
-        .store
-        .revoke(&revocation)
-        .await
-        .map_err(|e| ApiError::store_unavailable(&e))?;
+    let revocation = state.snapshot.load().revocation(target, reason, now);
+    let kind = revocation_kind(&revocation.target);
+    let purged = record_revocation(state, &revocation, via, "revocation").await?;
     state.metrics.inc(
         "ferry_revocations_total",
         &[("kind", kind), ("via", "admin")],
     );
+    Ok((revocation, purged))
+}
+
+/// Lifts a revocation on every replica sharing the store (audited): it is recorded
+/// again as already expired, which replicas' local copies apply like any revocation.
+/// Cached credentials it covered are dropped and minted afresh.
+pub(crate) async fn lift_now(
+    state: &AppState,
+    target: crate::store::RevocationTarget,
+    via: &'static str,
+) -> Result<crate::store::Revocation, ApiError> {
+    let now = state.services.clock.now();
+    let lifted = crate::store::Revocation {
+        target,
+        reason: Some("lifted".to_owned()),
+        created_at: now,
+        expires_at: now,
+    };
+    record_revocation(state, &lifted, via, "revocation_lifted").await?;
+    Ok(lifted)
+}
+
+fn revocation_kind(target: &crate::store::RevocationTarget) -> &'static str {
+    match target {
+        crate::store::RevocationTarget::Subject { .. } => "subject",
+        crate::store::RevocationTarget::IssuerSub { .. } => "issuer_sub",
+        crate::store::RevocationTarget::Jti { .. } => "jti",
+        crate::store::RevocationTarget::Target { .. } => "target",
+    }
+}
+
+/// Stores `revocation`, logs it and writes its audit line of type `line_type`.
+async fn record_revocation(
+    state: &AppState,
+    revocation: &crate::store::Revocation,
+    via: &'static str,
+    line_type: &'static str,
+) -> Result<usize, ApiError> {
+    let purged = state
+        .services
+        .store
+        .revoke(revocation)
+        .await
+        .map_err(|e| ApiError::store_unavailable(&e))?;
     tracing::info!(
-        kind,
+        kind = revocation_kind(&revocation.target),
         via,
         purged,
         expires_at = revocation.expires_at,
-        "revocation recorded"
+        "{}",
+        if line_type == "revocation" {
+            "revocation recorded"
+        } else {
+            "revocation lifted"
+        }
     );
+    let now = revocation.created_at;
     let line = OperatorAction {
         time: now,
         via,
-        what: json!({"revocation": &revocation}),
+        what: json!({"revocation": revocation}),
     };
-    if !state.audit.record_event("revocation", &line, now).await {
+    if !state.audit.record_event(line_type, &line, now).await {
         state.metrics.inc("ferry_audit_write_failures_total", &[]);
     }
-    Ok((revocation, purged))
+    Ok(purged)
+}
+
+/// `POST /admin/revocations/lift`: lifts the revocation the selectors name (the body of
+/// `POST /admin/revocations`; `reason` is ignored).
+pub async fn lift(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: RevokeRequest = match authorized_json(&state, &headers, &body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let target = match revocation_target(req.subject, req.issuer, req.sub, req.jti, req.target) {
+        Ok(t) => t,
+        Err(e) => return ApiError::invalid_request(e).into_response(),
+    };
+    match lift_now(&state, target, "admin").await {
+        Ok(lifted) => super::no_store(Json(json!({"lifted": lifted})).into_response()),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Acknowledges an anomaly (audited): false when this replica keeps no anomaly `id`.

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod client_address;
+pub mod console;
 pub mod error;
 pub mod oauth;
 pub mod observe;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub connections: std::sync::OnceLock<server::ConnectionStats>,
     /// When this state was made (Unix seconds): `process_start_time_seconds`.
     pub started: f64,
+    /// The web console's sessions and its view of recent traffic.
+    pub console: console::Console,
     /// The anomaly webhook's queue, started at the first anomaly to post.
     webhook: std::sync::OnceLock<Option<crate::anomaly::webhook::Webhook>>,
     reload: reload::ReloadState,
@@ -98,7 +101,9 @@ impl AppState {
                 .map_or(0.0, |d| d.as_secs_f64()),
             reload: reload::ReloadState::default(),
             webhook: std::sync::OnceLock::new(),
+            console: console::Console::default(),
         }))
+        .inspect(|state| state.reload.set_loaded_at(state.services.clock.now()))
     }
 
     /// The anomaly webhook's queue, started (on the running tokio runtime) with the
@@ -140,6 +145,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/admin/revocations",
             post(admin::revoke).get(admin::revocations),
         )
+        .route("/admin/revocations/lift", post(admin::lift))
         .route("/admin/anomalies", get(admin::anomalies))
         .route(
             "/admin/anomalies/{id}/acknowledge",
@@ -147,6 +153,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))
+        .merge(
+            console::routes().layer(middleware::from_fn_with_state(state.clone(), console::gate)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -437,6 +437,11 @@ pub async fn log_request(
         ),
         None => tracing::info!(target: LOG_TARGET, status, latency_ms, "request finished"),
     });
+    // Last: the console keeps the record itself (moved, not copied).
+    if let Some(r) = record {
+        let now = state.services.clock.now();
+        state.console.activity.push(now, latency_ms, r);
+    }
     response
 }
 

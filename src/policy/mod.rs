@@ -294,6 +294,18 @@ impl PolicyEngine {
             .collect()
     }
 
+    /// Each policy's text by id, with the file it came from.
+    pub fn texts(&self) -> BTreeMap<String, (String, String)> {
+        self.policies
+            .policies()
+            .map(|p| {
+                let id = p.id().to_string();
+                let file = self.files.get(&id).cloned().unwrap_or_default();
+                (id, (file, p.to_string()))
+            })
+            .collect()
+    }
+
     /// Whether a policy reads `context.anomalies` (then the exchange looks them up).
     pub fn reads_anomalies(&self) -> bool {
         self.uses_anomalies
