@@ -351,9 +351,52 @@ fn bench_dpop(c: &mut Criterion) {
     group.finish();
 }
 
+/// The misuse detector and the console's decision ring, per decision: a granted cache
+/// hit of one of 1 000 subjects, each with its own token, from one of 50 addresses.
+fn bench_observe(c: &mut Criterion) {
+    let config = ferry::config::anomalies::AnomaliesConfig::default();
+    let records: Vec<ferry::record::ExchangeRecord> = (0..1000)
+        .map(|i| {
+            let client: IpAddr = format!("10.0.{}.{}", i % 50, i % 200 + 1).parse().unwrap();
+            let mut r = ferry::record::ExchangeRecord::start(
+                uuid::Uuid::new_v4().to_string(),
+                client,
+                "rev".into(),
+            );
+            r.issuer = Some("github".into());
+            r.token_sub = Some(format!("repo:acme/svc-{i}:ref:refs/heads/main"));
+            r.subject = Some(format!("github:acme/svc-{i}"));
+            r.target = Some("aws-deploy".into());
+            r.target_kind = Some("aws");
+            r.policy_ids = vec!["deployers".into()];
+            r.policy_decision = Some("allow");
+            r.cache = Some(ferry::record::CacheResult::Hit);
+            r.token_sha256 = Some(ferry::sha256_hex(format!("token-{i}").as_bytes()));
+            r
+        })
+        .collect();
+    let detector = ferry::anomaly::Detector::new();
+    let now = SystemClock.now();
+    let mut i = 0usize;
+    c.bench_function("anomaly/observe_granted_hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % records.len();
+            detector.observe(&records[i], now, &config, None)
+        });
+    });
+    let activity = ferry::http::console::activity::Activity::default();
+    c.bench_function("console/ring_push", |b| {
+        b.iter_batched(
+            || Box::new(records[i % records.len()].clone()),
+            |r| activity.push(now, 0.4, r),
+            criterion::BatchSize::SmallInput,
+        );
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(30);
-    targets = bench_verify, bench_mapping, bench_policy, bench_cache, bench_signing, bench_dpop
+    targets = bench_verify, bench_mapping, bench_policy, bench_cache, bench_signing, bench_dpop, bench_observe
 }
 criterion_main!(benches);

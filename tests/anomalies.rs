@@ -19,6 +19,16 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 
+/// Every kind, as metrics and the audit trail name them.
+const KINDS: [&str; 6] = [
+    "token_reuse_across_clients",
+    "subject_burst",
+    "denial_burst",
+    "first_use",
+    "new_network",
+    "unknown_kid_burst",
+];
+
 const ADMIN_TOKEN: &str = "anomaly-test-admin-token-0123456789";
 
 /// The dev policies, a second target for `first_use`, and the forbid under test.
@@ -197,15 +207,22 @@ fn each_kind_is_raised_over_a_socket_counted_audited_posted_and_read_by_policy()
     // The webhook receiver: records each POSTed JSON body.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let posts: Arc<Mutex<Vec<Value>>> = Arc::default();
+    // The receiver refuses its first POST: Ferry retries it.
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let receiver = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let posts = Arc::clone(&posts);
+        let attempts = Arc::clone(&attempts);
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |body: axum::body::Bytes| {
                 let posts = Arc::clone(&posts);
+                let attempts = Arc::clone(&attempts);
                 async move {
+                    if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
                     posts
                         .lock()
                         .unwrap()
@@ -221,14 +238,7 @@ fn each_kind_is_raised_over_a_socket_counted_audited_posted_and_read_by_policy()
     let cfg = config(dir.path(), &format!("http://{receiver}/hook"));
     let s = serve(&cfg);
     let (one, two) = (client("127.0.0.1"), client("127.0.0.2"));
-    for kind in [
-        "token_reuse_across_clients",
-        "subject_burst",
-        "denial_burst",
-        "first_use",
-        "new_network",
-        "unknown_kid_burst",
-    ] {
+    for kind in KINDS {
         assert_eq!(anomalies_metric(&s, kind), 0, "{kind} before anything");
     }
 
@@ -319,17 +329,32 @@ fn each_kind_is_raised_over_a_socket_counted_audited_posted_and_read_by_policy()
     }
     assert_eq!(anomalies_metric(&s, "subject_burst"), 1);
 
+    // Each was posted to the webhook, the first after a retry.
+    let raised: u64 = KINDS.iter().map(|k| anomalies_metric(&s, k)).sum();
+    let posted = await_posts(&posts, usize::try_from(raised).unwrap());
+    assert_eq!(posted.len() as u64, raised, "{posted:?}");
+    assert_eq!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst) as u64,
+        raised + 1
+    );
+    let metrics = client("127.0.0.1")
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "ferry_anomaly_webhook_total{{outcome=\"delivered\"}} {raised}\n"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ferry_anomaly_webhook_total{outcome=\"dropped\"} 0\n"));
+
     // Every anomaly is an audit line in the chain…
     drop(s);
     let audited = audit_anomalies(dir.path());
-    for kind in [
-        "token_reuse_across_clients",
-        "new_network",
-        "first_use",
-        "denial_burst",
-        "unknown_kid_burst",
-        "subject_burst",
-    ] {
+    for kind in KINDS {
         assert!(!of_kind(&audited, kind).is_empty(), "{kind} not audited");
     }
     let reuse = of_kind(&audited, "token_reuse_across_clients")[0];
@@ -349,8 +374,7 @@ fn each_kind_is_raised_over_a_socket_counted_audited_posted_and_read_by_policy()
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
-    // …and was posted to the webhook, with the replica that raised it.
-    let posted = await_posts(&posts, audited.len());
+    // …and the webhook had each, with the replica that raised it.
     assert_eq!(posted.len(), audited.len(), "{posted:?}");
     let hook = of_kind(&posted, "token_reuse_across_clients");
     assert_eq!(hook.len(), 1);

@@ -1041,3 +1041,71 @@ async fn a_dpop_nonce_one_replica_issues_is_accepted_by_another() {
     assert_eq!(on_b.status, 200, "{:?}", on_b.body);
     assert_eq!(on_b.body["token_type"], "DPoP");
 }
+
+/// An exchange of `token` for `api` through `state`'s router, from `client`.
+async fn exchange_from(state: &Arc<ferry::http::AppState>, token: &str, client: &str) -> Resp {
+    let body = serde_urlencoded::to_string([
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", "api"),
+    ])
+    .unwrap();
+    let mut req = axum::http::Request::post("/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("{client}:40000").parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    send(ferry::http::app(Arc::clone(state)), req).await
+}
+
+fn reuse_raised(state: &ferry::http::AppState) -> usize {
+    let snapshot = state.snapshot.load();
+    state
+        .services
+        .anomalies
+        .recent(i64::MAX / 2, &snapshot.config.anomalies)
+        .iter()
+        .filter(|a| a.anomaly.kind == ferry::anomaly::Kind::TokenReuseAcrossClients)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_shared_reuse_detection_a_token_used_on_two_replicas_from_two_addresses_is_raised() {
+    let redis = RedisServer::start();
+    // Shared: replica b compares with what replica a recorded in Redis.
+    let (h, b, _side) = two_replicas(
+        &redis.url(),
+        None,
+        "[anomalies.token_reuse_across_clients]\nshared = true\n",
+        None,
+    )
+    .await;
+    let token = h.token(|_| {});
+    assert_eq!(
+        exchange_from(&h.state, &token, "127.0.0.1").await.status,
+        200
+    );
+    assert_eq!(exchange_from(&b, &token, "127.0.0.1").await.status, 200);
+    assert_eq!(reuse_raised(&b), 0, "the same address is no reuse");
+    assert_eq!(exchange_from(&b, &token, "127.0.0.2").await.status, 200);
+    assert_eq!(reuse_raised(&b), 1);
+    assert_eq!(reuse_raised(&h.state), 0);
+    let dump = redis.dump();
+    assert!(!dump.contains(&token), "the token is in Redis");
+
+    // Per replica (the default): b has never seen the token from elsewhere.
+    let (h, b, _side) = two_replicas(&redis.url(), None, "", None).await;
+    let token = h.token(|c| c["jti"] = json!("another"));
+    assert_eq!(
+        exchange_from(&h.state, &token, "127.0.0.1").await.status,
+        200
+    );
+    assert_eq!(exchange_from(&b, &token, "127.0.0.2").await.status, 200);
+    assert_eq!(reuse_raised(&b), 0);
+}

@@ -541,3 +541,42 @@ fn ferry_exchange_presents_a_client_certificate_and_a_dpop_proof() {
     assert_eq!(token_type, "DPoP");
     assert!(claims["cnf"]["jkt"].is_string(), "{claims}");
 }
+
+#[test]
+fn over_tls_the_console_session_cookie_is_secure() {
+    let ca = Ca::new("Ferry test CA");
+    let admin = tempfile::tempdir().unwrap();
+    let token_file = admin.path().join("admin-token");
+    std::fs::write(&token_file, "tls-console-admin-token-0123456789").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // `[admin]` follows `[server.tls]`'s keys in the config text.
+    let s = serve(
+        &ca,
+        &ca.server("ferry", &["localhost", "127.0.0.1"]),
+        &format!("\n[admin]\ntoken_file = \"{}\"", token_file.display()),
+        SPIFFE_POLICY,
+    );
+    let c = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!("{}/admin/ui/sign-in", s.base()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=tls-console-admin-token-0123456789")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+}

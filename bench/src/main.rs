@@ -193,6 +193,15 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             ),
         ),
     ))?;
+    // B1 without the anomaly detector (`[anomalies] enabled = false`): what detection costs.
+    let undetected = server_rt.block_on(start_server(
+        dir.path(),
+        "undetected",
+        &format!(
+            "{}\n[anomalies]\nenabled = false\n",
+            config_text(dir.path(), None)
+        ),
+    ))?;
     // B5 with the identity and request recorded in each audit line (`ferry impact`).
     let identity_log = dir.path().join("audit-identity.log");
     let audited_identity = server_rt.block_on(start_server(
@@ -273,7 +282,7 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .any(|l| args.only.iter().any(|o| l.starts_with(o.as_str())))
     };
     let empty = || Arc::new(Vec::new());
-    let rs_fresh = if want(&["B1", "B1s", "B5", "B5i", "B6", "C1", "T1", "T2"]) {
+    let rs_fresh = if want(&["B1", "B1s", "B1a", "B5", "B5i", "B6", "C1", "T1", "T2"]) {
         fresh(&rs, if args.quick { 2_000 } else { 50_000 })?
     } else {
         empty()
@@ -321,6 +330,11 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         "B1s B1 with shadow policies (same size)",
         &shadowed,
         Load::post(url(shadowed.addr, "/oauth2/token"), rs_fresh.clone()),
+    ));
+    scenarios.push((
+        "B1a B1 without anomaly detection",
+        &undetected,
+        Load::post(url(undetected.addr, "/oauth2/token"), rs_fresh.clone()),
     ));
     scenarios.push((
         "B2 hit, ES256, fresh token, memory",
@@ -741,6 +755,15 @@ fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         println!(
             "B1s shadow policies (a set as large as the enforced one): {added:+.1} µs of CPU per cache hit over B1's ({:+.0} %; goal ≤ +25 %)",
             100.0 * added / b1.cpu_us
+        );
+    }
+    if let (Some(b1), Some(b1a)) = (row("B1 "), row("B1a ")) {
+        let added = b1.cpu_us - b1a.cpu_us;
+        println!(
+            "B1a anomaly detection (every kind on, the default): {added:+.1} µs of CPU per cache hit (B1 {:.1} against B1a {:.1}, {:+.0} %)",
+            b1.cpu_us,
+            b1a.cpu_us,
+            100.0 * added / b1a.cpu_us
         );
     }
     if let (Some(b5), Some(b5i)) = (row("B5 "), row("B5i ")) {

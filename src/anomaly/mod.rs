@@ -260,11 +260,17 @@ impl Detector {
 
     /// Reads one settled decision at Unix time `now` and returns what it raised (each
     /// already kept for [`Detector::recent`] and [`Detector::open_for`]).
+    ///
+    /// `shared_first` is, with `token_reuse_across_clients.shared`, the store's answer:
+    /// the address recorded first for the token on any replica (`Some(None)` when this
+    /// request was the first). `None` (local mode, or a store that could not answer)
+    /// compares with this replica's own record.
     pub fn observe(
         &self,
         record: &ExchangeRecord,
         now: i64,
         config: &AnomaliesConfig,
+        shared_first: Option<Option<IpAddr>>,
     ) -> Vec<Anomaly> {
         if !config.enabled {
             return Vec::new();
@@ -320,7 +326,8 @@ impl Detector {
             if config.token_reuse_across_clients.enabled
                 && let Some(sha) = &record.token_sha256
             {
-                token_reuse(state, record, subject, sha, now, config, &mut found);
+                let first = shared_first.map(|f| f.unwrap_or(record.client_ip));
+                token_reuse(state, record, subject, sha, first, now, config, &mut found);
             }
             if let Some(seen) = bounded(
                 &mut state.subjects,
@@ -503,11 +510,18 @@ fn denials(
     }
 }
 
+/// With `first` (shared mode), the store's first address for the token is compared;
+/// otherwise this replica's.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the facts of one check"
+)]
 fn token_reuse(
     state: &mut State,
     record: &ExchangeRecord,
     subject: &str,
     sha: &str,
+    first: Option<IpAddr>,
     now: i64,
     config: &AnomaliesConfig,
     found: &mut Vec<Found>,
@@ -521,7 +535,7 @@ fn token_reuse(
         config.max_tracked,
         key,
         || TokenSeen {
-            client: record.client_ip,
+            client: first.unwrap_or(record.client_ip),
             until: now.saturating_add(remember),
             raised: false,
         },
@@ -530,11 +544,13 @@ fn token_reuse(
     };
     if seen.until <= now {
         *seen = TokenSeen {
-            client: record.client_ip,
+            client: first.unwrap_or(record.client_ip),
             until: now.saturating_add(remember),
             raised: false,
         };
-        return;
+    }
+    if let Some(first) = first {
+        seen.client = first;
     }
     if seen.client != record.client_ip && !seen.raised {
         seen.raised = true;

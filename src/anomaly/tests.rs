@@ -41,15 +41,15 @@ fn a_token_from_a_second_address_is_raised_once_and_opens_for_its_subject() {
     let d = Detector::new();
     let c = config();
     assert!(
-        kinds(&d.observe(&granted("alice", "aws", "127.0.0.1", "t1"), 100, &c))
+        kinds(&d.observe(&granted("alice", "aws", "127.0.0.1", "t1"), 100, &c, None))
             .iter()
             .all(|k| *k != "token_reuse_across_clients")
     );
     assert!(
-        d.observe(&granted("alice", "aws", "127.0.0.1", "t1"), 101, &c)
+        d.observe(&granted("alice", "aws", "127.0.0.1", "t1"), 101, &c, None)
             .is_empty()
     );
-    let found = d.observe(&granted("alice", "aws", "127.0.0.2", "t1"), 102, &c);
+    let found = d.observe(&granted("alice", "aws", "127.0.0.2", "t1"), 102, &c, None);
     assert_eq!(kinds(&found), ["token_reuse_across_clients"]);
     assert_eq!(found[0].evidence["first_client"], "127.0.0.1");
     assert_eq!(found[0].evidence["second_client"], "127.0.0.2");
@@ -59,7 +59,7 @@ fn a_token_from_a_second_address_is_raised_once_and_opens_for_its_subject() {
     );
     // Once per token.
     assert!(
-        d.observe(&granted("alice", "aws", "127.0.0.3", "t1"), 103, &c)
+        d.observe(&granted("alice", "aws", "127.0.0.3", "t1"), 103, &c, None)
             .is_empty()
     );
     assert_eq!(d.open_for("alice", 104, &c), ["token_reuse_across_clients"]);
@@ -75,7 +75,7 @@ fn a_token_from_a_second_address_is_raised_once_and_opens_for_its_subject() {
     // A token's first address is forgotten after `remember`.
     let later = 102 + 3601;
     assert!(
-        d.observe(&granted("alice", "aws", "127.0.0.9", "t1"), later, &c)
+        d.observe(&granted("alice", "aws", "127.0.0.9", "t1"), later, &c, None)
             .is_empty()
     );
 }
@@ -86,20 +86,20 @@ fn first_use_and_new_network_only_after_the_learning_period() {
     let mut c = config();
     c.learning_period = crate::config::ConfigDuration::secs(60);
     assert!(
-        d.observe(&granted("svc", "aws", "10.0.0.1", "a"), 1000, &c)
+        d.observe(&granted("svc", "aws", "10.0.0.1", "a"), 1000, &c, None)
             .is_empty()
     );
     // Learning: a new target and a new network say nothing.
     assert!(
-        d.observe(&granted("svc", "gcp", "10.9.0.1", "b"), 1010, &c)
+        d.observe(&granted("svc", "gcp", "10.9.0.1", "b"), 1010, &c, None)
             .is_empty()
     );
     // After it: a target never obtained…
-    let found = d.observe(&granted("svc", "azure", "10.0.0.7", "c"), 1061, &c);
+    let found = d.observe(&granted("svc", "azure", "10.0.0.7", "c"), 1061, &c, None);
     assert_eq!(kinds(&found), ["first_use"]);
     assert_eq!(found[0].evidence["target"], "azure");
     // …and an address outside the /24s it used.
-    let found = d.observe(&granted("svc", "aws", "192.0.2.1", "d"), 1062, &c);
+    let found = d.observe(&granted("svc", "aws", "192.0.2.1", "d"), 1062, &c, None);
     assert_eq!(kinds(&found), ["new_network"]);
     assert_eq!(found[0].evidence["network"], "192.0.2.0/24");
     assert_eq!(
@@ -107,21 +107,36 @@ fn first_use_and_new_network_only_after_the_learning_period() {
         "10.0.0.0/24 10.9.0.0/24"
     );
     assert!(
-        d.observe(&granted("svc", "aws", "192.0.2.200", "e"), 1063, &c)
+        d.observe(&granted("svc", "aws", "192.0.2.200", "e"), 1063, &c, None)
             .is_empty()
     );
     // IPv6 networks are /56.
-    d.observe(&granted("v6", "aws", "2001:db8:0:1::1", "f"), 1064, &c);
-    assert!(
-        d.observe(&granted("v6", "aws", "2001:db8:0:ff::1", "g"), 1065, &c)
-            .is_empty()
+    d.observe(
+        &granted("v6", "aws", "2001:db8:0:1::1", "f"),
+        1064,
+        &c,
+        None,
     );
-    let found = d.observe(&granted("v6", "aws", "2001:db8:0:100::1", "h"), 1066, &c);
+    assert!(
+        d.observe(
+            &granted("v6", "aws", "2001:db8:0:ff::1", "g"),
+            1065,
+            &c,
+            None
+        )
+        .is_empty()
+    );
+    let found = d.observe(
+        &granted("v6", "aws", "2001:db8:0:100::1", "h"),
+        1066,
+        &c,
+        None,
+    );
     assert_eq!(kinds(&found), ["new_network"]);
     assert_eq!(found[0].evidence["network"], "2001:db8:0:100::/56");
     // A refused request obtains nothing: no first use.
     let r = refused(granted("svc", "jwt", "10.0.0.1", "i"), "invalid_target");
-    assert!(d.observe(&r, 1067, &c).is_empty());
+    assert!(d.observe(&r, 1067, &c, None).is_empty());
 }
 
 #[test]
@@ -132,7 +147,12 @@ fn a_burst_is_measured_against_the_subjects_own_average() {
     for minute in 0..10 {
         for i in 0..5 {
             let t = format!("{minute}-{i}");
-            let found = d.observe(&granted("job", "aws", "10.0.0.1", &t), minute * 60 + i, &c);
+            let found = d.observe(
+                &granted("job", "aws", "10.0.0.1", &t),
+                minute * 60 + i,
+                &c,
+                None,
+            );
             assert!(found.is_empty(), "{minute} {i}: {found:?}");
         }
     }
@@ -143,6 +163,7 @@ fn a_burst_is_measured_against_the_subjects_own_average() {
             &granted("job", "aws", "10.0.0.1", &format!("b{i}")),
             600 + i,
             &c,
+            None,
         ));
     }
     assert_eq!(kinds(&raised), ["subject_burst"], "{raised:?}");
@@ -153,7 +174,8 @@ fn a_burst_is_measured_against_the_subjects_own_average() {
             d.observe(
                 &granted("new", "aws", "10.0.0.1", &format!("n{i}")),
                 700,
-                &c
+                &c,
+                None
             )
             .is_empty()
         );
@@ -168,19 +190,19 @@ fn denials_are_counted_per_subject_issuer_and_client_but_not_outages() {
     let deny = |client: &str, code| refused(granted("mallory", "aws", client, client), code);
     for _ in 0..5 {
         assert!(
-            d.observe(&deny("127.0.0.1", "temporarily_unavailable"), 10, &c)
+            d.observe(&deny("127.0.0.1", "temporarily_unavailable"), 10, &c, None)
                 .is_empty()
         );
     }
     assert!(
-        d.observe(&deny("127.0.0.1", "invalid_target"), 11, &c)
+        d.observe(&deny("127.0.0.1", "invalid_target"), 11, &c, None)
             .is_empty()
     );
     assert!(
-        d.observe(&deny("127.0.0.2", "invalid_target"), 11, &c)
+        d.observe(&deny("127.0.0.2", "invalid_target"), 11, &c, None)
             .is_empty()
     );
-    let found = d.observe(&deny("127.0.0.3", "invalid_request"), 12, &c);
+    let found = d.observe(&deny("127.0.0.3", "invalid_request"), 12, &c, None);
     // Subject and issuer reached 3; no single client did.
     let dims: Vec<&str> = found
         .iter()
@@ -191,7 +213,7 @@ fn denials_are_counted_per_subject_issuer_and_client_but_not_outages() {
     assert_eq!(found[1].subject, None);
     // The window closes: counting starts again.
     assert!(
-        d.observe(&deny("127.0.0.1", "invalid_target"), 80, &c)
+        d.observe(&deny("127.0.0.1", "invalid_target"), 80, &c, None)
             .is_empty()
     );
 }
@@ -206,8 +228,8 @@ fn unknown_key_ids_are_counted_per_issuer() {
     r.unknown_kid = true;
     let r = refused(r, "invalid_request");
     c.denial_burst.enabled = false;
-    assert!(d.observe(&r, 1, &c).is_empty());
-    let found = d.observe(&r, 2, &c);
+    assert!(d.observe(&r, 1, &c, None).is_empty());
+    let found = d.observe(&r, 2, &c, None);
     assert_eq!(kinds(&found), ["unknown_kid_burst"]);
     assert_eq!(found[0].issuer.as_deref(), Some("ci"));
 }
@@ -217,13 +239,13 @@ fn a_full_table_tracks_nothing_new_and_forgets_nothing() {
     let d = Detector::new();
     let mut c = config();
     c.max_tracked = 2;
-    d.observe(&granted("a", "aws", "10.0.0.1", "ta"), 1, &c);
-    d.observe(&granted("b", "aws", "10.0.0.1", "tb"), 1, &c);
-    d.observe(&granted("c", "aws", "10.0.0.1", "tc"), 1, &c);
+    d.observe(&granted("a", "aws", "10.0.0.1", "ta"), 1, &c, None);
+    d.observe(&granted("b", "aws", "10.0.0.1", "tb"), 1, &c, None);
+    d.observe(&granted("c", "aws", "10.0.0.1", "tc"), 1, &c, None);
     assert_eq!(d.untracked().get("subjects"), Some(&1));
     assert_eq!(d.untracked().get("tokens"), Some(&1));
     // `a` is still known: its token from elsewhere is raised.
-    let found = d.observe(&granted("a", "aws", "10.0.0.2", "ta"), 2, &c);
+    let found = d.observe(&granted("a", "aws", "10.0.0.2", "ta"), 2, &c, None);
     assert_eq!(kinds(&found), ["token_reuse_across_clients"]);
 }
 
@@ -232,9 +254,9 @@ fn off_means_nothing_tracked_and_nothing_open() {
     let d = Detector::new();
     let mut c = config();
     c.enabled = false;
-    d.observe(&granted("a", "aws", "10.0.0.1", "t"), 1, &c);
+    d.observe(&granted("a", "aws", "10.0.0.1", "t"), 1, &c, None);
     assert!(
-        d.observe(&granted("a", "aws", "10.0.0.2", "t"), 2, &c)
+        d.observe(&granted("a", "aws", "10.0.0.2", "t"), 2, &c, None)
             .is_empty()
     );
     assert!(d.recent(3, &c).is_empty());

@@ -73,6 +73,9 @@ pub struct TokenReuse {
     /// How long a token's first address is remembered (tokens this old are rarely
     /// still valid).
     pub remember: ConfigDuration,
+    /// Compare against the first address recorded in the store by any replica (one
+    /// store round trip per exchange, cache hits included), not only this replica's.
+    pub shared: bool,
 }
 
 impl Default for TokenReuse {
@@ -80,6 +83,7 @@ impl Default for TokenReuse {
         Self {
             enabled: true,
             remember: ConfigDuration::secs(3600),
+            shared: false,
         }
     }
 }

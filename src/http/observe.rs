@@ -266,6 +266,34 @@ pub fn declare_series(metrics: &crate::metrics::Metrics, snapshot: &crate::snaps
     }
 }
 
+/// With `token_reuse_across_clients.shared`: the address the store recorded first for
+/// this token on any replica (recording this request's when it is the first). A store
+/// that cannot answer leaves the check to this replica's own memory.
+async fn shared_first_client(
+    state: &AppState,
+    record: &ExchangeRecord,
+    config: &crate::config::anomalies::AnomaliesConfig,
+) -> Option<Option<std::net::IpAddr>> {
+    let reuse = &config.token_reuse_across_clients;
+    if !(config.enabled && reuse.enabled && reuse.shared) || record.subject.is_none() {
+        return None;
+    }
+    let token = record.token_sha256.as_deref()?;
+    let client = record.client_ip.to_string();
+    match state
+        .services
+        .store
+        .first_client(token, &client, reuse.remember.0)
+        .await
+    {
+        Ok(first) => Some(first.and_then(|f| f.parse().ok())),
+        Err(e) => {
+            tracing::warn!(target: LOG_TARGET, error = %e, "the store cannot answer for token reuse; this replica's record is used");
+            None
+        }
+    }
+}
+
 /// Runs the misuse detector over a settled decision; each anomaly it raises is counted,
 /// logged at warn, written to the audit trail after the decision's line, and queued for
 /// the webhook.
@@ -273,7 +301,12 @@ async fn notice(state: &AppState, record: &ExchangeRecord) {
     let snapshot = state.snapshot.load();
     let config = &snapshot.config.anomalies;
     let now = state.services.clock.now();
-    for anomaly in state.services.anomalies.observe(record, now, config) {
+    let shared_first = shared_first_client(state, record, config).await;
+    for anomaly in state
+        .services
+        .anomalies
+        .observe(record, now, config, shared_first)
+    {
         let kind = anomaly.kind.as_str();
         state
             .metrics

@@ -358,9 +358,15 @@ mod tests {
 
     #[test]
     fn a_line_diff_keeps_common_lines_and_marks_the_rest() {
-        let d = line_diff("permit (\n  a\n)\nwhen { x };", "permit (\n  b\n)\nwhen { x };\n// new");
+        let d = line_diff(
+            "permit (\n  a\n)\nwhen { x };",
+            "permit (\n  b\n)\nwhen { x };\n// new",
+        );
         let shown: Vec<String> = d.iter().map(|(s, l)| format!("{s}{l}")).collect();
-        assert_eq!(shown, [" permit (", "+  b", "-  a", " )", " when { x };", "+// new"]);
+        assert_eq!(
+            shown,
+            [" permit (", "+  b", "-  a", " )", " when { x };", "+// new"]
+        );
         assert_eq!(line_diff("", "x"), [('+', "x".to_owned())]);
         assert_eq!(line_diff("x", ""), [('-', "x".to_owned())]);
     }

@@ -82,6 +82,8 @@ struct Shared {
     seen: Record<()>,
     /// Upstream denials: cache key → error code.
     denials: Record<String>,
+    /// Each token's first client address.
+    clients: Record<String>,
 }
 
 /// Cached credentials: sharded maps from the binary cache key to a packed entry
@@ -220,6 +222,7 @@ impl MemoryStore {
                 windows: Record::new("rate-limit", max_entries),
                 seen: Record::new("single-use token", max_entries.saturating_mul(10)),
                 denials: Record::new("upstream denial", max_entries),
+                clients: Record::new("token client", max_entries),
             }),
         }
     }
@@ -365,6 +368,24 @@ impl ReplayRecord for MemoryStore {
         }
         shared.seen.insert(id, (), now + ttl)?;
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl crate::store::FirstClient for MemoryStore {
+    async fn first_client(
+        &self,
+        token: &str,
+        client: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut shared = self.shared()?;
+        let now = Instant::now();
+        if let Some(first) = shared.clients.get(token, now) {
+            return Ok(Some(first.clone()));
+        }
+        shared.clients.insert(token, client.to_owned(), now + ttl)?;
+        Ok(None)
     }
 }
 

@@ -260,6 +260,20 @@ pub trait ReplayRecord: Send + Sync + 'static {
     async fn first_use(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
+/// The first client address each subject token was exchanged from, on any replica: what
+/// `[anomalies.token_reuse_across_clients] shared = true` compares against.
+#[async_trait]
+pub trait FirstClient: Send + Sync + 'static {
+    /// Records `client` as the first address of `token` (a digest of it) for `ttl`
+    /// unless one is recorded, and returns the address recorded before, if any.
+    async fn first_client(
+        &self,
+        token: &str,
+        client: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
+}
+
 /// Fixed-window request counters shared by replicas.
 /// A fixed-window limit: at most `limit` requests per `seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +297,7 @@ pub trait RateLimiter: Send + Sync + 'static {
 /// Where Ferry keeps what replicas share: every role in one backend. Callers take the
 /// role they use (`Arc<dyn Store>` coerces to `Arc<dyn RevocationList>`, …).
 #[async_trait]
-pub trait Store: CredentialCache + ReplayRecord + RateLimiter {
+pub trait Store: CredentialCache + ReplayRecord + RateLimiter + FirstClient {
     /// The backend's name, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
 

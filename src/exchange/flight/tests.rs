@@ -294,6 +294,18 @@ impl ReplayRecord for CacheDown {
 }
 
 #[async_trait]
+impl crate::store::FirstClient for CacheDown {
+    async fn first_client(
+        &self,
+        token: &str,
+        client: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.0.first_client(token, client, ttl).await
+    }
+}
+
+#[async_trait]
 impl RateLimiter for CacheDown {
     async fn rate_limit(&self, _: &str, _: Window, _: i64) -> RateResult {
         Ok(RateDecision::Allowed)

@@ -301,6 +301,33 @@ impl ReplayRecord for RedisStore {
 }
 
 #[async_trait]
+impl crate::store::FirstClient for RedisStore {
+    async fn first_client(
+        &self,
+        token: &str,
+        client: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let key = format!(
+            "{}:client:{}",
+            self.prefix,
+            CacheKey::from_parts([token]).as_str()
+        );
+        // One round trip: set if absent, answering what was there (Redis ≥ 7.0).
+        self.run(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(client)
+                .arg("NX")
+                .arg("GET")
+                .arg("EX")
+                .arg(secs(ttl)),
+        )
+        .await
+    }
+}
+
+#[async_trait]
 impl RateLimiter for RedisStore {
     async fn rate_limit(&self, bucket: &str, window: Window, now: i64) -> RateResult {
         let (limit, window) = (window.limit, window.seconds);
