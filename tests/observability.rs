@@ -410,6 +410,7 @@ async fn counters_an_alert_reads_exist_at_zero_and_a_refused_token_names_its_iss
             })
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     };
+    assert_eq!(series("ferry_store_up"), 1.0);
     assert!(series("process_cpu_seconds_total") > 0.0);
     assert!(series("process_resident_memory_bytes") > 1e6);
     assert!(series("process_open_fds") >= 3.0);

@@ -572,6 +572,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ],
         ));
     }
+    scraped.push(Family::gauge(
+        "ferry_store_up",
+        "Whether the store answered a ping at this scrape (1) or not (0).",
+        vec![(
+            Vec::new(),
+            i64::from(state.services.store.ping().await.is_ok()),
+        )],
+    ));
     let untracked = state.services.anomalies.untracked();
     scraped.push(Family::counter(
         "ferry_anomaly_untracked_total",
