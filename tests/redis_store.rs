@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use ferry::provider_api::{Credential, CredentialProvider, Grant, ProviderError, Secret};
-use ferry_testkit::{RedisCluster, RedisServer};
+use ferry_testkit::{RedisCluster, RedisSentinels, RedisServer};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
@@ -103,10 +103,26 @@ async fn two_replicas(
     extra: &str,
     issuer_edit: Option<(&str, &str)>,
 ) -> (Harness, Arc<ferry::http::AppState>, tempfile::TempDir) {
+    two_replicas_on(
+        &format!("url = \"{redis_url}\""),
+        provider,
+        extra,
+        issuer_edit,
+    )
+    .await
+}
+
+/// [`two_replicas`] over the store `[store]` names with `store` (`url = …`,
+/// `sentinel = […]`, …).
+async fn two_replicas_on(
+    store: &str,
+    provider: Option<Arc<Counting>>,
+    extra: &str,
+    issuer_edit: Option<(&str, &str)>,
+) -> (Harness, Arc<ferry::http::AppState>, tempfile::TempDir) {
     let side = tempfile::tempdir().unwrap();
     let key = key_file(side.path());
-    let store = format!("url = \"{redis_url}\"");
-    let edit = redis_config(&store, &key, extra);
+    let edit = redis_config(store, &key, extra);
     let issuer_edit = issuer_edit.map(|(a, b)| (a.to_owned(), b.to_owned()));
     let p: Option<Arc<dyn CredentialProvider>> =
         provider.clone().map(|p| p as Arc<dyn CredentialProvider>);
@@ -1108,4 +1124,102 @@ async fn with_shared_reuse_detection_a_token_used_on_two_replicas_from_two_addre
     );
     assert_eq!(exchange_from(&b, &token, "127.0.0.2").await.status, 200);
     assert_eq!(reuse_raised(&b), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_sentinels_a_failover_loses_no_acknowledged_revocation_and_ferry_follows_the_new_primary()
+ {
+    let mut redis = RedisSentinels::start();
+    let sentinels: Vec<String> = redis.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let store = format!(
+        "sentinel = [{}]\nsentinel_master = \"{}\"",
+        sentinels.join(", "),
+        RedisSentinels::MASTER
+    );
+    let (h, b, _side) = two_replicas_on(&store, Some(Counting::new(0)), "", None).await;
+    let a = Arc::clone(&h.state);
+    assert_eq!(a.services.store.backend(), "redis-sentinel");
+    assert_eq!(
+        a.services.store.revocation_copy(),
+        None,
+        "no local copy behind Sentinels"
+    );
+    let good = || h.token(|_| {});
+    let mallory = h.token(|c| c["sub"] = "mallory".into());
+    assert_eq!(h.exchange_on(&a, &good(), "api", None).await.status, 200);
+    assert_eq!(h.exchange_on(&b, &mallory, "api", None).await.status, 200);
+
+    // A revocation is acknowledged once the replica holds it (WAIT 1).
+    a.services
+        .store
+        .revoke(&a.snapshot.load().revocation(
+            ferry::store::RevocationTarget::Subject {
+                subject: "fake:mallory".into(),
+            },
+            Some("before the failover".into()),
+            h.now(),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !redis
+            .replica
+            .cli(&["HGETALL", "ferry:{revocations}"])
+            .is_empty(),
+        "acknowledged before it reached the replica"
+    );
+    assert_eq!(h.exchange_on(&b, &mallory, "api", None).await.status, 400);
+
+    // The primary dies. Until the Sentinels promote the replica every exchange is
+    // refused (503) — never a 500, never mallory granted — and then Ferry serves from the
+    // new primary without a restart.
+    let old = redis.primary.port;
+    redis.primary.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut unavailable, mut recovered) = (0, false);
+    while std::time::Instant::now() < deadline && !recovered {
+        for state in [&a, &b] {
+            let r = h.exchange_on(state, &good(), "api", None).await;
+            assert!(
+                r.status == 200 || r.status == 503,
+                "{} {:?}",
+                r.status,
+                r.body
+            );
+            unavailable += usize::from(r.status == 503);
+            let m = h.exchange_on(state, &mallory, "api", None).await;
+            assert!(
+                m.status == 400 || m.status == 503,
+                "mallory: {} {:?}",
+                m.status,
+                m.body
+            );
+            recovered |= r.status == 200 && redis.primary_port() == Some(redis.replica.port);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "Ferry did not follow the failover within 30 s");
+    assert!(unavailable > 0, "the outage was never seen");
+    assert_ne!(redis.primary_port(), Some(old));
+    for state in [&a, &b] {
+        assert_eq!(h.exchange_on(state, &good(), "api", None).await.status, 200);
+        let m = h.exchange_on(state, &mallory, "api", None).await;
+        assert_eq!(m.status, 400, "the revocation was lost: {:?}", m.body);
+        assert!(m.description().contains("has been revoked"));
+    }
+    // The new primary has no replica: a revocation now cannot be acknowledged, and fails
+    // rather than be acknowledged unreplicated.
+    let unreplicated = a
+        .services
+        .store
+        .revoke(&a.snapshot.load().revocation(
+            ferry::store::RevocationTarget::Subject {
+                subject: "fake:eve".into(),
+            },
+            None,
+            h.now(),
+        ))
+        .await;
+    let e = unreplicated.unwrap_err().to_string();
+    assert!(e.contains("reached 0 of the 1 replica"), "{e}");
 }

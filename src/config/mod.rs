@@ -161,6 +161,19 @@ pub struct StoreConfig {
     /// Redis Cluster seed nodes.
     #[serde(default)]
     pub cluster: Vec<String>,
+    /// Redis Sentinels (`redis://s1:26379`, …) watching `sentinel_master`: Ferry asks them
+    /// for the primary, and again after a failover.
+    #[serde(default)]
+    pub sentinel: Vec<String>,
+    /// The master name the Sentinels monitor.
+    pub sentinel_master: Option<String>,
+    /// Replicas that must hold a revocation or single-use record before it is
+    /// acknowledged (`WAIT`); absent: 1 with Sentinel or when the primary has replicas,
+    /// else 0.
+    pub replica_acks: Option<u32>,
+    /// How long to wait for those replicas before the operation fails.
+    #[serde(default = "d_250ms")]
+    pub replica_ack_timeout: ConfigDuration,
     /// 32-byte AES-256-GCM key for cached credentials (required for `redis`).
     pub encryption_key_file: Option<PathBuf>,
     /// Older keys, still accepted for reading during a key rotation.
@@ -196,6 +209,10 @@ impl Default for StoreConfig {
             max_entries: default_max_entries(),
             url: None,
             cluster: Vec::new(),
+            sentinel: Vec::new(),
+            sentinel_master: None,
+            replica_acks: None,
+            replica_ack_timeout: d_250ms(),
             encryption_key_file: None,
             previous_encryption_key_files: Vec::new(),
             timeout: d_500ms(),
@@ -216,6 +233,10 @@ impl StoreConfig {
             && self.max_entries == other.max_entries
             && self.url == other.url
             && self.cluster == other.cluster
+            && self.sentinel == other.sentinel
+            && self.sentinel_master == other.sentinel_master
+            && self.replica_acks == other.replica_acks
+            && self.replica_ack_timeout == other.replica_ack_timeout
             && self.encryption_key_file == other.encryption_key_file
             && self.previous_encryption_key_files == other.previous_encryption_key_files
             && self.timeout == other.timeout

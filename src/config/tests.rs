@@ -84,3 +84,49 @@ fn anomaly_thresholds_are_checked_and_a_webhook_url_never_echoed() {
         "{errs}"
     );
 }
+
+#[test]
+fn sentinel_settings_are_checked() {
+    let parse = |store: &str| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\npublic_url = \"http://127.0.0.1:8080\"\n[store]\nbackend = \"redis\"\n{store}\n"
+        );
+        Config::parse(Path::new("ferry.toml"), text.into_bytes())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let errs = parse("sentinel = [\"redis://127.0.0.1:26379\"]");
+    assert!(
+        errs.contains("ferry.toml: store.sentinel_master: is required with `sentinel`"),
+        "{errs}"
+    );
+    let errs = parse(
+        "url = \"redis://a:6379\"\nsentinel = [\"redis://b:26379\"]\nsentinel_master = \"m\"",
+    );
+    assert!(
+        errs.contains("`url`, `cluster` and `sentinel` exclude each other"),
+        "{errs}"
+    );
+    let errs = parse(
+        "sentinel = [\"http://b:26379\"]\nsentinel_master = \"m\"\nreplica_ack_timeout = \"0s\"",
+    );
+    assert!(
+        errs.contains("`http://b:26379` is not a redis:// or rediss:// URL"),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("store.replica_ack_timeout: must be between 1ms and 10s"),
+        "{errs}"
+    );
+    let errs = parse("cluster = [\"redis://a:6379\"]\nreplica_acks = 1");
+    assert!(
+        errs.contains("store.replica_acks: is not supported with `cluster`"),
+        "{errs}"
+    );
+    let ok = parse("sentinel = [\"redis://b:26379\"]\nsentinel_master = \"m\"");
+    assert!(
+        !ok.contains("store.sentinel") && !ok.contains("exclude"),
+        "{ok}"
+    );
+}

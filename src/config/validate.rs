@@ -130,12 +130,41 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
     match &st.backend {
         StoreBackend::Memory => {}
         StoreBackend::Redis => {
-            match (&st.url, st.cluster.is_empty()) {
-                (None, true) => errs.push(file, "store", "the redis backend needs `url = \"redis://…\"` or `cluster = [\"redis://…\", …]`"),
-                (Some(_), false) => errs.push(file, "store", "`url` and `cluster` exclude each other"),
+            let given = usize::from(st.url.is_some())
+                + usize::from(!st.cluster.is_empty())
+                + usize::from(!st.sentinel.is_empty());
+            match given {
+                0 => errs.push(file, "store", "the redis backend needs `url = \"redis://…\"`, `cluster = [\"redis://…\", …]` or `sentinel = [\"redis://…:26379\", …]` with `sentinel_master`"),
+                1 => {}
+                _ => errs.push(file, "store", "`url`, `cluster` and `sentinel` exclude each other"),
+            }
+            match (st.sentinel.is_empty(), &st.sentinel_master) {
+                (false, None) => errs.push(
+                    file,
+                    "store.sentinel_master",
+                    "is required with `sentinel` (the master name the Sentinels monitor)",
+                ),
+                (true, Some(_)) => errs.push(file, "store.sentinel_master", "needs `sentinel`"),
                 _ => {}
             }
-            for u in st.url.iter().chain(st.cluster.iter()) {
+            if !st.cluster.is_empty() && st.replica_acks.is_some_and(|n| n > 0) {
+                errs.push(file, "store.replica_acks", "is not supported with `cluster` (each shard replicates asynchronously; see docs/operations.md)");
+            }
+            if st.replica_ack_timeout.0.is_zero()
+                || st.replica_ack_timeout.0 > Duration::from_secs(10)
+            {
+                errs.push(
+                    file,
+                    "store.replica_ack_timeout",
+                    "must be between 1ms and 10s",
+                );
+            }
+            for u in st
+                .url
+                .iter()
+                .chain(st.cluster.iter())
+                .chain(st.sentinel.iter())
+            {
                 match Url::parse(u) {
                     Ok(url) if url.scheme() == "redis" || url.scheme() == "rediss" => {}
                     _ => errs.push(

@@ -344,9 +344,15 @@ pub fn open(
     match st.backend {
         crate::config::StoreBackend::Redis => {
             let (current, previous) = read_encryption_keys(config, &mut errs);
-            let endpoint = match (&st.url, st.cluster.is_empty()) {
-                (Some(url), true) => Some(redis::Endpoint::Standalone(url.clone())),
-                (None, false) => Some(redis::Endpoint::Cluster(st.cluster.clone())),
+            let endpoint = match (&st.url, st.cluster.is_empty(), &st.sentinel_master) {
+                (Some(url), true, None) => Some(redis::Endpoint::Standalone(url.clone())),
+                (None, false, None) => Some(redis::Endpoint::Cluster(st.cluster.clone())),
+                (None, true, Some(master)) if !st.sentinel.is_empty() => {
+                    Some(redis::Endpoint::Sentinel {
+                        sentinels: st.sentinel.clone(),
+                        master: master.clone(),
+                    })
+                }
                 _ => None,
             };
             match (
@@ -355,14 +361,15 @@ pub fn open(
             ) {
                 (Some(sealer), Some(endpoint)) if errs.is_empty() => Ok(std::sync::Arc::new(
                     redis::RedisStore::new(endpoint, st.timeout.0, sealer)
-                        .with_mirror(st.revocation_max_lag.0, st.max_entries),
+                        .with_mirror(st.revocation_max_lag.0, st.max_entries)
+                        .with_replica_acks(st.replica_acks, st.replica_ack_timeout.0),
                 )),
                 _ => {
                     if errs.is_empty() {
                         errs.push(
                             &file,
                             "store",
-                            "the redis backend needs `url` or `cluster`, and `encryption_key_file`",
+                            "the redis backend needs `url`, `cluster` or `sentinel`, and `encryption_key_file`",
                         );
                     }
                     Err(errs)

@@ -79,6 +79,10 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// Further `redis-server` arguments (`--replicaof …`).
+    extra: Vec<String>,
+    /// A Sentinel's configuration: the server runs as a Sentinel with it.
+    sentinel: Option<String>,
 }
 
 impl RedisServer {
@@ -99,6 +103,14 @@ impl RedisServer {
     /// A port probed free can be taken by another server started at the same moment;
     /// then this one exits at once and is started again on another port.
     fn start_with(cluster: bool) -> Result<Self, String> {
+        Self::start_as(cluster, Vec::new(), None)
+    }
+
+    fn start_as(
+        cluster: bool,
+        extra: Vec<String>,
+        sentinel: Option<String>,
+    ) -> Result<Self, String> {
         let mut last = String::new();
         for _ in 0..3 {
             let mut s = Self {
@@ -106,6 +118,8 @@ impl RedisServer {
                 child: None,
                 dir: tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?,
                 cluster,
+                extra: extra.clone(),
+                sentinel: sentinel.clone(),
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -142,6 +156,20 @@ impl RedisServer {
                 ]
                 .map(str::to_owned),
             );
+        }
+        args.extend(self.extra.iter().cloned());
+        if let Some(conf) = &self.sentinel {
+            // A Sentinel rewrites its configuration file: it lives in the server's own
+            // directory.
+            let file = self.dir.path().join("sentinel.conf");
+            std::fs::write(&file, format!("port {}\nbind 127.0.0.1\n{conf}", self.port))
+                .map_err(|e| format!("sentinel.conf: {e}"))?;
+            args = vec![
+                file.display().to_string(),
+                "--sentinel".to_owned(),
+                "--protected-mode".to_owned(),
+                "no".to_owned(),
+            ];
         }
         let child = Command::new(binary("redis-server")?)
             .args(&args)
@@ -230,6 +258,107 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A primary, its replica and three Sentinels watching them (master name `ferry`), all on
+/// 127.0.0.1; killed when dropped. A Sentinel deems a primary down after 1 s without an
+/// answer and fails over at once (quorum 2).
+pub struct RedisSentinels {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinels {
+    /// The master name the Sentinels monitor.
+    pub const MASTER: &'static str = "ferry";
+
+    /// Starts them and waits (at most 20 s) until the replica is in sync and every
+    /// Sentinel knows the replica and the other two; panics (failing the test) otherwise.
+    #[expect(
+        clippy::panic,
+        reason = "test support: servers that cannot start fail the test"
+    )]
+    pub fn start() -> Self {
+        Self::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`RedisSentinels::start`], or why not.
+    pub fn try_start() -> Result<Self, String> {
+        let primary = RedisServer::start_as(false, Vec::new(), None)?;
+        let replica = RedisServer::start_as(
+            false,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+            None,
+        )?;
+        let conf = format!(
+            "sentinel monitor {m} 127.0.0.1 {p} 2\nsentinel down-after-milliseconds {m} 1000\nsentinel failover-timeout {m} 4000\nsentinel parallel-syncs {m} 1\n",
+            m = Self::MASTER,
+            p = primary.port
+        );
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(RedisServer::start_as(
+                false,
+                Vec::new(),
+                Some(conf.clone()),
+            )?);
+        }
+        let all = Self {
+            primary,
+            replica,
+            sentinels,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let synced = all
+                .replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up");
+            let known = all.sentinels.iter().all(|s| {
+                let info = s.cli(&["SENTINEL", "MASTER", Self::MASTER]);
+                info.lines()
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .any(|w| w == ["num-slaves", "1"])
+                    && info
+                        .lines()
+                        .collect::<Vec<_>>()
+                        .windows(2)
+                        .any(|w| w == ["num-other-sentinels", "2"])
+            });
+            if synced && known {
+                return Ok(all);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the Sentinels did not settle (replica synced: {synced})"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The Sentinels' URLs (`[store] sentinel`).
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    /// The port of the primary the Sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER])
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 }
 

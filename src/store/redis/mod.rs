@@ -1,4 +1,11 @@
-//! The Redis store (standalone or Redis Cluster): what replicas must agree on.
+//! The Redis store (standalone, behind Sentinels, or Redis Cluster): what replicas must
+//! agree on.
+//!
+//! With Sentinels, the primary is asked of them at connect time (and checked with
+//! `ROLE`); a connection error or a `READONLY` answer (the old primary, demoted) drops the
+//! connection, and the next call asks again — so Ferry follows a failover without a
+//! restart. Revocations and single-use records are acknowledged only once `WAIT` says
+//! they reached the replicas `[store] replica_acks` asks for (`sentinel.rs`).
 //!
 //! Keys (prefix `ferry`): `{c}` below is the first 32 hex chars of the cache key, a hash
 //! tag, so a request's credential, mint lock and negative-cache entry share one slot.
@@ -26,6 +33,7 @@ mod follower;
 mod keys;
 pub mod mirror;
 mod roles;
+mod sentinel;
 
 use follower::follow_revocations;
 
@@ -40,6 +48,11 @@ pub enum Endpoint {
     Standalone(String),
     /// Seed nodes of a Redis Cluster.
     Cluster(Vec<String>),
+    /// Sentinels watching the primary named `master`.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
 }
 
 #[derive(Clone)]
@@ -96,6 +109,11 @@ pub struct RedisStore {
     mirror: Option<Arc<Mirror>>,
     /// Whether the task that keeps `mirror` current has been started.
     mirror_started: AtomicBool,
+    /// `[store] replica_acks` (`None`: decided at connect time) and how long to wait.
+    acks: Option<u32>,
+    ack_timeout: Duration,
+    /// Replicas each acknowledged write waits for on the current connection.
+    wait_for: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -136,7 +154,20 @@ impl RedisStore {
             connecting: tokio::sync::Mutex::new(()),
             mirror: None,
             mirror_started: AtomicBool::new(false),
+            acks: None,
+            ack_timeout: Duration::from_millis(250),
+            wait_for: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// How many replicas must hold a revocation or single-use record before it is
+    /// acknowledged (`None`: 1 behind Sentinels or when the primary reports a replica at
+    /// connect time, else 0), waited for at most `timeout`. A cluster waits for none.
+    #[must_use]
+    pub fn with_replica_acks(mut self, acks: Option<u32>, timeout: Duration) -> Self {
+        self.acks = acks;
+        self.ack_timeout = timeout;
+        self
     }
 
     /// Keeps a local copy of the revocation list and a near cache of up to `max_entries`
@@ -206,14 +237,83 @@ impl RedisStore {
                         .build()?;
                     client.get_async_connection().await.map(Conn::Cluster)
                 }
+                Endpoint::Sentinel { sentinels, master } => {
+                    sentinel::connect_primary(sentinels, master, self.timeout)
+                        .await
+                        .map(Conn::Single)
+                }
             }
         };
-        let conn = tokio::time::timeout(self.timeout.saturating_mul(2), connect)
+        // Sentinels are asked in turn, each within the timeout.
+        let budget = match &self.endpoint {
+            Endpoint::Sentinel { sentinels, .. } => self
+                .timeout
+                .saturating_mul(u32::try_from(sentinels.len()).unwrap_or(1) + 2),
+            _ => self.timeout.saturating_mul(2),
+        };
+        let mut conn = tokio::time::timeout(budget, connect)
             .await
             .map_err(|_| unavailable("connect timed out"))?
             .map_err(unavailable)?;
+        let wait_for = match (&self.endpoint, self.acks) {
+            (Endpoint::Cluster(_), _) => 0,
+            (_, Some(n)) => n,
+            (Endpoint::Sentinel { .. }, None) => 1,
+            (Endpoint::Standalone(_), None) => {
+                let replicas = sentinel::connected_replicas(&mut conn).await.unwrap_or(0);
+                u32::from(replicas > 0)
+            }
+        };
+        self.wait_for.store(wait_for, Ordering::Release);
         self.current.store(Some(Arc::new(conn.clone())));
         Ok(conn)
+    }
+
+    /// Waits until the writes made so far on the store's connection reached the replicas
+    /// `replica_acks` asks for; an error (the operation must fail) when they did not in
+    /// `replica_ack_timeout`.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let want = self.wait_for.load(Ordering::Acquire);
+        if want == 0 {
+            return Ok(());
+        }
+        let millis = u64::try_from(self.ack_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut conn = self.conn().await?;
+        let got: u32 = tokio::time::timeout(
+            self.timeout.saturating_add(self.ack_timeout),
+            redis::cmd("WAIT")
+                .arg(want)
+                .arg(millis)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable("WAIT timed out"))?
+        .map_err(|e| self.failed(e))?;
+        if got >= want {
+            Ok(())
+        } else {
+            Err(unavailable(format!(
+                "the write reached {got} of the {want} replica(s) it must within {}ms: it could be lost in a failover",
+                millis
+            )))
+        }
+    }
+
+    /// A call's error: behind Sentinels, one that says the connection is gone or the node
+    /// is no longer the primary drops the connection, so the next call asks them again.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        if matches!(self.endpoint, Endpoint::Sentinel { .. })
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_unrecoverable_error()
+                || e.code() == Some("READONLY"))
+        {
+            self.current.store(None);
+        }
+        unavailable(e)
     }
 
     /// A call on the store's connection, bounded by its timeout.
@@ -221,10 +321,15 @@ impl RedisStore {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| unavailable("redis call timed out"))?
-            .map_err(unavailable)
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => answer.map_err(|e| self.failed(e)),
+            Err(_) => {
+                if matches!(self.endpoint, Endpoint::Sentinel { .. }) {
+                    self.current.store(None);
+                }
+                Err(unavailable("redis call timed out"))
+            }
+        }
     }
 
     async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {

@@ -18,6 +18,7 @@ impl Store for RedisStore {
         match self.endpoint {
             Endpoint::Standalone(_) => "redis",
             Endpoint::Cluster(_) => "redis-cluster",
+            Endpoint::Sentinel { .. } => "redis-sentinel",
         }
     }
 
@@ -227,13 +228,18 @@ impl RevocationList for RedisStore {
             .arg(&record)
             .ignore();
         match self.endpoint {
-            Endpoint::Standalone(_) => self.run_pipe::<()>(&tx).await?,
+            Endpoint::Standalone(_) | Endpoint::Sentinel { .. } => {
+                self.run_pipe::<()>(&tx).await?;
+            }
             // A cluster keeps no local copies, so there is no one to tell.
             Endpoint::Cluster(_) => {
                 self.run::<()>(redis::cmd("HSET").arg(&hash).arg(&field).arg(&record))
                     .await?;
             }
         }
+        // Acknowledged only once it is on the replicas `replica_acks` asks for: a
+        // failover then cannot lose it.
+        self.replicated().await?;
         // Drop expired revocations while we are here.
         let all: Vec<(String, String)> = self.run(redis::cmd("HGETALL").arg(&hash)).await?;
         for (f, v) in all {
@@ -289,13 +295,21 @@ impl ReplayRecord for RedisStore {
         let set: Option<String> = self
             .run(
                 redis::cmd("SET")
-                    .arg(key)
+                    .arg(&key)
                     .arg(1)
                     .arg("NX")
                     .arg("EX")
                     .arg(secs(ttl)),
             )
             .await?;
+        if set.is_some()
+            && let Err(e) = self.replicated().await
+        {
+            // Not acknowledged, so not used: the request is refused (503) and no
+            // credential is handed out; a retry may use the token once.
+            let _ = self.run::<()>(redis::cmd("DEL").arg(&key)).await;
+            return Err(e);
+        }
         Ok(set.is_some())
     }
 }
