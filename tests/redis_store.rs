@@ -1223,3 +1223,61 @@ async fn behind_sentinels_a_failover_loses_no_acknowledged_revocation_and_ferry_
     let e = unreplicated.unwrap_err().to_string();
     assert!(e.contains("reached 0 of the 1 replica"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_cluster_with_replicas_a_master_failover_loses_no_acknowledged_revocation() {
+    let mut cluster = RedisCluster::start_with_replicas();
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let store = format!("cluster = [{}]", nodes.join(", "));
+    let (h, b, _side) = two_replicas_on(&store, Some(Counting::new(0)), "", None).await;
+    let a = Arc::clone(&h.state);
+    let good = || h.token(|_| {});
+    let mallory = h.token(|c| c["sub"] = "mallory".into());
+    assert_eq!(h.exchange_on(&a, &good(), "api", None).await.status, 200);
+    // Acknowledged once the slot's replica holds it (WAIT 1, routed to its master).
+    a.services
+        .store
+        .revoke(&a.snapshot.load().revocation(
+            ferry::store::RevocationTarget::Subject {
+                subject: "fake:mallory".into(),
+            },
+            Some("before the failover".into()),
+            h.now(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h.exchange_on(&b, &mallory, "api", None).await.status, 400);
+
+    // The master holding the revocation list dies; its replica is promoted.
+    let key = "ferry:{revocations}";
+    let old = cluster.master_of(key).unwrap();
+    cluster.nodes[old].kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut recovered = false;
+    while std::time::Instant::now() < deadline && !recovered {
+        for state in [&a, &b] {
+            let r = h.exchange_on(state, &good(), "api", None).await;
+            assert!(
+                r.status == 200 || r.status == 503,
+                "{} {:?}",
+                r.status,
+                r.body
+            );
+            let m = h.exchange_on(state, &mallory, "api", None).await;
+            assert!(
+                m.status == 400 || m.status == 503,
+                "mallory: {} {:?}",
+                m.status,
+                m.body
+            );
+            recovered |= r.status == 200 && cluster.master_of(key).is_some_and(|n| n != old);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "Ferry did not follow the promotion within 40 s");
+    for state in [&a, &b] {
+        let m = h.exchange_on(state, &mallory, "api", None).await;
+        assert_eq!(m.status, 400, "the revocation was lost: {:?}", m.body);
+        assert!(m.description().contains("has been revoked"));
+    }
+}

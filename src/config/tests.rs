@@ -119,11 +119,6 @@ fn sentinel_settings_are_checked() {
         errs.contains("store.replica_ack_timeout: must be between 1ms and 10s"),
         "{errs}"
     );
-    let errs = parse("cluster = [\"redis://a:6379\"]\nreplica_acks = 1");
-    assert!(
-        errs.contains("store.replica_acks: is not supported with `cluster`"),
-        "{errs}"
-    );
     let ok = parse("sentinel = [\"redis://b:26379\"]\nsentinel_master = \"m\"");
     assert!(
         !ok.contains("store.sentinel") && !ok.contains("exclude"),

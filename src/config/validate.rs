@@ -147,9 +147,6 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
                 (true, Some(_)) => errs.push(file, "store.sentinel_master", "needs `sentinel`"),
                 _ => {}
             }
-            if !st.cluster.is_empty() && st.replica_acks.is_some_and(|n| n > 0) {
-                errs.push(file, "store.replica_acks", "is not supported with `cluster` (each shard replicates asynchronously; see docs/operations.md)");
-            }
             if st.replica_ack_timeout.0.is_zero()
                 || st.replica_ack_timeout.0 > Duration::from_secs(10)
             {

@@ -379,7 +379,21 @@ impl RedisCluster {
 
     /// Starts three nodes and joins them, or says why it could not.
     pub fn try_start() -> Result<Self, String> {
-        let nodes = (0..3)
+        Self::try_start_with(0)
+    }
+
+    /// Three masters with one replica each (six nodes), the replicas in sync; panics
+    /// (failing the test) if it cannot.
+    #[expect(
+        clippy::panic,
+        reason = "test support: a cluster that cannot start fails the test"
+    )]
+    pub fn start_with_replicas() -> Self {
+        Self::try_start_with(1).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(replicas: usize) -> Result<Self, String> {
+        let nodes = (0..3 * (1 + replicas))
             .map(|_| RedisServer::start_with(true))
             .collect::<Result<Vec<_>, _>>()?;
         let addrs: Vec<String> = nodes
@@ -390,7 +404,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .map_err(|e| format!("redis-cli: {e}"))?;
         if !out.status.success() {
@@ -400,9 +414,13 @@ impl RedisCluster {
             ));
         }
         let deadline = Instant::now() + Duration::from_secs(20);
+        let synced = |n: &RedisServer| {
+            let info = n.cli(&["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        };
         while !nodes
             .iter()
-            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") && synced(n))
         {
             if Instant::now() >= deadline {
                 return Err("cluster did not become ok".into());
@@ -418,5 +436,34 @@ impl RedisCluster {
 
     pub fn dump(&self) -> String {
         self.nodes.iter().map(RedisServer::dump).collect()
+    }
+
+    /// The index in `nodes` of the master serving `key`'s slot now, as the live nodes see
+    /// it.
+    pub fn master_of(&self, key: &str) -> Option<usize> {
+        let live = self.nodes.iter().find(|n| n.child.is_some())?;
+        let slot: u16 = live.cli(&["CLUSTER", "KEYSLOT", key]).parse().ok()?;
+        let table = live.cli(&["CLUSTER", "NODES"]);
+        let port = table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let covers = fields.iter().skip(8).any(|range| {
+                let mut ends = range.split('-').filter_map(|e| e.parse::<u16>().ok());
+                match (ends.next(), ends.next()) {
+                    (Some(a), Some(b)) => (a..=b).contains(&slot),
+                    (Some(a), None) => a == slot,
+                    _ => false,
+                }
+            });
+            if !covers {
+                return None;
+            }
+            let addr = fields.get(1)?.split('@').next()?;
+            addr.rsplit(':').next()?.parse::<u16>().ok()
+        })?;
+        self.nodes.iter().position(|n| n.port == port)
     }
 }

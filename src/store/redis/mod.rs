@@ -256,12 +256,23 @@ impl RedisStore {
             .map_err(|_| unavailable("connect timed out"))?
             .map_err(unavailable)?;
         let wait_for = match (&self.endpoint, self.acks) {
-            (Endpoint::Cluster(_), _) => 0,
             (_, Some(n)) => n,
             (Endpoint::Sentinel { .. }, None) => 1,
             (Endpoint::Standalone(_), None) => {
                 let replicas = sentinel::connected_replicas(&mut conn).await.unwrap_or(0);
                 u32::from(replicas > 0)
+            }
+            (Endpoint::Cluster(_), None) => {
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                u32::from(nodes.lines().any(|l| {
+                    l.split_whitespace()
+                        .nth(2)
+                        .is_some_and(|flags| flags.contains("slave"))
+                }))
             }
         };
         self.wait_for.store(wait_for, Ordering::Release);
@@ -269,10 +280,11 @@ impl RedisStore {
         Ok(conn)
     }
 
-    /// Waits until the writes made so far on the store's connection reached the replicas
-    /// `replica_acks` asks for; an error (the operation must fail) when they did not in
-    /// `replica_ack_timeout`.
-    async fn replicated(&self) -> Result<(), StoreError> {
+    /// Waits until the writes made so far on the connection to `key`'s node reached the
+    /// replicas `replica_acks` asks for; an error (the operation must fail) when they did
+    /// not in `replica_ack_timeout`. In a cluster, `WAIT` goes to the master of `key`'s
+    /// slot, over the connection that wrote it.
+    async fn replicated(&self, key: &str) -> Result<(), StoreError> {
         let want = self.wait_for.load(Ordering::Acquire);
         if want == 0 {
             return Ok(());
@@ -280,17 +292,31 @@ impl RedisStore {
         let millis = u64::try_from(self.ack_timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut conn = self.conn().await?;
-        let got: u32 = tokio::time::timeout(
-            self.timeout.saturating_add(self.ack_timeout),
-            redis::cmd("WAIT")
-                .arg(want)
-                .arg(millis)
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| unavailable("WAIT timed out"))?
-        .map_err(|e| self.failed(e))?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(want).arg(millis);
+        let conn = self.conn().await?;
+        let asked = async move {
+            match conn {
+                Conn::Single(mut c) => wait.query_async::<u32>(&mut c).await,
+                Conn::Cluster(mut c) => {
+                    use redis::cluster_routing::{
+                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                    };
+                    let route = Route::with_key(key, SlotAddr::Master);
+                    let answer = c
+                        .route_command(
+                            wait,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                        )
+                        .await?;
+                    redis::from_redis_value::<u32>(answer).map_err(redis::RedisError::from)
+                }
+            }
+        };
+        let got: u32 = tokio::time::timeout(self.timeout.saturating_add(self.ack_timeout), asked)
+            .await
+            .map_err(|_| unavailable("WAIT timed out"))?
+            .map_err(|e| self.failed(e))?;
         if got >= want {
             Ok(())
         } else {

@@ -239,7 +239,7 @@ impl RevocationList for RedisStore {
         }
         // Acknowledged only once it is on the replicas `replica_acks` asks for: a
         // failover then cannot lose it.
-        self.replicated().await?;
+        self.replicated(&hash).await?;
         // Drop expired revocations while we are here.
         let all: Vec<(String, String)> = self.run(redis::cmd("HGETALL").arg(&hash)).await?;
         for (f, v) in all {
@@ -303,7 +303,7 @@ impl ReplayRecord for RedisStore {
             )
             .await?;
         if set.is_some()
-            && let Err(e) = self.replicated().await
+            && let Err(e) = self.replicated(&key).await
         {
             // Not acknowledged, so not used: the request is refused (503) and no
             // credential is handed out; a retry may use the token once.
