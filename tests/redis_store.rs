@@ -1220,8 +1220,12 @@ async fn behind_sentinels_a_failover_loses_no_acknowledged_revocation_and_ferry_
             h.now(),
         ))
         .await;
+    // (Under load the WAIT answer can also miss the call's timeout: refused either way.)
     let e = unreplicated.unwrap_err().to_string();
-    assert!(e.contains("reached 0 of the 1 replica"), "{e}");
+    assert!(
+        e.contains("reached 0 of the 1 replica") || e.contains("timed out"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -289,7 +289,8 @@ impl RedisStore {
         if want == 0 {
             return Ok(());
         }
-        let millis = u64::try_from(self.ack_timeout.as_millis())
+        // Within half the call timeout, so WAIT answers before the connection gives up.
+        let millis = u64::try_from(self.ack_timeout.min(self.timeout / 2).as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let mut wait = redis::cmd("WAIT");
