@@ -814,3 +814,92 @@ audiences = ["ferry"]
         assert!(stderr.contains(&line), "missing {line:?} in:\n{stderr}");
     }
 }
+
+#[test]
+fn ferry_test_and_explain_can_say_which_anomalies_are_open_for_the_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "{OLD_POLICY}\n@id(\"no-reused-tokens\")\nforbid (principal, action, resource)\nwhen {{ context.anomalies.contains(\"token_reuse_across_clients\") }};\n"
+    );
+    let cfg = config(
+        dir.path(),
+        "anomalies",
+        (&policy, ""),
+        "identity.attributes.environment",
+        "",
+    );
+    let (out, cases) = ferry_test(
+        dir.path(),
+        &cfg,
+        r#"
+[[cases]]
+name = "a deployer reads the internal API"
+claims = { sub = "erin", groups = ["deployers"] }
+target = "internal-api"
+expect = "allow"
+
+[[cases]]
+name = "not while its token is seen from two clients"
+claims = { sub = "erin", groups = ["deployers"] }
+target = "internal-api"
+anomalies = ["token_reuse_across_clients", "first_use"]
+expect = "deny"
+policies = ["no-reused-tokens"]
+
+[[cases]]
+name = "another kind does not trip the forbid"
+claims = { sub = "erin", groups = ["deployers"] }
+target = "internal-api"
+anomalies = ["subject_burst"]
+expect = "allow"
+
+[[cases]]
+name = "a kind that does not exist"
+claims = { sub = "erin", groups = ["deployers"] }
+target = "internal-api"
+anomalies = ["token_reuse"]
+expect = "allow"
+"#,
+    );
+    let stdout = text(&out.stdout);
+    let all = format!("{stdout}{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(
+            "`token_reuse` is not an anomaly kind (one of token_reuse_across_clients, subject_burst"
+        ),
+        "{all}"
+    );
+    assert!(all.contains(&cases.display().to_string()), "{all}");
+    assert!(stdout.contains("3 passed, 1 failed"), "{stdout}");
+
+    let claims = dir.path().join("erin.json");
+    std::fs::write(&claims, r#"{"sub": "erin", "groups": ["deployers"]}"#).unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--target",
+            "internal-api",
+            "--claims",
+            claims.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ferry(&args)
+    };
+    assert_eq!(explain(&[]).status.code(), Some(0));
+    let denied = explain(&["--anomaly", "token_reuse_across_clients"]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        text(&denied.stdout).contains("no-reused-tokens"),
+        "{}",
+        text(&denied.stdout)
+    );
+    let bad = explain(&["--anomaly", "nope"]);
+    assert!(
+        text(&bad.stderr).contains("--anomaly: `nope` is not an anomaly kind"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

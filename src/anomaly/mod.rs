@@ -64,6 +64,30 @@ impl Kind {
     }
 }
 
+/// Kind names as policy sees them in `context.anomalies` (sorted, each once), or the
+/// first name that is no kind.
+pub fn kind_names(names: &[String]) -> Result<Vec<&'static str>, String> {
+    let mut kinds = names
+        .iter()
+        .map(|n| {
+            Kind::ALL
+                .iter()
+                .find(|k| k.as_str() == n.trim())
+                .map(|k| k.as_str())
+                .ok_or_else(|| {
+                    format!(
+                        "`{}` is not an anomaly kind (one of {})",
+                        crate::text::echo(n),
+                        Kind::ALL.map(Kind::as_str).join(", ")
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    kinds.sort_unstable();
+    kinds.dedup();
+    Ok(kinds)
+}
+
 impl serde::Serialize for Kind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())

@@ -39,6 +39,10 @@ pub struct Args {
     /// had been presented over mutual TLS and verified (its chain is not checked here).
     #[arg(long)]
     client_cert: Option<PathBuf>,
+    /// An anomaly kind open for the subject, as policy would see it in
+    /// `context.anomalies` (repeatable; e.g. `token_reuse_across_clients`).
+    #[arg(long = "anomaly", value_name = "KIND")]
+    anomalies: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -95,17 +99,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let now = super::system_clock().now();
+    let anomalies = ferry::anomaly::kind_names(&args.anomalies)
+        .map_err(|e| anyhow::anyhow!("--anomaly: {e}"))?;
+    let target = TargetSelector::Audience(args.target.clone());
+    let request = ferry::exchange::explain::Request {
+        target: &target,
+        scopes: &scopes,
+        source_ip: args.source_ip,
+        client_certificate: client_certificate.as_ref(),
+        timestamp: super::system_clock().now(),
+        anomalies: &anomalies,
+    };
     let rt = super::tokio_runtime()?;
-    let report = rt.block_on(explain(
-        &snapshot,
-        input,
-        &TargetSelector::Audience(args.target.clone()),
-        &scopes,
-        args.source_ip,
-        client_certificate.as_ref(),
-        now,
-    ));
+    let report = rt.block_on(explain(&snapshot, input, &request));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -147,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     source_ip: request.source_ip,
                     client_certificate: request.client_certificate.as_ref(),
                     timestamp: line.time.unwrap_or(0),
+                    anomalies: &[],
                 },
             )
         };

@@ -61,6 +61,9 @@ struct Case {
     #[serde(default)]
     scopes: Vec<String>,
     source_ip: Option<IpAddr>,
+    /// Anomaly kinds open for the subject, as policy sees them in `context.anomalies`.
+    #[serde(default)]
+    anomalies: Vec<String>,
     /// When the request is made (RFC 3339; default: now): what policy sees as
     /// `context.timestamp`.
     time: Option<String>,
@@ -242,7 +245,17 @@ async fn run_case(snap: &Snapshot, case: &Case, base: &Path) -> anyhow::Result<V
     let source_ip = case
         .source_ip
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-    let report = explain(snap, input, &target, &case.scopes, source_ip, None, at).await;
+    let anomalies = ferry::anomaly::kind_names(&case.anomalies)
+        .map_err(|e| anyhow::anyhow!("anomalies: {e}"))?;
+    let request = ferry::exchange::explain::Request {
+        target: &target,
+        scopes: &case.scopes,
+        source_ip,
+        client_certificate: None,
+        timestamp: at,
+        anomalies: &anomalies,
+    };
+    let report = explain(snap, input, &request).await;
     Ok(compare(case, &report))
 }
 

@@ -79,15 +79,7 @@ fn skipped(stages: &mut Vec<Stage>, from: &[&'static str]) {
 }
 
 /// Runs verify, map, target and policy for `input`, reporting each.
-pub async fn explain(
-    snap: &Snapshot,
-    input: ExplainInput,
-    target: &TargetSelector,
-    scopes: &[String],
-    source_ip: IpAddr,
-    client_certificate: Option<&crate::tls::ClientCertificate>,
-    now: i64,
-) -> ExplainReport {
+pub async fn explain(snap: &Snapshot, input: ExplainInput, request: &Request<'_>) -> ExplainReport {
     let mut stages = Vec::new();
     let signature_checked = matches!(input, ExplainInput::Token(_));
     let finish = |mut stages: Vec<Stage>, from: &[&'static str], error: Option<ExchangeError>| {
@@ -152,14 +144,7 @@ pub async fn explain(
         }
     };
 
-    let request = Request {
-        target,
-        scopes,
-        source_ip,
-        client_certificate,
-        timestamp: now,
-    };
-    let decided = from_identity(snap, &identity, &request);
+    let decided = from_identity(snap, &identity, request);
     stages.extend(decided.stages);
     ExplainReport {
         allowed: decided.verdict.allowed,
@@ -180,6 +165,8 @@ pub struct Request<'a> {
     pub client_certificate: Option<&'a crate::tls::ClientCertificate>,
     /// What policy sees as `context.timestamp`.
     pub timestamp: i64,
+    /// What policy sees as `context.anomalies` (kind names, sorted).
+    pub anomalies: &'a [&'static str],
 }
 
 /// The outcome of the stages after mapping, in short.
@@ -261,7 +248,7 @@ pub fn from_identity(snap: &Snapshot, identity: &Identity, request: &Request<'_>
     };
 
     let input = AuthzInput {
-        anomalies: &[],
+        anomalies: request.anomalies,
         identity,
         target_id: &target.id,
         target_kind: target.kind.as_str(),

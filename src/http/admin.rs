@@ -126,6 +126,9 @@ pub struct ExplainRequest {
     #[serde(default)]
     scope: String,
     source_ip: Option<IpAddr>,
+    /// Anomaly kinds open for the subject, as policy would see them.
+    #[serde(default)]
+    anomalies: Vec<String>,
 }
 
 /// `POST /admin/explain`: `ferry explain` over HTTP (JSON in, the report out).
@@ -155,17 +158,21 @@ pub async fn explain(
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
+    let anomalies = match crate::anomaly::kind_names(&req.anomalies) {
+        Ok(a) => a,
+        Err(e) => return ApiError::invalid_request(format!("anomalies: {e}")).into_response(),
+    };
     let snapshot = state.snapshot.load_full();
-    let report = run_explain(
-        &snapshot,
-        input,
-        &TargetSelector::Audience(req.target),
-        &scopes,
-        req.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
-        None,
-        state.services.clock.now(),
-    )
-    .await;
+    let target = TargetSelector::Audience(req.target);
+    let request = crate::exchange::explain::Request {
+        target: &target,
+        scopes: &scopes,
+        source_ip: req.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        client_certificate: None,
+        timestamp: state.services.clock.now(),
+        anomalies: &anomalies,
+    };
+    let report = run_explain(&snapshot, input, &request).await;
     super::no_store(Json(report).into_response())
 }
 

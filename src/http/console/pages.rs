@@ -569,6 +569,7 @@ pub async fn decision(
                     source_ip: p.source_ip,
                     client_certificate: p.client_certificate.as_deref(),
                     timestamp: d.time,
+                    anomalies: &[],
                 };
                 let decided = crate::exchange::explain::from_identity(&snapshot, identity, &request);
                 let rows: Vec<String> = decided
