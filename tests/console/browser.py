@@ -18,6 +18,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 BASE = os.environ["FERRY_BASE"]
@@ -64,13 +65,20 @@ def main():
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(20)
     wait = WebDriverWait(driver, 10)
+    # After a form posts and the page reloads, an element looked up mid-navigation can
+    # fail with any WebDriver error; such waits retry until their condition holds.
+    settle = WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,))
     step = "start"
 
     def shot(name):
         driver.save_screenshot(os.path.join(SHOTS, name + ".png"))
 
     def text(selector):
-        return driver.find_element(By.CSS_SELECTOR, selector).text
+        return settle.until(lambda d: d.find_element(By.CSS_SELECTOR, selector).text or " ")
+
+    def rows_of(selector):
+        settle.until(EC.presence_of_element_located((By.CSS_SELECTOR, selector)))
+        return settle.until(lambda d: [r.text for r in d.find_elements(By.CSS_SELECTOR, selector)])
 
     try:
         step = "a page without a session goes to sign-in"
@@ -93,8 +101,8 @@ def main():
         step = "the issuers page shows the dev issuer with its key id"
         driver.find_element(By.LINK_TEXT, "Issuers").click()
         wait.until(EC.url_contains("/admin/ui/issuers"))
-        row = driver.find_element(By.CSS_SELECTOR, "#issuers tbody tr")
-        check("dev" in row.text and os.environ["FERRY_DEV_KID"] in row.text and "ready" in row.text, row.text)
+        row = rows_of("#issuers tbody tr")[0]
+        check("dev" in row and os.environ["FERRY_DEV_KID"] in row and "ready" in row, row)
         check(len(driver.find_elements(By.CSS_SELECTOR, "#signing-keys tbody tr")) >= 1, "no signing key")
         shot("issuers")
 
@@ -105,7 +113,7 @@ def main():
         check(status == 400, (status, answer))
         driver.find_element(By.LINK_TEXT, "Decisions").click()
         wait.until(EC.url_contains("/admin/ui/decisions"))
-        rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#decisions tbody tr")]
+        rows = rows_of("#decisions tbody tr")
         check(any("dev:alice" in r and "allow" in r for r in rows), rows)
         check(any("dev:mallory" in r and "deny" in r for r in rows), rows)
         check(not any(os.environ["FERRY_TOKEN_ALICE"][:40] in r for r in rows), "a token is on the page")
@@ -114,7 +122,8 @@ def main():
         step = "a filter narrows the list"
         Select(driver.find_element(By.ID, "f-decision")).select_by_value("deny")
         driver.find_element(By.CSS_SELECTOR, ".filters button").click()
-        rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#decisions tbody tr")]
+        wait.until(EC.url_contains("decision=deny"))
+        rows = rows_of("#decisions tbody tr")
         check(rows and all("deny" in r for r in rows), rows)
 
         step = "a row opens its trace"
@@ -133,7 +142,7 @@ def main():
         driver.find_element(By.ID, "reason").send_keys("laptop lost")
         driver.find_element(By.ID, "revoke").click()
         wait.until(EC.alert_is_present()).accept()
-        wait.until(EC.text_to_be_present_in_element((By.ID, "revocations"), "dev:alice"))
+        settle.until(EC.text_to_be_present_in_element((By.ID, "revocations"), "dev:alice"))
         check("laptop lost" in text("#revocations"), text("#revocations"))
         shot("revocations")
         status, answer = exchange(os.environ["FERRY_TOKEN_ALICE"])
@@ -142,7 +151,7 @@ def main():
         step = "lift it; alice is granted again"
         driver.find_element(By.CSS_SELECTOR, "#revocations button.lift").click()
         wait.until(EC.alert_is_present()).accept()
-        wait.until(lambda d: "dev:alice" not in d.find_element(By.ID, "revocations").text)
+        settle.until(lambda d: "dev:alice" not in d.find_element(By.ID, "revocations").text)
         status, answer = exchange(os.environ["FERRY_TOKEN_ALICE"])
         check(status == 200, (status, answer))
 
@@ -156,7 +165,7 @@ def main():
         check("token_reuse_across_clients" in table and "dev:eve" in table and "127.0.0.2" in table, table)
         shot("anomalies")
         driver.find_element(By.CSS_SELECTOR, "#anomalies button.ack").click()
-        wait.until(EC.text_to_be_present_in_element((By.ID, "anomalies"), "acknowledged"))
+        settle.until(EC.text_to_be_present_in_element((By.ID, "anomalies"), "acknowledged"))
 
         step = "a reload's diff is on the policies page"
         with open(os.environ["FERRY_POLICY"], "a", encoding="utf-8") as f:
@@ -185,7 +194,7 @@ def main():
         shot("failure")
         with open(os.path.join(SHOTS, "failure.html"), "w", encoding="utf-8") as f:
             f.write(driver.page_source)
-        print(f"console browser test failed at '{step}': {e!r}", file=sys.stderr)
+        print(f"console browser test failed at '{step}': {e!r} {getattr(e, 'msg', '')}", file=sys.stderr)
         driver.quit()
         return 1
     driver.quit()
