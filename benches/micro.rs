@@ -312,16 +312,26 @@ fn bench_cache(c: &mut Criterion) {
 
 fn bench_signing(c: &mut Criterion) {
     let mut group = c.benchmark_group("sign");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     for alg in [Algorithm::RS256, Algorithm::ES256] {
         let ring = KeyRing::ephemeral(alg, 0).unwrap();
-        let issuer =
-            ferry::issuer::FerryIssuer::new("https://ferry.example.com", ring, clock(), &[], false);
+        let issuer = ferry::issuer::FerryIssuer::new(
+            "https://ferry.example.com",
+            ring,
+            clock(),
+            &[],
+            false,
+            Default::default(),
+        );
         group.bench_function(format!("{alg:?}"), |b| {
             b.iter(|| {
                 let mut claims = serde_json::Map::new();
                 claims.insert("sub".into(), "github:acme/infra:refs/heads/main".into());
                 claims.insert("aud".into(), "https://api".into());
-                issuer.mint(Duration::from_secs(300), claims).unwrap()
+                rt.block_on(issuer.mint(Duration::from_secs(300), claims))
+                    .unwrap()
             })
         });
     }

@@ -121,6 +121,8 @@ async fn replica_with(
             clock: h.clock.clone(),
             require_keys: true,
             previous_ephemeral: Some(h.state.snapshot.load().issuer.keys().clone()),
+            previous_managed: None,
+            metrics: std::sync::Arc::clone(&h.state.metrics),
         },
     )
     .unwrap();

@@ -176,6 +176,8 @@ pub(crate) async fn start_server_at(
             clock: clock.clone(),
             require_keys: true,
             previous_ephemeral: None,
+            previous_managed: None,
+            metrics: Default::default(),
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -312,6 +312,7 @@ mod tests {
             clock,
             &[],
             false,
+            Default::default(),
         ));
         log.set_signer(issuer.clone());
         let jwks = CheckpointKeys::from_jwks(issuer.jwks_document())?;

@@ -169,6 +169,8 @@ pub fn load_snapshot(
         clock: system_clock(),
         require_keys,
         previous_ephemeral: None,
+        previous_managed: None,
+        metrics: Default::default(),
     };
     Snapshot::build(config, &options).map_err(|errs| {
         eprintln!("{errs}");

@@ -7,6 +7,7 @@ mod duration;
 pub mod key_file;
 pub mod preset;
 mod problem;
+pub mod signing;
 mod target;
 mod toml_text;
 mod transport;
@@ -34,7 +35,7 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[signing]`: Ferry's own keys.
     #[serde(default)]
-    pub signing: SigningConfig,
+    pub signing: signing::SigningConfig,
     /// `[jwks]`: how issuer keys are cached.
     #[serde(default)]
     pub jwks: JwksConfig,
@@ -291,33 +292,6 @@ fn default_backend() -> StoreBackend {
 }
 fn default_max_entries() -> u64 {
     100_000
-}
-
-/// `[signing]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SigningConfig {
-    /// Algorithm of Ferry's keys.
-    #[serde(default = "default_signing_alg")]
-    pub algorithm: String,
-    /// Directory of keys made by `ferry keys generate|rotate`.
-    pub keys_dir: Option<PathBuf>,
-    /// Use a fresh in-memory key (development only; tokens die with the process).
-    #[serde(default)]
-    pub ephemeral: bool,
-}
-
-impl Default for SigningConfig {
-    fn default() -> Self {
-        Self {
-            algorithm: default_signing_alg(),
-            keys_dir: None,
-            ephemeral: false,
-        }
-    }
-}
-
-fn default_signing_alg() -> String {
-    "RS256".into()
 }
 
 /// `[jwks]`.

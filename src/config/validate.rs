@@ -228,30 +228,7 @@ pub(super) fn validate(config: &Config, errs: &mut ConfigErrors) {
         errs.push(file, "store.max_entries", "must be at least 1");
     }
 
-    if !crate::algorithms::signing().any(|a| a == config.signing.algorithm) {
-        errs.push(
-            file,
-            "signing.algorithm",
-            format!(
-                "`{}` is not supported for signing (one of {})",
-                config.signing.algorithm,
-                crate::algorithms::signing().collect::<Vec<_>>().join(", ")
-            ),
-        );
-    }
-    match (&config.signing.keys_dir, config.signing.ephemeral) {
-        (None, false) => errs.push(
-            file,
-            "signing",
-            "set `keys_dir` (see `ferry keys generate`) or `ephemeral = true` for development",
-        ),
-        (Some(_), true) => errs.push(
-            file,
-            "signing",
-            "`keys_dir` and `ephemeral = true` exclude each other",
-        ),
-        _ => {}
-    }
+    super::signing::validate(&config.signing, file, errs);
 
     let j = &config.jwks;
     if j.refresh_min.0 > j.refresh_max.0 {

@@ -86,7 +86,8 @@ impl AppState {
             _ => None,
         };
         let dpop_nonces = exchange::dpop::NonceKey::new(shared.as_ref());
-        let metrics = Arc::new(Metrics::default());
+        // The registry the snapshot's issuer already counts its signatures in.
+        let metrics = Arc::clone(snapshot.issuer.metrics());
         observe::declare_series(&metrics, &snapshot);
         Ok(Arc::new(Self {
             dpop_nonces,

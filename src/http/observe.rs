@@ -221,6 +221,13 @@ pub fn declare_series(metrics: &crate::metrics::Metrics, snapshot: &crate::snaps
     for result in ["hit", "miss"] {
         metrics.declare("ferry_cache_requests_total", &[("result", result)]);
     }
+    let backend = snapshot.issuer.keys().active.backend();
+    for reason in ["unavailable", "refused"] {
+        metrics.declare(
+            "ferry_signing_failures_total",
+            &[("backend", backend), ("reason", reason)],
+        );
+    }
     let mut kinds: Vec<&str> = snapshot
         .targets
         .values()

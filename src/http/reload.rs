@@ -242,6 +242,8 @@ impl AppState {
                 clock: self.services.clock.clone(),
                 require_keys: true,
                 previous_ephemeral: keys.ephemeral.then(|| keys.clone()),
+                previous_managed: (!keys.managed.is_empty()).then(|| keys.clone()),
+                metrics: Arc::clone(&self.metrics),
             };
             let (mut snapshot, warnings) = Snapshot::build(config, &options)?;
             for w in &warnings {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use ferry_provider_api::{KeyAlgorithm, ManagedKey, SignError};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde::{Deserialize, Serialize};
@@ -175,11 +176,206 @@ pub fn signing_key_from_pem(
     })
 }
 
+/// What signs for the active key: a private key Ferry holds, or a key manager.
+pub enum Signer {
+    /// A PKCS#8 key from `keys_dir` (or an ephemeral one).
+    File(EncodingKey),
+    /// A key in an HSM or a cloud KMS (`[signing] backend`).
+    Managed(Arc<dyn ManagedKey>),
+}
+
+/// The key that signs: its id, algorithm and public JWK, and what signs for it.
+pub struct ActiveKey {
+    /// Key id (RFC 7638 thumbprint of the public key).
+    pub kid: String,
+    /// Algorithm.
+    pub alg: Algorithm,
+    /// What signs.
+    pub signer: Signer,
+    /// Public JWK (with `kid`, `use`, `alg`).
+    pub public: Jwk,
+    /// Unix seconds (`files`), or when Ferry opened it (a key manager).
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for ActiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<SigningKey> for ActiveKey {
+    fn from(k: SigningKey) -> Self {
+        Self {
+            kid: k.kid,
+            alg: k.alg,
+            signer: Signer::File(k.encoding),
+            public: k.public,
+            created_at: k.created_at,
+        }
+    }
+}
+
+impl ActiveKey {
+    /// `files` or the key manager's backend name: the `backend` label of the signing
+    /// metrics.
+    pub fn backend(&self) -> &'static str {
+        match &self.signer {
+            Signer::File(_) => "files",
+            Signer::Managed(m) => m.backend(),
+        }
+    }
+
+    /// The key as the config names it, for a managed key.
+    pub fn reference(&self) -> Option<&str> {
+        match &self.signer {
+            Signer::File(_) => None,
+            Signer::Managed(m) => Some(m.reference()),
+        }
+    }
+
+    /// A compact JWS of `claims` under `header` (whose `alg` must be this key's).
+    pub async fn encode<T: Serialize + Sync>(
+        &self,
+        header: &jsonwebtoken::Header,
+        claims: &T,
+    ) -> Result<String, SignError> {
+        let refused = |reason: String| SignError::Refused {
+            backend: self.backend(),
+            reason,
+        };
+        match &self.signer {
+            Signer::File(encoding) => {
+                jsonwebtoken::encode(header, claims, encoding).map_err(|e| refused(e.to_string()))
+            }
+            Signer::Managed(key) => {
+                use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                let header = serde_json::to_vec(header).map_err(|e| refused(e.to_string()))?;
+                let claims = serde_json::to_vec(claims).map_err(|e| refused(e.to_string()))?;
+                let input = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(header),
+                    URL_SAFE_NO_PAD.encode(claims)
+                );
+                let signature = key.sign(input.as_bytes()).await?;
+                Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+            }
+        }
+    }
+}
+
+/// The JWS algorithm of a managed key.
+pub fn managed_algorithm(alg: KeyAlgorithm) -> Algorithm {
+    match alg {
+        KeyAlgorithm::Rs256 => Algorithm::RS256,
+        KeyAlgorithm::Es256 => Algorithm::ES256,
+    }
+}
+
+/// The public JWK of a managed key, from the SubjectPublicKeyInfo the key manager
+/// returned: RSA of at least 2048 bits for RS256, a P-256 point for ES256. Its `kid` is
+/// the RFC 7638 thumbprint, as for a file key, so the same public key has the same id
+/// whichever backend holds it.
+pub fn managed_jwk(key: &dyn ManagedKey) -> Result<Jwk, KeyError> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::jwk::{
+        AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
+        EllipticCurveKeyType, RSAKeyParameters, RSAKeyType,
+    };
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::public_key::PublicKey;
+    let what = |problem: String| KeyError::Invalid {
+        path: format!("{} key `{}`", key.backend(), key.reference()),
+        problem,
+    };
+    let (rest, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(key.public_key_der())
+        .map_err(|e| what(format!("its public key does not parse: {e}")))?;
+    if !rest.is_empty() {
+        return Err(what("its public key has trailing bytes".into()));
+    }
+    let strip = |bytes: &[u8]| -> Vec<u8> {
+        let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+        bytes.get(start..).unwrap_or_default().to_vec()
+    };
+    let parsed = spki
+        .parsed()
+        .map_err(|e| what(format!("its public key does not parse: {e}")))?;
+    let algorithm = match (key.algorithm(), parsed) {
+        (KeyAlgorithm::Rs256, PublicKey::RSA(rsa)) => {
+            let n = strip(rsa.modulus);
+            if n.len() < 256 {
+                return Err(what(format!(
+                    "is an RSA-{} key; Ferry signs with RSA-2048 or larger",
+                    n.len() * 8
+                )));
+            }
+            AlgorithmParameters::RSA(RSAKeyParameters {
+                key_type: RSAKeyType::RSA,
+                n: URL_SAFE_NO_PAD.encode(n),
+                e: URL_SAFE_NO_PAD.encode(strip(rsa.exponent)),
+            })
+        }
+        (KeyAlgorithm::Es256, PublicKey::EC(point)) => {
+            let p256 = x509_parser::oid_registry::OID_EC_P256;
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            let data = point.data();
+            match (curve, data.split_first()) {
+                (Some(c), Some((0x04, xy))) if c == p256 && xy.len() == 64 => {
+                    let (x, y) = xy.split_at(32);
+                    AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                        key_type: EllipticCurveKeyType::EC,
+                        curve: EllipticCurve::P256,
+                        x: URL_SAFE_NO_PAD.encode(x),
+                        y: URL_SAFE_NO_PAD.encode(y),
+                    })
+                }
+                _ => return Err(what("is not an uncompressed P-256 key".into())),
+            }
+        }
+        (alg, _) => {
+            return Err(what(format!("is not a key {} can sign with", alg.name())));
+        }
+    };
+    let mut jwk = Jwk {
+        common: CommonParameters {
+            key_algorithm: Some(managed_algorithm(key.algorithm()).into()),
+            public_key_use: Some(PublicKeyUse::Signature),
+            ..Default::default()
+        },
+        algorithm,
+    };
+    let kid = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| what(format!("thumbprint: {e:?}")))?;
+    jwk.common.key_id = Some(kid);
+    Ok(jwk)
+}
+
+/// A managed key as the active key of a ring.
+pub fn managed_active(key: Arc<dyn ManagedKey>, now: i64) -> Result<ActiveKey, KeyError> {
+    let public = managed_jwk(key.as_ref())?;
+    Ok(ActiveKey {
+        kid: public.common.key_id.clone().unwrap_or_default(),
+        alg: managed_algorithm(key.algorithm()),
+        signer: Signer::Managed(key),
+        public,
+        created_at: now,
+    })
+}
+
 /// The keys Ferry signs with now and publishes.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     /// The key that signs.
-    pub active: Arc<SigningKey>,
+    pub active: Arc<ActiveKey>,
     /// Every published public key (active first), including retired keys whose tokens
     /// may still be valid.
     pub published: Vec<Jwk>,
@@ -187,6 +383,13 @@ pub struct KeyRing {
     pub retired: Vec<(String, i64)>,
     /// Whether the active key is ephemeral (dev only).
     pub ephemeral: bool,
+    /// What the ring was opened from (`[signing]`'s backend and keys): a reload whose
+    /// `[signing]` opens the same keys keeps this ring rather than ask the key manager
+    /// again.
+    pub source: String,
+    /// A key manager's keys as (kid, the key as the config names it), the active one
+    /// first; empty for `files`.
+    pub managed: Vec<(String, String)>,
 }
 
 impl KeyRing {
@@ -196,9 +399,11 @@ impl KeyRing {
         let key = signing_key_from_pem(alg, pem.as_bytes(), None, now)?;
         Ok(Self {
             published: vec![key.public.clone()],
-            active: Arc::new(key),
+            active: Arc::new(key.into()),
             retired: Vec::new(),
             ephemeral: true,
+            source: String::new(),
+            managed: Vec::new(),
         })
     }
 
@@ -367,7 +572,7 @@ impl KeyDir {
                     self.dir.display()
                 ))
             })?;
-        let active = Arc::new(self.load_key(active_record)?);
+        let active: Arc<ActiveKey> = Arc::new(self.load_key(active_record)?.into());
         let mut published = vec![active.public.clone()];
         let mut retired = Vec::new();
         for record in &manifest.keys {
@@ -388,6 +593,8 @@ impl KeyDir {
             published,
             retired,
             ephemeral: false,
+            source: String::new(),
+            managed: Vec::new(),
         })
     }
 

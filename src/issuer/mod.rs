@@ -2,6 +2,7 @@
 //! (for `kind = "jwt"` targets, and as keyless assertions for cloud providers).
 
 pub mod keys;
+pub mod managed;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub struct FerryIssuer {
     clock: SharedClock,
     discovery: Vec<u8>,
     jwks: Vec<u8>,
+    /// Where signing latency and failures are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl FerryIssuer {
@@ -43,6 +46,7 @@ impl FerryIssuer {
         clock: SharedClock,
         scopes: &[String],
         mtls: bool,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let mut scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
         scopes.sort_unstable();
@@ -83,7 +87,41 @@ impl FerryIssuer {
             clock,
             discovery,
             jwks,
+            metrics,
         }
+    }
+
+    /// The metrics registry the issuer counts its signatures in (the serving one: a
+    /// reload hands it on).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Signs with the active key, counting the signature's latency
+    /// (`ferry_signing_duration_seconds`) and any failure
+    /// (`ferry_signing_failures_total`) under the key's backend.
+    pub async fn sign<T: serde::Serialize + Sync>(
+        &self,
+        header: &Header,
+        claims: &T,
+    ) -> Result<String, ferry_provider_api::SignError> {
+        let key = &self.keys.active;
+        let backend = key.backend();
+        let started = std::time::Instant::now();
+        let result = key.encode(header, claims).await;
+        self.metrics.observe(
+            "ferry_signing_duration_seconds",
+            &[("backend", backend)],
+            started.elapsed().as_secs_f64(),
+        );
+        if let Err(e) = &result {
+            self.metrics.inc(
+                "ferry_signing_failures_total",
+                &[("backend", backend), ("reason", e.kind())],
+            );
+            tracing::warn!(backend, kid = %key.kid, error = %e, "signing failed");
+        }
+        result
     }
 
     /// Ferry's token endpoint, as its discovery document names it.
@@ -111,8 +149,9 @@ impl FerryIssuer {
         &self.keys
     }
 
-    /// Signs `claims` with the active key, filling `iss`, `iat`, `nbf`, `exp`, `jti`.
-    pub fn mint(
+    /// Signs `claims` with the active key, filling `iss`, `iat`, `nbf`, `exp`, `jti`. A key
+    /// manager that does not sign is [`ProviderError::Unavailable`]: the mint answers 503.
+    pub async fn mint(
         &self,
         ttl: Duration,
         mut claims: Map<String, Value>,
@@ -129,8 +168,13 @@ impl FerryIssuer {
         let mut header = Header::new(key.alg);
         header.kid = Some(key.kid.clone());
         header.typ = Some("JWT".into());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
-            .map_err(|e| ProviderError::Internal(format!("signing failed: {e}")))?;
+        let token = self
+            .sign(&header, &claims)
+            .await
+            .map_err(|e| ProviderError::Unavailable {
+                reason: e.to_string(),
+                retry_after: Some(Duration::from_secs(2)),
+            })?;
         Ok(SignedAssertion {
             token: Secret::new(token),
             jti,
@@ -185,12 +229,53 @@ impl crate::audit::CheckpointSigner for FerryIssuer {
         let mut header = Header::new(key.alg);
         header.kid = Some(key.kid.clone());
         header.typ = Some("ferry-audit-checkpoint+jwt".into());
-        jsonwebtoken::encode(&header, claims, &key.encoding).ok()
+        // A file key signs in place; a key manager is a round trip away, which the
+        // audit writer waits for (once per `checkpoint_every` lines).
+        let file = matches!(key.signer, keys::Signer::File(_));
+        block_on(self.sign(&header, claims), file)?.ok()
     }
 }
 
+/// Runs a signing future to completion from synchronous code (the audit writer's
+/// checkpoints): in place inside a multi-threaded runtime, else on a thread of its own
+/// with a runtime of its own. `None` when no runtime could be made. `ready`: the future
+/// awaits nothing (a file key's), so one poll completes it, no runtime needed.
+pub(crate) fn block_on<T: Send>(
+    future: impl std::future::Future<Output = T> + Send,
+    ready: bool,
+) -> Option<T> {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    if ready
+        && let Poll::Ready(v) = future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        return Some(v);
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Some(tokio::task::block_in_place(|| handle.block_on(future)))
+        }
+        _ => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()
+                        .map(|rt| rt.block_on(future))
+                })
+                .join()
+                .ok()
+                .flatten()
+        }),
+    }
+}
+
+#[async_trait]
 impl AssertionSigner for FerryIssuer {
-    fn sign_assertion(
+    async fn sign_assertion(
         &self,
         subject: &str,
         audience: &str,
@@ -199,7 +284,7 @@ impl AssertionSigner for FerryIssuer {
     ) -> Result<SignedAssertion, ProviderError> {
         extra.insert("sub".into(), Value::String(subject.to_owned()));
         extra.insert("aud".into(), Value::String(audience.to_owned()));
-        self.mint(ttl, extra)
+        self.mint(ttl, extra).await
     }
 }
 
@@ -251,7 +336,8 @@ impl CredentialProvider for JwtProvider {
         let ttl = self.ttl.min(grant.max_ttl);
         let signed = self
             .issuer
-            .sign_assertion(&grant.subject, &self.audience, ttl, claims)?;
+            .sign_assertion(&grant.subject, &self.audience, ttl, claims)
+            .await?;
         let mut fields = std::collections::BTreeMap::new();
         fields.insert("access_token".to_owned(), signed.token.clone());
         Ok(Credential {

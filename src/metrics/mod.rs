@@ -145,6 +145,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "Anomaly webhook POSTs by outcome (delivered, failed after every attempt, dropped from a full queue).",
     ),
     (
+        "ferry_signing_duration_seconds",
+        "histogram",
+        "Signatures with Ferry's active key by backend (files, pkcs11, aws_kms, gcp_kms, azure_key_vault), failed ones included.",
+    ),
+    (
+        "ferry_signing_failures_total",
+        "counter",
+        "Signatures that failed by backend and reason (unavailable: the key manager did not answer in time, or answered 5xx; refused: it answered no). Each is a 503 unless the credential was cached.",
+    ),
+    (
         "ferry_config_reloads_total",
         "counter",
         "Config reloads by outcome (success, failure).",

@@ -21,9 +21,37 @@ pub(super) fn build(
         ..
     } = b;
     let now = options.clock.now();
-    let alg = parse_algorithm(&config.signing.algorithm);
+    let alg = parse_algorithm(config.signing.file_algorithm());
     let retain = config.max_token_lifetime() + Duration::from_secs(300);
+    let managed = config.signing.backend != crate::config::signing::SigningBackend::Files;
     let keys: Option<KeyRing> = match (alg, &config.signing.keys_dir) {
+        _ if managed => {
+            let source = crate::issuer::managed::source(config);
+            match options
+                .previous_managed
+                .clone()
+                .filter(|r| r.source == source)
+            {
+                Some(ring) => Some(ring),
+                None => match crate::issuer::managed::open(config, now) {
+                    Ok(ring) => Some(ring),
+                    Err(e) if !options.require_keys => {
+                        warnings.push(Problem {
+                            file: file.clone(),
+                            entry: "signing".into(),
+                            problem: format!(
+                                "warning: {e} (an ephemeral key stands in for this command)"
+                            ),
+                        });
+                        KeyRing::ephemeral(jsonwebtoken::Algorithm::ES256, now).ok()
+                    }
+                    Err(e) => {
+                        errs.push(file.as_str(), "signing", e);
+                        None
+                    }
+                },
+            }
+        }
         (None, _) => None,
         (Some(alg), None) => match options
             .previous_ephemeral
@@ -50,7 +78,7 @@ pub(super) fn build(
                             "signing.algorithm",
                             format!(
                                 "is {} but the active key in `{}` is {:?}; run `ferry keys rotate`",
-                                config.signing.algorithm,
+                                config.signing.file_algorithm(),
                                 dir.display(),
                                 ring.active.alg
                             ),
@@ -89,6 +117,7 @@ pub(super) fn build(
                 .tls
                 .as_ref()
                 .is_some_and(|t| t.client_ca_file.is_some()),
+            Arc::clone(&options.metrics),
         ))
     })
 }

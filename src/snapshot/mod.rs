@@ -69,6 +69,13 @@ pub struct BuildOptions {
     /// The ephemeral keys of the runtime being replaced: a reload keeps them (same
     /// algorithm), so tokens already issued stay verifiable.
     pub previous_ephemeral: Option<KeyRing>,
+    /// The key-manager keys of the runtime being replaced: a reload whose `[signing]`
+    /// opens the same keys keeps them (no round trip to the key manager, and a key
+    /// manager that is down does not fail an unrelated reload).
+    pub previous_managed: Option<KeyRing>,
+    /// The registry the issuer counts signatures in (the serving one, handed on by a
+    /// reload).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the per-stage builders share while a config compiles: every problem found so

@@ -119,8 +119,14 @@ pub fn exchange_with_traceparent(
 /// Runs the `ferry` binary with `args` and returns its stdout, once it has exited 0 (the
 /// test fails with its output otherwise).
 pub fn ferry_ok(args: &[&str]) -> String {
+    ferry_ok_env(args, &[])
+}
+
+/// [`ferry_ok`] with `env` added to the command's environment.
+pub fn ferry_ok_env(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -148,6 +154,11 @@ impl Drop for Serve {
 /// `ferry serve --config cfg` on a free loopback port, once it is ready (static AWS
 /// credentials in its environment, so an `aws` target can sign without a metadata call).
 pub fn serve(cfg: &std::path::Path) -> Serve {
+    serve_with_env(cfg, &[])
+}
+
+/// [`serve`] with `env` added to the child's environment.
+pub fn serve_with_env(cfg: &std::path::Path, env: &[(&str, &str)]) -> Serve {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
@@ -156,6 +167,7 @@ pub fn serve(cfg: &std::path::Path) -> Serve {
         .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -317,6 +317,8 @@ pub fn build_runtime(
             clock,
             require_keys: true,
             previous_ephemeral: None,
+            previous_managed: None,
+            metrics: Default::default(),
         },
     )
     .unwrap_or_else(|e| panic!("runtime: {e}"));
@@ -373,6 +375,8 @@ impl Harness {
                 clock: self.clock.clone(),
                 require_keys: true,
                 previous_ephemeral: Some(self.state.snapshot.load().issuer.keys().clone()),
+                previous_managed: None,
+                metrics: std::sync::Arc::clone(&self.state.metrics),
             },
         )
         .unwrap();

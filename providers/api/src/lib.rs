@@ -5,7 +5,12 @@
 //! [`ProviderError`]. This crate has no SDK dependency: a cloud provider crate depends
 //! on it and on its own SDK, and the core depends on it and on no SDK.
 
+pub mod managed_key;
 pub mod settings;
+
+pub use managed_key::{
+    KeyAlgorithm, KeyFacts, ManagedKey, SignError, ecdsa_der_to_jws, jws_signature, refusal, spki,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -121,10 +126,14 @@ pub struct Credential {
 }
 
 /// Signs JWTs as Ferry, for keyless exchanges with a cloud that trusts Ferry's issuer.
+/// Asynchronous: the active key may live in a key manager ([`ManagedKey`]), one network
+/// round trip away.
+#[async_trait]
 pub trait AssertionSigner: Send + Sync {
     /// Signs a JWT with Ferry's active key: `iss` is Ferry's public URL, `iat`/`exp`/`jti`
-    /// are set by the signer, `sub` and `aud` by the caller, `extra` is merged in.
-    fn sign_assertion(
+    /// are set by the signer, `sub` and `aud` by the caller, `extra` is merged in. A key
+    /// manager that cannot sign is [`ProviderError::Unavailable`] (503).
+    async fn sign_assertion(
         &self,
         subject: &str,
         audience: &str,

@@ -12,6 +12,7 @@
 //! bound per target so a burst of cache misses cannot trip STS throttling.
 
 pub mod config;
+pub mod kms;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -240,12 +241,15 @@ impl CredentialProvider for AwsProvider {
             Mode::WebIdentity => {
                 let mut extra = serde_json::Map::new();
                 extra.insert("ferry".into(), serde_json::json!({"issuer": grant.issuer_id, "groups": grant.groups, "attributes": grant.attributes, "target": grant.target_id}));
-                let assertion = self.signer.sign_assertion(
-                    &grant.subject,
-                    &self.target.audience,
-                    Duration::from_secs(300),
-                    extra,
-                )?;
+                let assertion = self
+                    .signer
+                    .sign_assertion(
+                        &grant.subject,
+                        &self.target.audience,
+                        Duration::from_secs(300),
+                        extra,
+                    )
+                    .await?;
                 let out = self
                     .client()
                     .await

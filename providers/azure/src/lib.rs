@@ -11,6 +11,7 @@
 //! retry and timeout policy as the GCP provider). Retries on 429/5xx only.
 
 pub mod config;
+pub mod key_vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -147,7 +148,7 @@ impl AzureProvider {
         .map(|token| (token, request_id))
     }
 
-    fn token_request(&self, grant: &Grant) -> Result<reqwest::RequestBuilder, ProviderError> {
+    async fn token_request(&self, grant: &Grant) -> Result<reqwest::RequestBuilder, ProviderError> {
         let t = &self.target;
         let mut req = match &t.mode {
             Mode::ManagedIdentity { imds_endpoint } => {
@@ -181,12 +182,15 @@ impl AzureProvider {
                         // the identity; the federated credential matches iss, sub and aud.
                         let mut extra = serde_json::Map::new();
                         extra.insert("ferry".into(), serde_json::json!({"issuer": grant.issuer_id, "groups": grant.groups, "attributes": grant.attributes, "target": grant.target_id}));
-                        let assertion = self.signer.sign_assertion(
-                            &grant.subject,
-                            FEDERATED_AUDIENCE,
-                            Duration::from_secs(300),
-                            extra,
-                        )?;
+                        let assertion = self
+                            .signer
+                            .sign_assertion(
+                                &grant.subject,
+                                FEDERATED_AUDIENCE,
+                                Duration::from_secs(300),
+                                extra,
+                            )
+                            .await?;
                         form.push((
                             "client_assertion_type",
                             "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
@@ -213,7 +217,10 @@ impl CredentialProvider for AzureProvider {
     async fn issue(&self, grant: &Grant) -> Result<Credential, ProviderError> {
         let _permit = self.permits.acquire("Entra requests").await?;
         let (token, request_id) = with_retries(3, Duration::from_secs(10), || async {
-            let req = self.token_request(grant).map_err(AttemptError::Fatal)?;
+            let req = self
+                .token_request(grant)
+                .await
+                .map_err(AttemptError::Fatal)?;
             self.attempt(req).await
         })
         .await?;

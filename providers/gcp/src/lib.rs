@@ -11,6 +11,7 @@
 //! jitter, at most 3 attempts within 10 s; every attempt has a timeout.
 
 pub mod config;
+pub mod kms;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -208,12 +209,15 @@ impl CredentialProvider for GcpProvider {
                     "ferry".into(),
                     serde_json::json!({"issuer": grant.issuer_id, "groups": grant.groups, "attributes": grant.attributes, "target": grant.target_id}),
                 );
-                let assertion = self.signer.sign_assertion(
-                    &grant.subject,
-                    &self.target.jwt_audience,
-                    Duration::from_secs(300),
-                    extra,
-                )?;
+                let assertion = self
+                    .signer
+                    .sign_assertion(
+                        &grant.subject,
+                        &self.target.jwt_audience,
+                        Duration::from_secs(300),
+                        extra,
+                    )
+                    .await?;
                 let scope = if self.target.scopes.is_empty() {
                     CLOUD_PLATFORM.to_owned()
                 } else {
