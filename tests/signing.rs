@@ -329,12 +329,19 @@ fn pkcs11_keys_sign_in_the_token_rotate_by_config_and_never_leave_it() {
         "{said}"
     );
 
-    // ES256 from the token signs; the RSA key is published beside it.
-    std::fs::write(
-        &cfg,
-        config_with_signing(&hsm.section("ferry-ec", &["ferry-rsa"])),
-    )
-    .unwrap();
+    // ES256 from the token signs; the RSA key is published beside it. The audit trail's
+    // checkpoints are signed in the token too.
+    let audit = tmp.path().join("audit.log");
+    std::fs::write(tmp.path().join("admin-token"), "admin-secret-token\n").unwrap();
+    let with_audit = |section: String| {
+        format!(
+            "{}\n[audit]\nfile = \"{}\"\ncheckpoint_every = 3\n\n[admin]\ntoken_file = \"{}\"\n",
+            config_with_signing(&section),
+            audit.display(),
+            tmp.path().join("admin-token").display()
+        )
+    };
+    std::fs::write(&cfg, with_audit(hsm.section("ferry-ec", &["ferry-rsa"]))).unwrap();
     let listed = dev::ferry_ok_env(
         &[
             "keys",
@@ -397,11 +404,7 @@ fn pkcs11_keys_sign_in_the_token_rotate_by_config_and_never_leave_it() {
 
     // Rotation by config: the RSA key becomes active, the EC key stays published so the
     // tokens it signed keep verifying; a reload picks it up.
-    std::fs::write(
-        &cfg,
-        config_with_signing(&hsm.section("ferry-rsa", &["ferry-ec"])),
-    )
-    .unwrap();
+    std::fs::write(&cfg, with_audit(hsm.section("ferry-rsa", &["ferry-ec"]))).unwrap();
     reload(&s);
     eventually("the reload", || jwks_kids(&s).first() == Some(&rsa_kid));
     assert_eq!(jwks_kids(&s), vec![rsa_kid.clone(), ec_kid.clone()]);
@@ -417,6 +420,63 @@ fn pkcs11_keys_sign_in_the_token_rotate_by_config_and_never_leave_it() {
         discovery["id_token_signing_alg_values_supported"],
         serde_json::json!(["RS256"])
     );
+    // The operator's view: which backend, which key signs, which is only published.
+    let report: Value = client()
+        .get(format!("{}/admin/issuers", s.base))
+        .bearer_auth("admin-secret-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let signing = &report["signing"];
+    assert_eq!(signing["backend"], "pkcs11", "{report}");
+    assert_eq!(signing["active"]["kid"], rsa_kid.as_str());
+    assert_eq!(signing["managed"][0]["key"], "ferry-rsa");
+    assert_eq!(signing["managed"][1]["key"], "ferry-ec");
+    assert_eq!(signing["managed"][1]["kid"], ec_kid.as_str());
+    // Ten decisions at three lines per checkpoint: checkpoints signed by the token's EC
+    // key, then (after the reload) its RSA key, each verified against the JWKS.
+    for i in 0..3 {
+        mint_and_verify(&s, tmp.path(), &format!("after{i}"));
+    }
+    let jwks = client()
+        .get(format!("{}/.well-known/jwks.json", s.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    std::fs::write(tmp.path().join("jwks.json"), jwks).unwrap();
+    drop(s);
+    let verified = dev::ferry_ok(&[
+        "audit",
+        "verify",
+        audit.to_str().unwrap(),
+        "--jwks",
+        tmp.path().join("jwks.json").to_str().unwrap(),
+    ]);
+    let count: u32 = verified
+        .split(" signed checkpoint(s) verified")
+        .next()
+        .and_then(|head| head.rsplit(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(count >= 3, "{verified}");
+    let trail = std::fs::read_to_string(&audit).unwrap();
+    let kids: std::collections::HashSet<String> = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["type"] == "checkpoint")
+        .filter_map(|l| {
+            let header = l["signature"].as_str()?.split('.').next()?.to_owned();
+            let header =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                    .ok()?;
+            serde_json::from_slice::<Value>(&header).ok()?["kid"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(kids, [ec_kid, rsa_kid].into_iter().collect(), "{trail}");
 }
 
 /// moto's KMS with two signing keys made through boto3 (a real AWS SDK); prints

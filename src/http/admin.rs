@@ -108,7 +108,10 @@ pub(crate) fn issuers_report(state: &AppState) -> Value {
         "issuers": issuers,
         "signing": {
             "algorithm": crate::issuer::keys::alg_name(keys.active.alg),
+            "backend": keys.active.backend(),
             "ephemeral": keys.ephemeral,
+            // A key manager's keys as the config names them, the active one first.
+            "managed": keys.managed.iter().map(|(kid, key)| json!({"kid": kid, "key": key})).collect::<Vec<_>>(),
             "active": {"kid": keys.active.kid, "created_at": keys.active.created_at, "age_seconds": now.saturating_sub(keys.active.created_at)},
             "retired": keys.retired.iter().map(|(kid, at)| json!({"kid": kid, "retired_at": at})).collect::<Vec<_>>(),
         },

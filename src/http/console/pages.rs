@@ -398,11 +398,26 @@ pub async fn issuers(
             .as_i64()
             .map_or(String::new(), |t| format!("{} ({})", at(t), ago(t, now)))),
         if field(signing, "ephemeral").as_bool().unwrap_or(false) {
-            "ephemeral: dies with the process"
+            "ephemeral: dies with the process".to_owned()
+        } else if let Some(key) = field(signing, "managed").get(0) {
+            format!("in the key manager: {}", esc(&str_of(field(key, "key"))))
         } else {
-            "published until rotated"
+            "published until rotated".to_owned()
         },
     )];
+    // A key manager's other listed keys: published, not signing.
+    for m in field(signing, "managed")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .skip(1)
+    {
+        keys.push(format!(
+            "<tr><td><code>{}</code></td><td>published</td><td>–</td><td>in the key manager: {}</td></tr>",
+            esc(&str_of(field(m, "kid"))),
+            esc(&str_of(field(m, "key"))),
+        ));
+    }
     for r in field(signing, "retired").as_array().into_iter().flatten() {
         keys.push(format!(
             "<tr><td><code>{}</code></td><td>retired</td><td>–</td><td>{}</td></tr>",
@@ -418,8 +433,9 @@ pub async fn issuers(
     }
     let _ = write!(
         body,
-        "<h2>Ferry's signing keys ({})</h2>{}",
+        "<h2>Ferry's signing keys ({}, {})</h2>{}",
         esc(&str_of(field(signing, "algorithm"))),
+        esc(&str_of(field(signing, "backend"))),
         table(
             &["Key id", "State", "Created", "Published"],
             &keys,
