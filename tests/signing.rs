@@ -700,24 +700,43 @@ fn gcp_kms_and_azure_key_vault_sign_through_their_rest_apis() {
     );
 
     // Key Vault: the RSA key signs, the EC key is published, then the other way round.
-    let azure = |active: &str, published: &str| {
+    // Key Vault: the RSA key signs, the EC key is published, with a token file; then
+    // the other way round, with the managed identity's token from the instance metadata
+    // service (cached: one token for both the key reads and the signature).
+    let azure = |active: &str, published: &str, credential: &str| {
         format!(
-            "[signing]\nbackend = \"azure_key_vault\"\nactive_key = \"{0}/keys/{active}/v1\"\npublished_keys = [\"{0}/keys/{published}/v1\"]\n\n[signing.azure_key_vault]\ntoken_file = \"{1}\"",
+            "[signing]\nbackend = \"azure_key_vault\"\nactive_key = \"{0}/keys/{active}/v1\"\npublished_keys = [\"{0}/keys/{published}/v1\"]\n\n[signing.azure_key_vault]\n{credential}",
             f.base,
-            tmp.path().join("azure-token").display()
         )
     };
-    std::fs::write(&cfg, config_with_signing(&azure("ferry-rsa", "ferry-ec"))).unwrap();
+    let token_file = format!(
+        "token_file = \"{}\"",
+        tmp.path().join("azure-token").display()
+    );
+    let imds = format!(
+        "imds_endpoint = \"{}/metadata/identity/oauth2/token\"",
+        f.base
+    );
+    std::fs::write(
+        &cfg,
+        config_with_signing(&azure("ferry-rsa", "ferry-ec", &token_file)),
+    )
+    .unwrap();
     let s = serve_with_env(&cfg, &[]);
     assert_eq!(jwks_kids(&s).len(), 2);
     let (_, alg) = mint_and_verify(&s, tmp.path(), "alice");
     assert_eq!(alg, "RS256");
     drop(s);
-    std::fs::write(&cfg, config_with_signing(&azure("ferry-ec", "ferry-rsa"))).unwrap();
+    std::fs::write(
+        &cfg,
+        config_with_signing(&azure("ferry-ec", "ferry-rsa", &imds)),
+    )
+    .unwrap();
     let s = serve_with_env(&cfg, &[]);
     let (_, alg) = mint_and_verify(&s, tmp.path(), "alice");
     assert_eq!(alg, "ES256");
     assert_eq!(fake_calls(&f)["azure_sign"], 2);
+    assert_eq!(fake_calls(&f)["imds"], 1);
     let m = metrics(&s);
     assert_eq!(
         series(

@@ -500,3 +500,80 @@ pub(crate) async fn start_agent(
     }
     Ok(addr)
 }
+
+/// The SoftHSM2 module `K2` signs through.
+pub(crate) const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 token in `dir` with an RSA-2048 key pair `bench-rsa` generated inside it
+/// (by softhsm2-util and OpenSC's pkcs11-tool, as an operator makes one), and the
+/// `[signing]` lines that sign with it. `SOFTHSM2_CONF` must already name
+/// `dir/softhsm2.conf` in this process's environment (see `run`).
+pub(crate) fn softhsm_signing(dir: &Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .with_context(|| {
+                format!("{program} (Debian softhsm2 / opensc; tests/run installs them)")
+            })?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    std::fs::write(dir.join("pin"), "1234\n")?;
+    run(
+        "softhsm2-util",
+        &[
+            "--init-token",
+            "--free",
+            "--label",
+            "bench",
+            "--pin",
+            "1234",
+            "--so-pin",
+            "5678",
+        ],
+    )?;
+    run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            "bench",
+            "--login",
+            "--pin",
+            "1234",
+            "--keypairgen",
+            "--key-type",
+            "rsa:2048",
+            "--label",
+            "bench-rsa",
+            "--id",
+            "01",
+            "--sensitive",
+        ],
+    )?;
+    Ok(format!(
+        "backend = \"pkcs11\"\nactive_key = \"bench-rsa\"\n[signing.pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"bench\"\npin_file = \"{}\"",
+        dir.join("pin").display()
+    ))
+}
+
+/// The SoftHSM2 config for a token directory under `dir`.
+pub(crate) fn softhsm_conf(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir.join("tokens"))?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        ),
+    )?;
+    Ok(conf)
+}

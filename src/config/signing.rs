@@ -308,7 +308,7 @@ pub(super) fn validate(s: &SigningConfig, file: &str, errs: &mut ConfigErrors) {
         // The instance metadata service is plain http on a link-local address.
         let problem = match url::Url::parse(url) {
             Err(e) => Some(format!("is not a URL ({e})")),
-            Ok(_) if entry.ends_with("imds_endpoint") => None,
+            Ok(_) if entry.starts_with("signing.azure_key_vault.") => None,
             Ok(u) if crate::verify::fetch::require_secure(&u).is_err() => {
                 Some("must be https (plain http only to a loopback address)".to_owned())
             }

@@ -15,7 +15,9 @@ Both answer errors in their documented shapes (google.rpc.Status; {"error": {"co
 
 Usage: fake_key_managers.py PORT_FILE GCP_TOKEN AZURE_TOKEN
 Writes the port to PORT_FILE, then serves until killed. GET /_fake/calls counts the sign
-calls per API."""
+calls per API and the managed-identity tokens handed out by the instance metadata
+service (GET /metadata/identity/oauth2/token, api-version 2018-02-01), which Key Vault's
+managed-identity path asks."""
 
 import base64
 import json
@@ -37,7 +39,7 @@ AZURE = {
     ("ferry-rsa", "v1"): ("RSA-HSM", rsa.generate_private_key(65537, 2048)),
     ("ferry-ec", "v1"): ("EC-HSM", ec.generate_private_key(ec.SECP256R1())),
 }
-CALLS = {"gcp_sign": 0, "azure_sign": 0}
+CALLS = {"gcp_sign": 0, "azure_sign": 0, "imds": 0}
 LOCK = threading.Lock()
 
 
@@ -95,6 +97,26 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_fake/calls":
             with LOCK:
                 return self.answer(200, dict(CALLS))
+        if url.path == "/metadata/identity/oauth2/token":
+            # Azure's instance metadata service, managed identity (2018-02-01).
+            query = parse_qs(url.query)
+            if self.headers.get("Metadata") != "true" or query.get("api-version") != ["2018-02-01"]:
+                return self.answer(400, {"error": "invalid_request", "error_description": "Required metadata header not specified"})
+            if query.get("resource") != ["https://vault.azure.net"]:
+                return self.answer(400, {"error": "invalid_resource", "error_description": "unexpected resource"})
+            with LOCK:
+                CALLS["imds"] += 1
+            expires = int(time.time()) + 3600
+            return self.answer(200, {
+                "access_token": AZURE_TOKEN,
+                "client_id": "00000000-0000-0000-0000-000000000000",
+                "expires_in": "3600",
+                "expires_on": str(expires),
+                "ext_expires_in": "3600",
+                "not_before": str(expires - 3600),
+                "resource": "https://vault.azure.net",
+                "token_type": "Bearer",
+            })
         if url.path.startswith("/v1/") and url.path.endswith("/publicKey"):
             if not self.authorized(GCP_TOKEN):
                 return self.gcp_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")

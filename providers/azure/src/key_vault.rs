@@ -233,11 +233,7 @@ pub async fn open(
     token_file: Option<PathBuf>,
     keys: &[String],
 ) -> Result<Vec<Arc<dyn ManagedKey>>, String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
+    let http = http_client()?;
     let client = Arc::new(Client {
         http,
         credentials: match token_file {
@@ -249,7 +245,7 @@ pub async fn open(
             },
         },
     });
-    let mut out: Vec<Arc<dyn ManagedKey>> = Vec::new();
+    let mut opened = Vec::new();
     for url in keys {
         let what = |problem: String| format!("Key Vault key `{url}`: {problem}");
         let bundle: KeyBundle = client
@@ -263,16 +259,54 @@ pub async fn open(
             return Err(what("does not allow the `sign` operation".into()));
         }
         let (algorithm, spki) = public_key(&bundle.key).map_err(what)?;
-        out.push(Arc::new(VaultKey {
-            facts: KeyFacts {
-                reference: url.trim_end_matches('/').to_owned(),
-                algorithm,
-                spki,
-            },
-            client: Arc::clone(&client),
-        }));
+        opened.push(KeyFacts {
+            reference: url.trim_end_matches('/').to_owned(),
+            algorithm,
+            spki,
+        });
     }
-    Ok(out)
+    let signing = Arc::new(client.for_signing().await?);
+    Ok(opened
+        .into_iter()
+        .map(|facts| {
+            Arc::new(VaultKey {
+                facts,
+                client: Arc::clone(&signing),
+            }) as Arc<dyn ManagedKey>
+        })
+        .collect())
+}
+
+/// The HTTP client of key-manager calls.
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+impl Client {
+    /// The client signatures use: the keys may be opened on a runtime of their own
+    /// (`ferry serve` reads its config before its runtime starts), so the connections
+    /// made then are not carried over to the serving one; the token is.
+    async fn for_signing(&self) -> Result<Self, String> {
+        Ok(Self {
+            http: http_client()?,
+            credentials: match &self.credentials {
+                Credentials::File(path) => Credentials::File(path.clone()),
+                Credentials::ManagedIdentity {
+                    endpoint,
+                    client_id,
+                    cached,
+                } => Credentials::ManagedIdentity {
+                    endpoint: endpoint.clone(),
+                    client_id: client_id.clone(),
+                    cached: tokio::sync::Mutex::new(cached.lock().await.clone()),
+                },
+            },
+        })
+    }
 }
 
 #[async_trait]

@@ -171,11 +171,7 @@ pub async fn open(
     token_file: Option<PathBuf>,
     keys: &[String],
 ) -> Result<Vec<Arc<dyn ManagedKey>>, String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
+    let http = http_client()?;
     let client = Arc::new(Client {
         endpoint: endpoint
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
@@ -187,7 +183,7 @@ pub async fn open(
             None => Credentials::Google(tokio::sync::OnceCell::new()),
         },
     });
-    let mut out: Vec<Arc<dyn ManagedKey>> = Vec::new();
+    let mut opened = Vec::new();
     for name in keys {
         let what = |problem: String| format!("Cloud KMS key version `{name}`: {problem}");
         let url = format!("{}/v1/{name}/publicKey", client.endpoint);
@@ -211,16 +207,47 @@ pub async fn open(
         };
         let spki =
             pem_der(&key.pem).ok_or_else(|| what("its public key PEM does not decode".into()))?;
-        out.push(Arc::new(KmsKey {
-            facts: KeyFacts {
-                reference: name.clone(),
-                algorithm,
-                spki,
-            },
-            client: Arc::clone(&client),
-        }));
+        opened.push(KeyFacts {
+            reference: name.clone(),
+            algorithm,
+            spki,
+        });
     }
-    Ok(out)
+    let signing = Arc::new(client.for_signing()?);
+    Ok(opened
+        .into_iter()
+        .map(|facts| {
+            Arc::new(KmsKey {
+                facts,
+                client: Arc::clone(&signing),
+            }) as Arc<dyn ManagedKey>
+        })
+        .collect())
+}
+
+/// The HTTP client of key-manager calls.
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+impl Client {
+    /// The client signatures use: the keys may be opened on a runtime of their own
+    /// (`ferry serve` reads its config before its runtime starts), so the connections
+    /// and the credential lookup made then are not carried over to the serving one.
+    fn for_signing(&self) -> Result<Self, String> {
+        Ok(Self {
+            endpoint: self.endpoint.clone(),
+            http: http_client()?,
+            credentials: match &self.credentials {
+                Credentials::File(path) => Credentials::File(path.clone()),
+                Credentials::Google(_) => Credentials::Google(tokio::sync::OnceCell::new()),
+            },
+        })
+    }
 }
 
 #[async_trait]
