@@ -269,13 +269,7 @@ pub(super) fn validate(s: &SigningConfig, file: &str, errs: &mut ConfigErrors) {
             "must be more than 0s and at most 30s",
         );
     }
-    let missing = match s.backend {
-        SigningBackend::Pkcs11 => s.pkcs11.is_none(),
-        SigningBackend::AwsKms => false,
-        SigningBackend::GcpKms => false,
-        SigningBackend::AzureKeyVault => false,
-        SigningBackend::Files => false,
-    };
+    let missing = s.backend == SigningBackend::Pkcs11 && s.pkcs11.is_none();
     if missing {
         errs.push(
             file,

@@ -9,7 +9,8 @@ pub mod managed_key;
 pub mod settings;
 
 pub use managed_key::{
-    KeyAlgorithm, KeyFacts, ManagedKey, SignError, ecdsa_der_to_jws, jws_signature, refusal, spki,
+    KeyAlgorithm, KeyFacts, ManagedKey, SignError, ecdsa_der_to_jws, jws_signature,
+    key_manager_answer, refusal, spki,
 };
 
 use std::collections::BTreeMap;

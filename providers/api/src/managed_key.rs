@@ -112,6 +112,27 @@ pub fn refusal(backend: &'static str, status: u16, code: Option<String>) -> Sign
     }
 }
 
+/// A key manager's HTTP answer: a 2xx body parsed as `T` (one that does not parse is a
+/// refusal), anything else classified by [`refusal`] with the error code found at the
+/// JSON pointer `code_at` (`/error/status` for Google, `/error/code` for Azure).
+pub fn key_manager_answer<T: serde::de::DeserializeOwned>(
+    backend: &'static str,
+    status: u16,
+    body: &str,
+    code_at: &str,
+) -> Result<T, SignError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_str(body).map_err(|e| SignError::Refused {
+            backend,
+            reason: format!("unexpected answer: {e}"),
+        });
+    }
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.pointer(code_at)?.as_str().map(str::to_owned));
+    Err(refusal(backend, status, code))
+}
+
 /// The JWS form of a signature a key manager returned DER-encoded for ES256 (AWS KMS,
 /// Cloud KMS); an RS256 signature as it is.
 pub fn jws_signature(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ferry_provider_api::{KeyAlgorithm, KeyFacts, ManagedKey, SignError, refusal, spki};
+use ferry_provider_api::{KeyAlgorithm, KeyFacts, ManagedKey, SignError, key_manager_answer, spki};
 use serde::Deserialize;
 
 const BACKEND: &str = "azure_key_vault";
@@ -121,17 +121,7 @@ impl Client {
             .text()
             .await
             .map_err(|_| unavailable("answer cut off"))?;
-        if (200..300).contains(&status) {
-            return serde_json::from_str(&body).map_err(|e| SignError::Refused {
-                backend: BACKEND,
-                reason: format!("unexpected answer: {e}"),
-            });
-        }
-        // {"error": {"code", "message"}}: only the code.
-        let code = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_owned));
-        Err(refusal(BACKEND, status, code))
+        key_manager_answer(BACKEND, status, &body, "/error/code")
     }
 }
 

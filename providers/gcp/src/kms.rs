@@ -18,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ferry_provider_api::{KeyAlgorithm, KeyFacts, ManagedKey, SignError, jws_signature, refusal};
+use ferry_provider_api::{
+    KeyAlgorithm, KeyFacts, ManagedKey, SignError, jws_signature, key_manager_answer,
+};
 use serde::Deserialize;
 
 const BACKEND: &str = "gcp_kms";
@@ -91,17 +93,7 @@ impl Client {
             backend: BACKEND,
             reason: "answer cut off".into(),
         })?;
-        if (200..300).contains(&status) {
-            return serde_json::from_str(&body).map_err(|e| SignError::Refused {
-                backend: BACKEND,
-                reason: format!("unexpected answer: {e}"),
-            });
-        }
-        // google.rpc.Status: {"error": {"code", "message", "status"}}; only the status.
-        let code = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.pointer("/error/status")?.as_str().map(str::to_owned));
-        Err(refusal(BACKEND, status, code))
+        key_manager_answer(BACKEND, status, &body, "/error/status")
     }
 }
 
